@@ -1,0 +1,31 @@
+"""seqjax: recurrent sequence models in JAX, as pure functions.
+
+Cells (one step) -> ``unroll`` (a whole sequence, one ``lax.scan``) -> layers (``rnn``,
+``bidirectional``, ``stack``). See ``README.md`` for the equations and a worked example.
+"""
+
+from seqjax import initializers, interop
+from seqjax.cell import Cell, step
+from seqjax.cells import LSTMCarry, gru, irnn, lstm, simple_rnn
+from seqjax.layers import Layer, bidirectional, reverse_sequences, rnn, stack
+from seqjax.unroll import unroll
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Cell",
+    "LSTMCarry",
+    "Layer",
+    "bidirectional",
+    "gru",
+    "initializers",
+    "interop",
+    "irnn",
+    "lstm",
+    "reverse_sequences",
+    "rnn",
+    "simple_rnn",
+    "stack",
+    "step",
+    "unroll",
+]

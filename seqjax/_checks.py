@@ -1,0 +1,145 @@
+"""Input validation shared by the public functions.
+
+Every check runs on shapes and dtypes before any tracing work, and every message names the
+function, the argument, what was expected and what came, so a user never meets an XLA traceback
+for a mistake in their call.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def is_concrete(x: Any) -> bool:
+    """True when the values of ``x`` can be read on the host (not a tracer under jit/vmap)."""
+    return not isinstance(x, jax.core.Tracer)
+
+
+def check_cell(cell: Any, fn: str) -> None:
+    from seqjax.cell import Cell
+
+    if not isinstance(cell, Cell):
+        raise TypeError(
+            f"{fn}: cell must be a seqjax.Cell (for example seqjax.lstm(hidden_size=64)); "
+            f"got {type(cell).__name__}"
+        )
+
+
+def check_positive_int(value: Any, name: str, fn: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
+        raise ValueError(f"{fn}: {name} must be a positive integer; got {value!r}")
+    return int(value)
+
+
+def check_bool(value: Any, name: str, fn: str) -> bool:
+    if not isinstance(value, bool | np.bool_):
+        raise TypeError(f"{fn}: {name} must be True or False; got {value!r}")
+    return bool(value)
+
+
+def check_choice(value: Any, choices: tuple[str, ...], name: str, fn: str) -> str:
+    if value not in choices:
+        raise ValueError(f"{fn}: unknown {name} {value!r}; expected one of {', '.join(choices)}")
+    return value
+
+
+def check_array(x: Any, name: str, fn: str, *, min_rank: int) -> jax.Array:
+    """Converts ``x`` to a JAX array with a floating dtype and at least ``min_rank`` axes."""
+    if x is None:
+        raise TypeError(f"{fn}: {name} is None; expected an array")
+    if not hasattr(x, "dtype"):
+        try:
+            x = np.asarray(x)
+        except Exception as err:
+            raise TypeError(f"{fn}: {name} must be an array; got {type(x).__name__}") from err
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(
+            f"{fn}: {name} must have a floating dtype (float32, float64, bfloat16, float16); "
+            f"got {x.dtype}. Cast it first, e.g. {name}.astype(jnp.float32)"
+        )
+    if x.ndim < min_rank:
+        raise ValueError(f"{fn}: {name} must have at least {min_rank} axes; got shape {x.shape}")
+    return jnp.asarray(x)
+
+
+def check_features(x: jax.Array, expected: int | None, name: str, fn: str, hint: str) -> None:
+    if expected is not None and x.shape[-1] != expected:
+        raise ValueError(
+            f"{fn}: {name} has {x.shape[-1]} features (shape {x.shape}) but the params expect "
+            f"{expected}; pass inputs of shape {hint.format(d=expected)}"
+        )
+
+
+def params_dtype(params: Any, fn: str) -> Any:
+    """The dtype the computation runs in: the common dtype of the floating parameters."""
+    leaves = [leaf for leaf in jax.tree.leaves(params) if hasattr(leaf, "dtype")]
+    floats = [leaf.dtype for leaf in leaves if jnp.issubdtype(leaf.dtype, jnp.floating)]
+    if not floats:
+        raise TypeError(f"{fn}: params hold no floating arrays; pass the result of cell.init(...)")
+    return jnp.result_type(*floats)
+
+
+def check_carry(cell: Any, params: Any, carry: Any, batch_shape: tuple[int, ...], fn: str) -> None:
+    """The carry must have the structure, shapes and dtypes of ``cell.initial_carry``."""
+    expected = jax.eval_shape(lambda p: cell.initial_carry(p, batch_shape), params)
+    check_tree_like(carry, expected, "carry", fn, f"cell.initial_carry(params, {batch_shape})")
+
+
+def check_tree_like(value: Any, expected: Any, name: str, fn: str, source: str) -> None:
+    got_def = jax.tree.structure(value)
+    want_def = jax.tree.structure(expected)
+    if got_def != want_def:
+        raise ValueError(
+            f"{fn}: {name} has the wrong structure: expected {want_def}, got {got_def}; "
+            f"build it with {source}"
+        )
+    for got, want in zip(jax.tree.leaves(value), jax.tree.leaves(expected), strict=True):
+        shape = np.shape(got)
+        if tuple(shape) != tuple(want.shape):
+            raise ValueError(
+                f"{fn}: {name} has a leaf of shape {tuple(shape)} where {tuple(want.shape)} is "
+                f"expected; build it with {source}"
+            )
+        dtype = getattr(got, "dtype", None)
+        if dtype != want.dtype:
+            raise TypeError(
+                f"{fn}: {name} has a leaf of dtype {dtype} where {want.dtype} (the params' dtype) "
+                f"is expected; cast it with .astype({want.dtype})"
+            )
+
+
+def check_lengths(
+    lengths: Any, batch_shape: tuple[int, ...], num_steps: int, fn: str
+) -> jax.Array | None:
+    """``lengths`` is an integer array of shape ``batch_shape`` with values in ``[1, num_steps]``.
+
+    Values are checked whenever they are concrete; under ``jit`` only shape and dtype can be.
+    """
+    if lengths is None:
+        return None
+    if not hasattr(lengths, "dtype"):
+        lengths = np.asarray(lengths)
+    if not jnp.issubdtype(lengths.dtype, jnp.integer):
+        raise TypeError(
+            f"{fn}: lengths must be an integer array; got dtype {lengths.dtype}. "
+            f"Pass e.g. jnp.asarray(lengths, dtype=jnp.int32)"
+        )
+    if tuple(lengths.shape) != tuple(batch_shape):
+        raise ValueError(
+            f"{fn}: lengths must have the batch shape {tuple(batch_shape)} (one length per "
+            f"sequence); got shape {tuple(lengths.shape)}"
+        )
+    if is_concrete(lengths) and np.size(lengths) > 0:
+        values = np.asarray(lengths)
+        low, high = int(values.min()), int(values.max())
+        if low < 1 or high > num_steps:
+            bad = low if low < 1 else high
+            raise ValueError(
+                f"{fn}: lengths must lie in [1, {num_steps}] (the number of time steps); "
+                f"got a length of {bad}"
+            )
+    return jnp.asarray(lengths)

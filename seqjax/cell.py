@@ -1,0 +1,103 @@
+"""The Cell protocol: one time step of a recurrent network, as a NamedTuple of pure functions.
+
+A cell splits its step in two so that callers can choose where the input projection happens:
+
+* ``project(params, xs)`` maps inputs ``(..., input_size)`` to whatever the recurrence consumes
+  (for the built-in cells, the input-to-hidden product ``x @ W_ih + b_ih``). It has no time
+  dependence, so :func:`seqjax.unroll` may apply it to every step at once in one large matmul.
+* ``recur(params, carry, projected_x_t)`` is the part that must run step by step.
+
+``step`` composes the two for a single time step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple, Protocol
+
+import jax
+import jax.numpy as jnp
+
+from seqjax import _checks
+
+Array = jax.Array
+Params = Any  # a pytree of arrays, for the built-in cells a dict
+Carry = Any  # a pytree of arrays with leading batch dims, e.g. h or LSTMCarry(h, c)
+
+
+class InitFn(Protocol):
+    def __call__(self, key: Array, input_size: int, dtype: Any = None) -> Params:
+        """Returns fresh parameters for inputs with ``input_size`` features, in ``dtype``
+        (default: JAX's default float, float32 unless x64 is enabled)."""
+
+
+class InitialCarryFn(Protocol):
+    def __call__(self, params: Params, batch_shape: tuple[int, ...] = ()) -> Carry:
+        """Returns the zero carry: leaves of shape ``batch_shape + (hidden,)``, in the params' dtype."""
+
+
+class ProjectFn(Protocol):
+    def __call__(self, params: Params, xs: Array) -> Array:
+        """Maps inputs ``(..., input_size)`` to the recurrence's per-step input ``(..., P)``.
+        Must act on the last axis only, so it can run on one step or on all steps at once."""
+
+
+class RecurFn(Protocol):
+    def __call__(self, params: Params, carry: Carry, projected_x: Array) -> tuple[Carry, Array]:
+        """One step: ``carry`` leaves ``(batch..., hidden)``, ``projected_x`` ``(batch..., P)``.
+        Returns ``(new_carry, y)`` with ``y`` of shape ``(batch..., output_size)``."""
+
+
+class Cell(NamedTuple):
+    """A recurrent cell: configuration closed over, parameters and state passed in and out.
+
+    Attributes:
+      init: ``init(key, input_size, dtype=None) -> params``.
+      initial_carry: ``initial_carry(params, batch_shape=()) -> carry`` (zeros).
+      project: ``project(params, xs) -> projected``, the time-parallel input projection.
+      recur: ``recur(params, carry, projected_x_t) -> (carry, y)``, the sequential part.
+      output_size: features of ``y``.
+      name: shown in error messages and profiles.
+      input_size: ``input_size(params) -> int`` so callers can check inputs before tracing;
+        ``None`` for a user cell that cannot tell.
+    """
+
+    init: InitFn
+    initial_carry: InitialCarryFn
+    project: ProjectFn
+    recur: RecurFn
+    output_size: int
+    name: str = "cell"
+    input_size: Callable[[Params], int] | None = None
+
+
+def identity_projection(params: Params, xs: Array) -> Array:
+    """A ``project`` for cells that do all their work in ``recur``."""
+    del params
+    return xs
+
+
+def default_float_dtype() -> Any:
+    """float64 when x64 mode is on, float32 otherwise (JAX's own default)."""
+    return jnp.result_type(float)
+
+
+def step(cell: Cell, params: Params, carry: Carry, x_t: Array) -> tuple[Carry, Array]:
+    """Runs one time step: ``recur(params, carry, project(params, x_t))``.
+
+    Args:
+      cell: the cell.
+      params: its parameters.
+      carry: the state, leaves of shape ``(batch..., hidden)``.
+      x_t: the input at this step, shape ``(batch..., input_size)``.
+
+    Returns:
+      ``(new_carry, y)``, ``y`` of shape ``(batch..., cell.output_size)``.
+    """
+    _checks.check_cell(cell, "step")
+    x_t = _checks.check_array(x_t, "x_t", "step", min_rank=1)
+    expected = cell.input_size(params) if cell.input_size is not None else None
+    _checks.check_features(x_t, expected, "x_t", "step", "(batch..., {d})")
+    x_t = x_t.astype(_checks.params_dtype(params, "step"))
+    _checks.check_carry(cell, params, carry, x_t.shape[:-1], "step")
+    return cell.recur(params, carry, cell.project(params, x_t))

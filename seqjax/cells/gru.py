@@ -1,0 +1,80 @@
+"""The GRU (Cho et al. 2014), in both of its published forms.
+
+Gates stacked in PyTorch's order r, z, n. Reset *after* the hidden matmul (PyTorch, cuDNN, Flax;
+the default, ``reset_after=True``):
+
+    r = sigmoid(x W_ir + b_ir + h W_hr + b_hr)
+    z = sigmoid(x W_iz + b_iz + h W_hz + b_hz)
+    n = tanh(x W_in + b_in + r * (h W_hn + b_hn))
+    h' = (1 - z) * n + z * h
+
+Reset *before* the matmul (the original paper, Keras ``reset_after=False``):
+
+    n = tanh(x W_in + b_in + (r * h) W_hn + b_hn)
+
+The first lets one matmul ``h W_hh`` serve all three gates; the second needs two, in sequence.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from seqjax import _checks
+from seqjax import initializers as inits
+from seqjax.cell import Cell, Params
+from seqjax.cells import _common
+
+
+def gru(
+    hidden_size: int,
+    *,
+    reset_after: bool = True,
+    init: str = "default",
+    input_init: inits.Initializer | None = None,
+    recurrent_init: inits.Initializer | None = None,
+    bias_init: inits.Initializer | None = None,
+) -> Cell:
+    """A GRU cell (PyTorch ``nn.GRU`` by default).
+
+    Args:
+      hidden_size: H.
+      reset_after: apply the reset gate after the hidden matmul (default, PyTorch/cuDNN/Flax);
+        ``False`` gives the original Cho et al. GRU (Keras ``reset_after=False``).
+      init: ``"default"`` or ``"pytorch"``, as for :func:`seqjax.simple_rnn`.
+
+    Params: ``w_ih (D, 3H)``, ``w_hh (H, 3H)``, ``b_ih (3H,)``, ``b_hh (3H,)``.
+    Carry: ``h (batch..., H)``. Output: ``h``.
+    """
+    hidden_size = _checks.check_positive_int(hidden_size, "hidden_size", "gru")
+    reset_after = _checks.check_bool(reset_after, "reset_after", "gru")
+    config = _common.resolve_init(init, input_init, recurrent_init, bias_init, "gru")
+    H = hidden_size
+
+    def init_fn(key: jax.Array, input_size: int, dtype=None) -> Params:
+        return _common.init_params(key, input_size, H, 3, config, dtype, "gru")
+
+    def recur(params: Params, h: jax.Array, projected_x: jax.Array):
+        with jax.named_scope("seqjax.gru"):
+            x_rz, x_n = projected_x[..., : 2 * H], projected_x[..., 2 * H :]
+            w_hh, b_hh = params["w_hh"], params["b_hh"]
+            if reset_after:
+                hh = h @ w_hh + b_hh
+                r, z = jnp.split(jax.nn.sigmoid(x_rz + hh[..., : 2 * H]), 2, axis=-1)
+                n = jnp.tanh(x_n + r * hh[..., 2 * H :])
+            else:
+                hh_rz = h @ w_hh[:, : 2 * H] + b_hh[: 2 * H]
+                r, z = jnp.split(jax.nn.sigmoid(x_rz + hh_rz), 2, axis=-1)
+                n = jnp.tanh(x_n + (r * h) @ w_hh[:, 2 * H :] + b_hh[2 * H :])
+            h = (1.0 - z) * n + z * h
+            return h, h
+
+    return Cell(
+        init=init_fn,
+        initial_carry=_common.zeros_carry(H),
+        project=_common.project,
+        recur=recur,
+        output_size=H,
+        name="gru" if reset_after else "gru_reset_before",
+        input_size=_common.input_size,
+    )

@@ -1,0 +1,69 @@
+"""The Elman RNN: ``h_t = act(x_t W_ih + b_ih + h_(t-1) W_hh + b_hh)``, act tanh or ReLU."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from seqjax import _checks
+from seqjax import initializers as inits
+from seqjax.cell import Cell, Params
+from seqjax.cells import _common
+
+ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu}
+
+
+def simple_rnn(
+    hidden_size: int,
+    *,
+    activation: str = "tanh",
+    init: str = "default",
+    input_init: inits.Initializer | None = None,
+    recurrent_init: inits.Initializer | None = None,
+    bias_init: inits.Initializer | None = None,
+) -> Cell:
+    """An Elman RNN cell (PyTorch ``nn.RNN``).
+
+    Args:
+      hidden_size: H, the size of the state and of the output.
+      activation: ``"tanh"`` (default) or ``"relu"``.
+      init: ``"default"`` (Lecun-normal input, orthogonal recurrent weights, zero biases) or
+        ``"pytorch"`` (U(-1/sqrt(H), 1/sqrt(H)) everywhere); explicit initializers override it.
+
+    Params: ``w_ih (D, H)``, ``w_hh (H, H)``, ``b_ih (H,)``, ``b_hh (H,)``. Carry: ``h (batch..., H)``.
+    """
+    hidden_size = _checks.check_positive_int(hidden_size, "hidden_size", "simple_rnn")
+    _checks.check_choice(activation, tuple(ACTIVATIONS), "activation", "simple_rnn")
+    act = ACTIVATIONS[activation]
+    config = _common.resolve_init(init, input_init, recurrent_init, bias_init, "simple_rnn")
+
+    def init_fn(key: jax.Array, input_size: int, dtype=None) -> Params:
+        return _common.init_params(key, input_size, hidden_size, 1, config, dtype, "simple_rnn")
+
+    def recur(params: Params, h: jax.Array, projected_x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        with jax.named_scope(f"seqjax.simple_rnn_{activation}"):
+            h = act(projected_x + h @ params["w_hh"] + params["b_hh"])
+            return h, h
+
+    return Cell(
+        init=init_fn,
+        initial_carry=_common.zeros_carry(hidden_size),
+        project=_common.project,
+        recur=recur,
+        output_size=hidden_size,
+        name=f"simple_rnn_{activation}",
+        input_size=_common.input_size,
+    )
+
+
+def irnn(hidden_size: int, *, scale: float = 1.0, input_std: float = 1e-3) -> Cell:
+    """The IRNN of Le, Jaitly and Hinton (2015): a ReLU RNN whose recurrent matrix starts as
+    ``scale`` times the identity and whose biases start at zero, with small Gaussian input
+    weights (std ``input_std``), so that at initialisation the state is carried unchanged."""
+    return simple_rnn(
+        hidden_size,
+        activation="relu",
+        input_init=inits.normal(input_std),
+        recurrent_init=inits.identity(scale),
+        bias_init=inits.zeros,
+    )

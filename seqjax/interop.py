@@ -1,0 +1,288 @@
+"""Weights in and out of PyTorch's ``nn.RNN``, ``nn.LSTM`` and ``nn.GRU``.
+
+seqjax keeps PyTorch's gate order (LSTM i, f, g, o; GRU r, z, n with the reset after the hidden
+matmul) and both biases, so a PyTorch tensor maps to a seqjax one by a transpose. torch itself is
+optional: it is imported only to read a module, and a plain mapping of arrays works without it.
+
+    layer, params = seqjax.interop.from_torch(torch_lstm)          # a module: config read from it
+    carry = seqjax.interop.carry_from_torch(params, h0, c0)        # (layers*dirs, B, H) -> carry
+    final, ys = layer.apply(params, xs, carry=carry, lengths=lengths)
+    h_n, c_n = seqjax.interop.carry_to_torch(final)
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+from seqjax import _checks
+from seqjax.cells import LSTMCarry, gru, lstm, simple_rnn
+from seqjax.layers import Layer, bidirectional, rnn, stack
+
+MODES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
+_KEY = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh)_l(\d+)(_reverse)?$")
+
+
+def from_torch(
+    source: Any,
+    *,
+    mode: str | None = None,
+    num_layers: int | None = None,
+    bidirectional: bool | None = None,
+    batch_first: bool | None = None,
+    dropout: float | None = None,
+    dtype: Any = None,
+) -> tuple[Layer, tuple]:
+    """A seqjax layer and params that compute what a PyTorch recurrent module computes.
+
+    Args:
+      source: a ``torch.nn.RNN``/``LSTM``/``GRU`` (its configuration is read from it; keyword
+        arguments, if given, must agree), or a mapping like its ``state_dict()`` whose values are
+        arrays or tensors (then ``mode`` is required).
+      mode: ``"RNN_TANH"``, ``"RNN_RELU"``, ``"LSTM"`` or ``"GRU"``.
+      num_layers, bidirectional: read from the keys when not given, checked against them if given.
+      batch_first: the layout of the module's inputs; default False, as in PyTorch.
+      dropout: between layers, active when ``apply`` gets a key; default 0.
+      dtype: the params' dtype; default: the source's.
+
+    Returns:
+      ``(layer, params)``: a :func:`seqjax.stack` of one entry per PyTorch layer, each an
+      ``rnn`` or a ``bidirectional`` of two. ``layer.apply(params, x, carry=..., lengths=...)``
+      returns ``(final_carry, y)`` equal to the module's ``(y, h_n[, c_n])``, packed sequences
+      expressed as ``lengths``; convert states with :func:`carry_from_torch`/:func:`carry_to_torch`.
+    """
+    fn = "from_torch"
+    if hasattr(source, "state_dict") and hasattr(source, "mode"):
+        config = _module_config(source)
+        for name, given in (
+            ("mode", mode),
+            ("num_layers", num_layers),
+            ("bidirectional", bidirectional),
+            ("batch_first", batch_first),
+        ):
+            if given is not None and given != config[name]:
+                raise ValueError(
+                    f"{fn}: {name}={given!r} disagrees with the module, which has {config[name]!r}"
+                )
+        mode, num_layers, bidirectional = (config["mode"], config["num_layers"],
+                                           config["bidirectional"])  # fmt: skip
+        batch_first = config["batch_first"]
+        dropout = config["dropout"] if dropout is None else dropout
+        state = {k: v.detach().cpu().numpy() for k, v in source.state_dict().items()}
+    elif isinstance(source, Mapping):
+        if mode is None:
+            raise ValueError(
+                f"{fn}: a state_dict mapping needs mode=; one of {', '.join(MODES)}"
+            )
+        state = {k: _to_numpy(v) for k, v in source.items()}
+    else:
+        raise TypeError(
+            f"{fn}: source must be a torch.nn.RNN/LSTM/GRU or a mapping of its state_dict; "
+            f"got {type(source).__name__}"
+        )
+    _checks.check_choice(mode, tuple(MODES), "mode", fn)
+    num_gates = MODES[mode]
+
+    found_layers, found_bidirectional = _layout_of(state.keys(), fn)
+    if num_layers is None:
+        num_layers = found_layers
+    _checks.check_positive_int(num_layers, "num_layers", fn)
+    if num_layers != found_layers:
+        raise ValueError(
+            f"{fn}: num_layers={num_layers} but the state_dict holds {found_layers} layer(s)"
+        )
+    if bidirectional is None:
+        bidirectional = found_bidirectional
+    if bool(bidirectional) != found_bidirectional:
+        raise ValueError(
+            f"{fn}: bidirectional={bidirectional} but the state_dict "
+            f"{'has' if found_bidirectional else 'has no'} _reverse weights"
+        )
+    batch_first = False if batch_first is None else _checks.check_bool(batch_first,
+                                                                         "batch_first", fn)
+    dropout = 0.0 if dropout is None else dropout
+
+    w_hh0 = state["weight_hh_l0"]
+    hidden_size = w_hh0.shape[1]
+    if w_hh0.shape[0] != num_gates * hidden_size:
+        raise ValueError(
+            f"{fn}: mode {mode} needs weight_hh_l0 of shape ({num_gates}*H, H) = "
+            f"({num_gates * hidden_size}, {hidden_size}); got {w_hh0.shape}. Is the mode right?"
+        )
+
+    def make_cell():
+        if mode == "LSTM":
+            return lstm(hidden_size)
+        if mode == "GRU":
+            return gru(hidden_size)
+        return simple_rnn(hidden_size, activation="tanh" if mode == "RNN_TANH" else "relu")
+
+    suffixes = ["", "_reverse"] if bidirectional else [""]
+    levels, params = [], []
+    for k in range(num_layers):
+        directions = [_cell_params(state, k, s, num_gates, hidden_size, dtype) for s in suffixes]
+        if bidirectional:
+            levels.append(_bidirectional_layer(make_cell(), batch_first))
+            params.append({"forward": directions[0], "backward": directions[1]})
+        else:
+            levels.append(rnn(make_cell(), time_major=not batch_first))
+            params.append(directions[0])
+    return stack(*levels, dropout=dropout), tuple(params)
+
+
+def _bidirectional_layer(cell, batch_first: bool) -> Layer:
+    return bidirectional(rnn(cell, time_major=not batch_first),
+                         rnn(cell, time_major=not batch_first))  # fmt: skip
+
+
+def to_torch(layer: Layer, params: Any) -> dict[str, np.ndarray]:
+    """The PyTorch ``state_dict`` of a seqjax layer's params, as NumPy arrays.
+
+    Works for the layers :func:`from_torch` builds: a stack of ``rnn`` or ``bidirectional``
+    layers of the built-in cells (a single such layer is taken as a one-layer stack). Load it
+    with ``module.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})``. It also
+    maps a gradient pytree of the same structure to PyTorch's names.
+    """
+    if not isinstance(layer, Layer):
+        raise TypeError(f"to_torch: layer must be a seqjax Layer; got {type(layer).__name__}")
+    levels = params if isinstance(params, tuple | list) else (params,)
+    state: dict[str, np.ndarray] = {}
+    for k, level in enumerate(levels):
+        directions = _directions(level, "to_torch", "params")
+        for suffix, p in zip(["", "_reverse"], directions, strict=False):
+            state[f"weight_ih_l{k}{suffix}"] = np.asarray(p["w_ih"]).T
+            state[f"weight_hh_l{k}{suffix}"] = np.asarray(p["w_hh"]).T
+            state[f"bias_ih_l{k}{suffix}"] = np.asarray(p["b_ih"])
+            state[f"bias_hh_l{k}{suffix}"] = np.asarray(p["b_hh"])
+    return state
+
+
+def carry_from_torch(params: Any, h0: Any, c0: Any = None) -> tuple:
+    """PyTorch's initial state ``h0`` (and ``c0`` for an LSTM), ``(layers*dirs, batch, H)``, as
+    the carry of the layer :func:`from_torch` built for ``params``. ``c0=None`` means zeros."""
+    fn = "carry_from_torch"
+    levels = params if isinstance(params, tuple | list) else (params,)
+    first = _directions(levels[0], fn, "params")[0]
+    hidden = first["w_hh"].shape[0]
+    is_lstm = first["w_hh"].shape[1] == 4 * hidden
+    dtype = first["w_hh"].dtype
+    num_dirs = len(_directions(levels[0], fn, "params"))
+    h0 = jnp.asarray(h0, dtype)
+    expected = (len(levels) * num_dirs, hidden)
+    if h0.ndim < 2 or (h0.shape[0], h0.shape[-1]) != expected:
+        raise ValueError(
+            f"{fn}: h0 must have shape ({expected[0]}, batch..., {hidden}) (layers*directions "
+            f"first, as PyTorch); got {h0.shape}"
+        )
+    if c0 is not None and not is_lstm:
+        raise ValueError(f"{fn}: c0 is only for LSTMs; these params are not an LSTM's")
+    if is_lstm:
+        c0 = jnp.zeros_like(h0) if c0 is None else jnp.asarray(c0, dtype)
+        if c0.shape != h0.shape:
+            raise ValueError(f"{fn}: c0 must have h0's shape {h0.shape}; got {c0.shape}")
+    carries = []
+    for k, level in enumerate(levels):
+        per_dir = []
+        for d in range(num_dirs):
+            i = k * num_dirs + d
+            per_dir.append(LSTMCarry(h0[i], c0[i]) if is_lstm else h0[i])
+        carries.append(tuple(per_dir) if isinstance(level, Mapping) and "forward" in level
+                       else per_dir[0])  # fmt: skip
+    return tuple(carries)
+
+
+def carry_to_torch(carry: tuple) -> tuple[Any, Any]:
+    """A :func:`from_torch` layer's final carry as PyTorch's ``(h_n, c_n)``, each
+    ``(layers*dirs, batch, H)``; ``c_n`` is None for RNN and GRU."""
+    hs, cs = [], []
+    for level in carry:
+        directions = level if isinstance(level, tuple) and not isinstance(level, LSTMCarry) else (
+            level,)  # fmt: skip
+        for state in directions:
+            if isinstance(state, LSTMCarry):
+                hs.append(state.h)
+                cs.append(state.c)
+            else:
+                hs.append(state)
+    return jnp.stack(hs), (jnp.stack(cs) if cs else None)
+
+
+def _module_config(module: Any) -> dict[str, Any]:
+    if getattr(module, "proj_size", 0):
+        raise ValueError(
+            "from_torch: LSTMs with proj_size > 0 are not supported yet; got proj_size="
+            f"{module.proj_size}"
+        )
+    return {
+        "mode": module.mode,
+        "num_layers": module.num_layers,
+        "bidirectional": bool(module.bidirectional),
+        "batch_first": bool(module.batch_first),
+        "dropout": float(module.dropout),
+    }
+
+
+def _layout_of(keys, fn: str) -> tuple[int, bool]:
+    layers, reverse = set(), False
+    for key in keys:
+        match = _KEY.match(key)
+        if match is None:
+            raise ValueError(
+                f"{fn}: unexpected state_dict key {key!r}; expected names like weight_ih_l0, "
+                "bias_hh_l1_reverse (proj_size weights are not supported yet)"
+            )
+        layers.add(int(match.group(2)))
+        reverse |= match.group(3) is not None
+    if not layers:
+        raise ValueError(f"{fn}: the state_dict is empty")
+    if layers != set(range(len(layers))):
+        raise ValueError(f"{fn}: the state_dict's layers are not 0..n-1; found {sorted(layers)}")
+    return len(layers), reverse
+
+
+def _cell_params(state, k: int, suffix: str, num_gates: int, hidden: int, dtype) -> dict:
+    def get(name: str, shape_hint: str):
+        key = f"{name}_l{k}{suffix}"
+        if key not in state:
+            if name.startswith("bias"):  # bias=False modules have no bias tensors
+                return None
+            raise ValueError(f"from_torch: the state_dict has no {key} {shape_hint}")
+        return state[key]
+
+    w_ih, w_hh = get("weight_ih", "(gates*H, input)"), get("weight_hh", "(gates*H, H)")
+    if w_hh.shape != (num_gates * hidden, hidden) or w_ih.shape[0] != num_gates * hidden:
+        raise ValueError(
+            f"from_torch: layer {k}{suffix} has weight_ih {w_ih.shape} and weight_hh "
+            f"{w_hh.shape}; expected ({num_gates * hidden}, input) and "
+            f"({num_gates * hidden}, {hidden})"
+        )
+    dtype = w_hh.dtype if dtype is None else dtype
+    zeros = np.zeros(num_gates * hidden, w_hh.dtype)
+    b_ih, b_hh = get("bias_ih", ""), get("bias_hh", "")
+    return {
+        "w_ih": jnp.asarray(w_ih.T, dtype),
+        "w_hh": jnp.asarray(w_hh.T, dtype),
+        "b_ih": jnp.asarray(zeros if b_ih is None else b_ih, dtype),
+        "b_hh": jnp.asarray(zeros if b_hh is None else b_hh, dtype),
+    }
+
+
+def _directions(level: Any, fn: str, name: str) -> list:
+    if isinstance(level, Mapping) and "forward" in level and "backward" in level:
+        return [level["forward"], level["backward"]]
+    if isinstance(level, Mapping) and {"w_ih", "w_hh", "b_ih", "b_hh"} <= set(level):
+        return [level]
+    raise ValueError(
+        f"{fn}: {name} must be the params of a built-in cell (w_ih, w_hh, b_ih, b_hh) or of a "
+        f"bidirectional layer ({{'forward', 'backward'}}), per layer; got {type(level).__name__}"
+    )
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    if hasattr(value, "detach"):  # a torch tensor
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)

@@ -1,0 +1,254 @@
+"""Layers: whole-sequence maps built from cells, and combinators that build bigger layers.
+
+A layer is a NamedTuple of pure functions, like a cell one level up:
+
+    layer = seqjax.stack(seqjax.bidirectional(seqjax.rnn(seqjax.lstm(64)),
+                                              seqjax.rnn(seqjax.lstm(64))),
+                         seqjax.rnn(seqjax.gru(64)), dropout=0.1)
+    params = layer.init(key, input_size=32)
+    final_carry, ys = layer.apply(params, xs, lengths=lengths, key=dropout_key)
+
+``bidirectional`` and ``stack`` take layers and return a layer, so they nest freely.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple, Protocol
+
+import jax
+import jax.numpy as jnp
+
+from seqjax import _checks
+from seqjax.cell import Carry, Cell, Params
+from seqjax.unroll import unroll
+
+Array = jax.Array
+
+
+class ApplyFn(Protocol):
+    def __call__(
+        self,
+        params: Params,
+        xs: Array,
+        *,
+        lengths: Array | None = None,
+        carry: Carry | None = None,
+        key: Array | None = None,
+    ) -> tuple[Carry, Array]:
+        """Maps ``xs (batch..., time, features)`` to ``(final_carry, ys (batch..., time, out))``.
+        ``key`` enables the layer's randomness (dropout); without it the layer is deterministic."""
+
+
+class Layer(NamedTuple):
+    """A sequence-to-sequence layer.
+
+    Attributes:
+      init: ``init(key, input_size, dtype=None) -> params``.
+      apply: see :class:`ApplyFn`.
+      initial_carry: ``initial_carry(params, batch_shape=()) -> carry`` (zeros).
+      output_size: features of the outputs.
+      time_major: whether ``xs`` and ``ys`` have time first.
+    """
+
+    init: Callable[..., Params]
+    apply: ApplyFn
+    initial_carry: Callable[..., Carry]
+    output_size: int
+    time_major: bool = False
+
+
+def rnn(
+    cell: Cell,
+    *,
+    reverse: bool = False,
+    time_major: bool = False,
+    unroll: int = 1,
+    remat: bool = False,
+    hoist_projection: bool | None = None,
+) -> Layer:
+    """The layer that runs ``cell`` over a sequence with :func:`seqjax.unroll` and these options.
+
+    Params are the cell's; the carry is the cell's carry.
+    """
+    _checks.check_cell(cell, "rnn")
+    run_options = dict(
+        reverse=_checks.check_bool(reverse, "reverse", "rnn"),
+        time_major=_checks.check_bool(time_major, "time_major", "rnn"),
+        unroll=_checks.check_positive_int(unroll, "unroll", "rnn"),
+        remat=_checks.check_bool(remat, "remat", "rnn"),
+        hoist_projection=hoist_projection,
+    )
+
+    def apply(params, xs, *, lengths=None, carry=None, key=None):
+        del key  # a plain recurrent layer has no randomness
+        return unroll_fn(cell, params, xs, carry=carry, lengths=lengths, **run_options)
+
+    return Layer(
+        init=cell.init,
+        apply=apply,
+        initial_carry=cell.initial_carry,
+        output_size=cell.output_size,
+        time_major=time_major,
+    )
+
+
+unroll_fn = unroll  # `rnn` has a parameter named `unroll`
+
+
+def bidirectional(forward: Layer, backward: Layer) -> Layer:
+    """Runs ``forward`` over the sequence and ``backward`` over it reversed (each sequence
+    reversed within its own length), and concatenates their outputs, forward first.
+
+    Pass two forward-running layers: ``bidirectional`` does the reversing. Params are
+    ``{"forward": ..., "backward": ...}``; the carry is ``(forward_carry, backward_carry)``.
+    """
+    for name, layer in (("forward", forward), ("backward", backward)):
+        _check_layer(layer, name, "bidirectional")
+    if forward.time_major != backward.time_major:
+        raise ValueError(
+            "bidirectional: forward and backward must share a layout; got time_major="
+            f"{forward.time_major} and {backward.time_major}"
+        )
+    time_major = forward.time_major
+
+    def init(key, input_size, dtype=None):
+        k_fwd, k_bwd = jax.random.split(key)
+        return {
+            "forward": forward.init(k_fwd, input_size, dtype),
+            "backward": backward.init(k_bwd, input_size, dtype),
+        }
+
+    def initial_carry(params, batch_shape=()):
+        return (
+            forward.initial_carry(params["forward"], batch_shape),
+            backward.initial_carry(params["backward"], batch_shape),
+        )
+
+    def apply(params, xs, *, lengths=None, carry=None, key=None):
+        carry_fwd, carry_bwd = _split_carry(carry, 2, "bidirectional")
+        key_fwd, key_bwd = jax.random.split(key) if key is not None else (None, None)
+        xs = _checks.check_array(xs, "xs", "bidirectional", min_rank=2)
+        time_axis = 0 if time_major else xs.ndim - 2
+        carry_fwd, ys_fwd = forward.apply(
+            params["forward"], xs, lengths=lengths, carry=carry_fwd, key=key_fwd
+        )
+        carry_bwd, ys_bwd = backward.apply(
+            params["backward"],
+            reverse_sequences(xs, lengths, time_axis),
+            lengths=lengths,
+            carry=carry_bwd,
+            key=key_bwd,
+        )
+        ys_bwd = reverse_sequences(ys_bwd, lengths, time_axis)
+        return (carry_fwd, carry_bwd), jnp.concatenate([ys_fwd, ys_bwd], axis=-1)
+
+    return Layer(
+        init=init,
+        apply=apply,
+        initial_carry=initial_carry,
+        output_size=forward.output_size + backward.output_size,
+        time_major=time_major,
+    )
+
+
+def stack(*layers: Layer, dropout: float = 0.0) -> Layer:
+    """Layers applied one after another, each taking the previous one's outputs.
+
+    Args:
+      *layers: one or more layers sharing a layout.
+      dropout: probability in [0, 1) of zeroing an output between two layers (not after the
+        last), as PyTorch's ``dropout`` argument. Active only when ``apply`` gets a ``key``.
+
+    Params and carry are tuples with one entry per layer.
+    """
+    if not layers:
+        raise ValueError("stack: needs at least one layer; got none")
+    for i, layer in enumerate(layers):
+        _check_layer(layer, f"layers[{i}]", "stack")
+    layouts = {layer.time_major for layer in layers}
+    if len(layouts) > 1:
+        raise ValueError("stack: all layers must share a layout; got mixed time_major values")
+    if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0 <= dropout < 1:
+        raise ValueError(f"stack: dropout must be a probability in [0, 1); got {dropout!r}")
+    dropout = float(dropout)
+    count = len(layers)
+
+    def init(key, input_size, dtype=None):
+        params = []
+        for layer, k in zip(layers, jax.random.split(key, count), strict=True):
+            params.append(layer.init(k, input_size, dtype))
+            input_size = layer.output_size
+        return tuple(params)
+
+    def initial_carry(params, batch_shape=()):
+        return tuple(
+            layer.initial_carry(p, batch_shape) for layer, p in zip(layers, params, strict=True)
+        )
+
+    def apply(params, xs, *, lengths=None, carry=None, key=None):
+        if not isinstance(params, tuple | list) or len(params) != count:
+            raise ValueError(
+                f"stack: params must be a tuple of {count} entries (one per layer), as "
+                f"layer.init returns; got {type(params).__name__}"
+                + (f" of {len(params)}" if isinstance(params, tuple | list) else "")
+            )
+        carries = _split_carry(carry, count, "stack")
+        keys = jax.random.split(key, 2 * count) if key is not None else [None] * (2 * count)
+        finals = []
+        for i, (layer, p, c) in enumerate(zip(layers, params, carries, strict=True)):
+            c, xs = layer.apply(p, xs, lengths=lengths, carry=c, key=keys[2 * i])
+            finals.append(c)
+            if i < count - 1 and key is not None and dropout > 0:
+                xs = _dropout(keys[2 * i + 1], xs, dropout)
+        return tuple(finals), xs
+
+    return Layer(
+        init=init,
+        apply=apply,
+        initial_carry=initial_carry,
+        output_size=layers[-1].output_size,
+        time_major=layers[0].time_major,
+    )
+
+
+def reverse_sequences(xs: Array, lengths: Array | None, time_axis: int) -> Array:
+    """Reverses each sequence along ``time_axis`` within its own length; padding stays put.
+
+    ``xs`` is ``(..., time, features)`` with the batch axes ``lengths`` indexes; applying it twice
+    gives ``xs`` back.
+    """
+    if lengths is None:
+        return jnp.flip(xs, axis=time_axis)
+    lengths = jnp.asarray(lengths)
+    num_steps = xs.shape[time_axis]
+    xs_tm = jnp.moveaxis(xs, time_axis, 0)  # (time, batch..., features)
+    t = jnp.arange(num_steps).reshape((num_steps,) + (1,) * lengths.ndim)
+    source = jnp.where(t < lengths, lengths - 1 - t, t)  # (time, batch...)
+    flipped = jnp.take_along_axis(xs_tm, source[..., None], axis=0)
+    return jnp.moveaxis(flipped, 0, time_axis)
+
+
+def _dropout(key: Array, xs: Array, rate: float) -> Array:
+    keep = jax.random.bernoulli(key, 1.0 - rate, xs.shape)
+    return jnp.where(keep, xs / (1.0 - rate), jnp.zeros_like(xs))
+
+
+def _split_carry(carry: Any, count: int, fn: str) -> tuple[Any, ...]:
+    if carry is None:
+        return (None,) * count
+    if not isinstance(carry, tuple) or len(carry) != count:
+        raise ValueError(
+            f"{fn}: carry must be a tuple of {count} entries (None for zeros, or as "
+            f"layer.initial_carry returns); got {type(carry).__name__}"
+            + (f" of {len(carry)}" if isinstance(carry, tuple) else "")
+        )
+    return carry
+
+
+def _check_layer(layer: Any, name: str, fn: str) -> None:
+    if isinstance(layer, Cell):
+        raise TypeError(f"{fn}: {name} is a Cell; wrap it in a layer first: seqjax.rnn(cell)")
+    if not isinstance(layer, Layer):
+        raise TypeError(f"{fn}: {name} must be a seqjax Layer; got {type(layer).__name__}")
+
