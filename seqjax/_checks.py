@@ -79,8 +79,37 @@ def params_dtype(params: Any, fn: str) -> Any:
     leaves = [leaf for leaf in jax.tree.leaves(params) if hasattr(leaf, "dtype")]
     floats = [leaf.dtype for leaf in leaves if jnp.issubdtype(leaf.dtype, jnp.floating)]
     if not floats:
-        raise TypeError(f"{fn}: params hold no floating arrays; pass the result of cell.init(...)")
+        raise TypeError(
+            f"{fn}: params hold no floating arrays; expected the result of cell.init(...); "
+            f"got {type(params).__name__}"
+        )
     return jnp.result_type(*floats)
+
+
+def expected_input_size(cell: Any, params: Any, fn: str) -> int | None:
+    """The input features ``params`` expect, or None when the cell cannot tell."""
+    if cell.input_size is None:
+        return None
+    try:
+        return int(cell.input_size(params))
+    except (KeyError, TypeError, IndexError, AttributeError) as err:
+        raise TypeError(
+            f"{fn}: params do not fit cell {cell.name!r}; expected the result of "
+            f"cell.init(key, input_size); got {type(params).__name__}"
+        ) from err
+
+
+def check_step(cell: Any, params: Any, carry: Any, x: Any, fn: str) -> None:
+    """One abstract step (shapes only: no FLOPs, no compilation), so that params of another
+    size than the cell fail here with a named error instead of inside the scan."""
+    try:
+        jax.eval_shape(lambda p, c, x_t: cell.recur(p, c, cell.project(p, x_t)), params, carry, x)
+    except (TypeError, ValueError, IndexError, KeyError) as err:
+        reason = f"{type(err).__name__}: {str(err).rstrip('.')}"
+        raise ValueError(
+            f"{fn}: params do not fit cell {cell.name!r} (output_size {cell.output_size}): one "
+            f"step fails with {reason}. Expected params from this cell's init(key, input_size)"
+        ) from err
 
 
 def check_carry(cell: Any, params: Any, carry: Any, batch_shape: tuple[int, ...], fn: str) -> None:

@@ -33,7 +33,8 @@ class InitFn(Protocol):
 
 class InitialCarryFn(Protocol):
     def __call__(self, params: Params, batch_shape: tuple[int, ...] = ()) -> Carry:
-        """Returns the zero carry: leaves of shape ``batch_shape + (hidden,)``, in the params' dtype."""
+        """Returns the zero carry: leaves of shape ``batch_shape + (hidden,)``, in the params'
+        dtype."""
 
 
 class ProjectFn(Protocol):
@@ -96,8 +97,9 @@ def step(cell: Cell, params: Params, carry: Carry, x_t: Array) -> tuple[Carry, A
     """
     _checks.check_cell(cell, "step")
     x_t = _checks.check_array(x_t, "x_t", "step", min_rank=1)
-    expected = cell.input_size(params) if cell.input_size is not None else None
+    dtype = _checks.params_dtype(params, "step")
+    expected = _checks.expected_input_size(cell, params, "step")
     _checks.check_features(x_t, expected, "x_t", "step", "(batch..., {d})")
-    x_t = x_t.astype(_checks.params_dtype(params, "step"))
+    x_t = x_t.astype(dtype)
     _checks.check_carry(cell, params, carry, x_t.shape[:-1], "step")
     return cell.recur(params, carry, cell.project(params, x_t))

@@ -97,4 +97,6 @@ def bias_blocks(
 ) -> jax.Array:
     """One ``(hidden,)`` block per gate, each from its own initializer, concatenated."""
     keys = jax.random.split(key, len(initializers))
-    return jnp.concatenate([init(k, (hidden_size,), dtype) for init, k in zip(initializers, keys, strict=True)])
+    return jnp.concatenate(
+        [init(k, (hidden_size,), dtype) for init, k in zip(initializers, keys, strict=True)]
+    )

@@ -16,6 +16,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -76,7 +77,8 @@ def from_torch(
     elif isinstance(source, Mapping):
         if mode is None:
             raise ValueError(
-                f"{fn}: a state_dict mapping needs mode=; one of {', '.join(MODES)}"
+                f"{fn}: mode is required when source is a state_dict mapping; expected one of "
+                f"{', '.join(MODES)}; got None"
             )
         state = {k: _to_numpy(v) for k, v in source.items()}
     else:
@@ -97,16 +99,30 @@ def from_torch(
         )
     if bidirectional is None:
         bidirectional = found_bidirectional
+    bidirectional = _checks.check_bool(bidirectional, "bidirectional", fn)
     if bool(bidirectional) != found_bidirectional:
         raise ValueError(
             f"{fn}: bidirectional={bidirectional} but the state_dict "
             f"{'has' if found_bidirectional else 'has no'} _reverse weights"
         )
-    batch_first = False if batch_first is None else _checks.check_bool(batch_first,
-                                                                         "batch_first", fn)
+    batch_first = (
+        False if batch_first is None else _checks.check_bool(batch_first, "batch_first", fn)
+    )
     dropout = 0.0 if dropout is None else dropout
+    if dtype is not None:
+        try:
+            dtype = jnp.dtype(dtype)
+        except TypeError as err:
+            raise TypeError(f"{fn}: dtype must be a floating dtype; got {dtype!r}") from err
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError(f"{fn}: dtype must be a floating dtype; got {dtype}")
 
-    w_hh0 = state["weight_hh_l0"]
+    w_hh0 = state.get("weight_hh_l0")
+    if w_hh0 is None or w_hh0.ndim != 2:
+        raise ValueError(
+            f"{fn}: source must hold weight_hh_l0 of shape (gates*H, H); got "
+            + ("none" if w_hh0 is None else f"shape {w_hh0.shape}")
+        )
     hidden_size = w_hh0.shape[1]
     if w_hh0.shape[0] != num_gates * hidden_size:
         raise ValueError(
@@ -166,6 +182,10 @@ def carry_from_torch(params: Any, h0: Any, c0: Any = None) -> tuple:
     the carry of the layer :func:`from_torch` built for ``params``. ``c0=None`` means zeros."""
     fn = "carry_from_torch"
     levels = params if isinstance(params, tuple | list) else (params,)
+    if not levels:
+        raise ValueError(
+            f"{fn}: params must hold at least one layer, as from_torch returns; got none"
+        )
     first = _directions(levels[0], fn, "params")[0]
     hidden = first["w_hh"].shape[0]
     is_lstm = first["w_hh"].shape[1] == 4 * hidden
@@ -179,7 +199,10 @@ def carry_from_torch(params: Any, h0: Any, c0: Any = None) -> tuple:
             f"first, as PyTorch); got {h0.shape}"
         )
     if c0 is not None and not is_lstm:
-        raise ValueError(f"{fn}: c0 is only for LSTMs; these params are not an LSTM's")
+        raise ValueError(
+            f"{fn}: c0 is only for LSTMs and these params are not an LSTM's; expected c0=None, "
+            f"got an array of shape {np.shape(c0)}"
+        )
     if is_lstm:
         c0 = jnp.zeros_like(h0) if c0 is None else jnp.asarray(c0, dtype)
         if c0.shape != h0.shape:
@@ -198,6 +221,11 @@ def carry_from_torch(params: Any, h0: Any, c0: Any = None) -> tuple:
 def carry_to_torch(carry: tuple) -> tuple[Any, Any]:
     """A :func:`from_torch` layer's final carry as PyTorch's ``(h_n, c_n)``, each
     ``(layers*dirs, batch, H)``; ``c_n`` is None for RNN and GRU."""
+    if not isinstance(carry, tuple | list) or isinstance(carry, LSTMCarry) or not carry:
+        raise TypeError(
+            "carry_to_torch: carry must be the final carry of a from_torch layer, a tuple with one "
+            f"entry per layer; got {type(carry).__name__}"
+        )
     hs, cs = [], []
     for level in carry:
         directions = level if isinstance(level, tuple) and not isinstance(level, LSTMCarry) else (
@@ -232,15 +260,17 @@ def _layout_of(keys, fn: str) -> tuple[int, bool]:
         match = _KEY.match(key)
         if match is None:
             raise ValueError(
-                f"{fn}: unexpected state_dict key {key!r}; expected names like weight_ih_l0, "
-                "bias_hh_l1_reverse (proj_size weights are not supported yet)"
+                f"{fn}: source has an unexpected state_dict key {key!r}; expected names like "
+                "weight_ih_l0, bias_hh_l1_reverse (proj_size weights are not supported yet)"
             )
         layers.add(int(match.group(2)))
         reverse |= match.group(3) is not None
     if not layers:
-        raise ValueError(f"{fn}: the state_dict is empty")
+        raise ValueError(f"{fn}: source is an empty state_dict; expected weight_ih_l0 and so on")
     if layers != set(range(len(layers))):
-        raise ValueError(f"{fn}: the state_dict's layers are not 0..n-1; found {sorted(layers)}")
+        raise ValueError(
+            f"{fn}: source's state_dict layers must be numbered 0..n-1; got {sorted(layers)}"
+        )
     return len(layers), reverse
 
 
@@ -250,7 +280,7 @@ def _cell_params(state, k: int, suffix: str, num_gates: int, hidden: int, dtype)
         if key not in state:
             if name.startswith("bias"):  # bias=False modules have no bias tensors
                 return None
-            raise ValueError(f"from_torch: the state_dict has no {key} {shape_hint}")
+            raise ValueError(f"from_torch: source has no {key} {shape_hint} in its state_dict")
         return state[key]
 
     w_ih, w_hh = get("weight_ih", "(gates*H, input)"), get("weight_hh", "(gates*H, H)")
@@ -260,7 +290,8 @@ def _cell_params(state, k: int, suffix: str, num_gates: int, hidden: int, dtype)
             f"{w_hh.shape}; expected ({num_gates * hidden}, input) and "
             f"({num_gates * hidden}, {hidden})"
         )
-    dtype = w_hh.dtype if dtype is None else dtype
+    # Without x64 mode, float64 weights become float32, as every JAX array would.
+    dtype = jax.dtypes.canonicalize_dtype(w_hh.dtype if dtype is None else dtype)
     zeros = np.zeros(num_gates * hidden, w_hh.dtype)
     b_ih, b_hh = get("bias_ih", ""), get("bias_hh", "")
     return {

@@ -18,6 +18,7 @@ from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from seqjax import _checks
 from seqjax.cell import Carry, Cell, Params
@@ -77,7 +78,9 @@ def rnn(
         time_major=_checks.check_bool(time_major, "time_major", "rnn"),
         unroll=_checks.check_positive_int(unroll, "unroll", "rnn"),
         remat=_checks.check_bool(remat, "remat", "rnn"),
-        hoist_projection=hoist_projection,
+        hoist_projection=None
+        if hoist_projection is None
+        else _checks.check_bool(hoist_projection, "hoist_projection", "rnn"),
     )
 
     def apply(params, xs, *, lengths=None, carry=None, key=None):
@@ -163,13 +166,17 @@ def stack(*layers: Layer, dropout: float = 0.0) -> Layer:
     Params and carry are tuples with one entry per layer.
     """
     if not layers:
-        raise ValueError("stack: needs at least one layer; got none")
+        raise ValueError("stack: layers must hold at least one layer (stack(layer, ...)); got none")
     for i, layer in enumerate(layers):
         _check_layer(layer, f"layers[{i}]", "stack")
     layouts = {layer.time_major for layer in layers}
     if len(layouts) > 1:
         raise ValueError("stack: all layers must share a layout; got mixed time_major values")
-    if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0 <= dropout < 1:
+    if (
+        isinstance(dropout, bool)
+        or not isinstance(dropout, int | float | np.integer | np.floating)
+        or not 0 <= dropout < 1
+    ):
         raise ValueError(f"stack: dropout must be a probability in [0, 1); got {dropout!r}")
     dropout = float(dropout)
     count = len(layers)
@@ -218,10 +225,29 @@ def reverse_sequences(xs: Array, lengths: Array | None, time_axis: int) -> Array
     ``xs`` is ``(..., time, features)`` with the batch axes ``lengths`` indexes; applying it twice
     gives ``xs`` back.
     """
+    fn = "reverse_sequences"
+    if not hasattr(xs, "shape"):
+        xs = jnp.asarray(xs)
+    if xs.ndim < 2:
+        raise ValueError(
+            f"{fn}: xs must have at least 2 axes (time, features); got shape {xs.shape}"
+        )
+    if (
+        isinstance(time_axis, bool)
+        or not isinstance(time_axis, int | np.integer)
+        or not -xs.ndim <= time_axis < xs.ndim
+        or int(time_axis) % xs.ndim == xs.ndim - 1
+    ):
+        raise ValueError(
+            f"{fn}: time_axis must be an axis of xs other than the last (features) one; got "
+            f"{time_axis!r} for xs of shape {xs.shape}"
+        )
+    time_axis = int(time_axis) % xs.ndim
     if lengths is None:
         return jnp.flip(xs, axis=time_axis)
-    lengths = jnp.asarray(lengths)
     num_steps = xs.shape[time_axis]
+    batch_shape = tuple(d for i, d in enumerate(xs.shape[:-1]) if i != time_axis)
+    lengths = _checks.check_lengths(lengths, batch_shape, num_steps, fn)
     xs_tm = jnp.moveaxis(xs, time_axis, 0)  # (time, batch..., features)
     t = jnp.arange(num_steps).reshape((num_steps,) + (1,) * lengths.ndim)
     source = jnp.where(t < lengths, lengths - 1 - t, t)  # (time, batch...)
@@ -237,7 +263,8 @@ def _dropout(key: Array, xs: Array, rate: float) -> Array:
 def _split_carry(carry: Any, count: int, fn: str) -> tuple[Any, ...]:
     if carry is None:
         return (None,) * count
-    if not isinstance(carry, tuple) or len(carry) != count:
+    # A NamedTuple (such as LSTMCarry) is one cell's carry, never the per-layer tuple.
+    if not isinstance(carry, tuple) or hasattr(carry, "_fields") or len(carry) != count:
         raise ValueError(
             f"{fn}: carry must be a tuple of {count} entries (None for zeros, or as "
             f"layer.initial_carry returns); got {type(carry).__name__}"
@@ -251,4 +278,3 @@ def _check_layer(layer: Any, name: str, fn: str) -> None:
         raise TypeError(f"{fn}: {name} is a Cell; wrap it in a layer first: seqjax.rnn(cell)")
     if not isinstance(layer, Layer):
         raise TypeError(f"{fn}: {name} must be a seqjax Layer; got {type(layer).__name__}")
-

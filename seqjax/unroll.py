@@ -64,19 +64,23 @@ def unroll(
     num_steps = xs.shape[time_axis]
     layout = "(time, batch..., {d})" if time_major else "(batch..., time, {d})"
     if num_steps == 0:
-        raise ValueError(f"{fn}: xs has an empty time axis (shape {xs.shape}); need at least 1 step")
-    expected = cell.input_size(params) if cell.input_size is not None else None
-    _checks.check_features(xs, expected, "xs", fn, layout)
+        raise ValueError(
+            f"{fn}: xs has an empty time axis (shape {xs.shape}); need at least 1 step"
+        )
     dtype = _checks.params_dtype(params, fn)
+    expected = _checks.expected_input_size(cell, params, fn)
+    _checks.check_features(xs, expected, "xs", fn, layout)
 
-    xs_tm = jnp.moveaxis(xs, time_axis, 0).astype(dtype)  # (time, batch..., features)
-    batch_shape = xs_tm.shape[1:-1]
+    batch_shape = xs.shape[1:-1] if time_major else xs.shape[:-2]
     lengths = _checks.check_lengths(lengths, batch_shape, num_steps, fn)
     if carry is None:
         carry = cell.initial_carry(params, batch_shape)
     else:
         _checks.check_carry(cell, params, carry, batch_shape, fn)
+    x_t = jax.ShapeDtypeStruct((*batch_shape, xs.shape[-1]), dtype)
+    _checks.check_step(cell, params, carry, x_t, fn)
 
+    xs_tm = jnp.moveaxis(xs, time_axis, 0).astype(dtype)  # (time, batch..., features)
     if hoist_projection is None:
         hoist_projection = jax.default_backend() != "cpu"
     carry, ys = _scan(cell, params, xs_tm, carry, lengths, reverse, unroll, remat, hoist_projection)
@@ -122,4 +126,3 @@ def _where(mask: Array, a: Array, b: Array) -> Array:
     """``where`` with ``mask (batch...)`` broadcast over the trailing feature axes of ``a``."""
     mask = mask.reshape(mask.shape + (1,) * (a.ndim - mask.ndim))
     return jnp.where(mask, a, b)
-

@@ -1,4 +1,4 @@
-"""Shared test helpers. Golden files are copies of ``../shared/golden`` made by PyTorch and Keras."""
+"""Shared test helpers. Golden files: copies of ``../shared/golden``, made by PyTorch and Keras."""
 
 from __future__ import annotations
 

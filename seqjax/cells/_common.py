@@ -62,7 +62,10 @@ def init_params(
     """Parameters in the shared layout; ``bias_*_overrides`` maps a gate index to its own
     initializer (the LSTM forget-gate bias)."""
     input_size = _checks.check_positive_int(input_size, "input_size", fn)
-    dtype = default_float_dtype() if dtype is None else jnp.dtype(dtype)
+    try:
+        dtype = default_float_dtype() if dtype is None else jnp.dtype(dtype)
+    except TypeError as err:
+        raise TypeError(f"{fn}: dtype must be a floating dtype; got {dtype!r}") from err
     if not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(f"{fn}: dtype must be a floating dtype; got {dtype}")
     k_ih, k_hh, k_bih, k_bhh = jax.random.split(key, 4)
@@ -74,7 +77,9 @@ def init_params(
         return inits.bias_blocks(k, per_gate, hidden_size, dtype)
 
     return {
-        "w_ih": inits.gate_blocks(k_ih, config.input_init, input_size, hidden_size, num_gates, dtype),
+        "w_ih": inits.gate_blocks(
+            k_ih, config.input_init, input_size, hidden_size, num_gates, dtype
+        ),
         "w_hh": inits.gate_blocks(
             k_hh, config.recurrent_init, hidden_size, hidden_size, num_gates, dtype
         ),

@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from seqjax import _checks
 from seqjax import initializers as inits
@@ -51,6 +52,10 @@ def lstm(
     Carry: ``LSTMCarry(h, c)``, each ``(batch..., H)``. Output: ``h``.
     """
     hidden_size = _checks.check_positive_int(hidden_size, "hidden_size", "lstm")
+    if forget_bias is not None and (
+        isinstance(forget_bias, bool) or not isinstance(forget_bias, int | float | np.number)
+    ):
+        raise TypeError(f"lstm: forget_bias must be a number or None; got {forget_bias!r}")
     config = _common.resolve_init(init, input_init, recurrent_init, bias_init, "lstm")
     if init == "pytorch" and forget_bias == 1.0:
         forget_bias = None

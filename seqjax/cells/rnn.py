@@ -30,7 +30,8 @@ def simple_rnn(
       init: ``"default"`` (Lecun-normal input, orthogonal recurrent weights, zero biases) or
         ``"pytorch"`` (U(-1/sqrt(H), 1/sqrt(H)) everywhere); explicit initializers override it.
 
-    Params: ``w_ih (D, H)``, ``w_hh (H, H)``, ``b_ih (H,)``, ``b_hh (H,)``. Carry: ``h (batch..., H)``.
+    Params: ``w_ih (D, H)``, ``w_hh (H, H)``, ``b_ih (H,)``, ``b_hh (H,)``.
+    Carry: ``h (batch..., H)``.
     """
     hidden_size = _checks.check_positive_int(hidden_size, "hidden_size", "simple_rnn")
     _checks.check_choice(activation, tuple(ACTIVATIONS), "activation", "simple_rnn")

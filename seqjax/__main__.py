@@ -1,0 +1,5 @@
+import sys
+
+from seqjax.cli import main
+
+sys.exit(main())

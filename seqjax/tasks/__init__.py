@@ -1,0 +1,5 @@
+"""Built-in tasks: data generators with their loss and the baseline a model must beat."""
+
+from seqjax.tasks import adding
+
+__all__ = ["adding"]

@@ -1,0 +1,217 @@
+"""``seqjax.unroll``: lengths, reverse, layouts, batch axes, options that must not change numbers,
+and the JAX transformations (jit, vmap, no re-tracing)."""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import seqjax
+
+D, H, T = 3, 4, 7
+CELLS = {
+    "simple_rnn": lambda: seqjax.simple_rnn(H),
+    "lstm": lambda: seqjax.lstm(H),
+    "gru": lambda: seqjax.gru(H),
+    "gru_reset_before": lambda: seqjax.gru(H, reset_after=False),
+}
+
+
+def setup(name: str, batch=(3,), steps=T, dtype=jnp.float32, seed=0):
+    cell = CELLS[name]()
+    params = cell.init(jax.random.key(seed), D, dtype)
+    xs = jax.random.normal(jax.random.key(seed + 1), (*batch, steps, D), dtype)
+    return cell, params, xs
+
+
+def assert_close(a, b, tol=1e-6):
+    chex.assert_trees_all_close(a, b, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("name", CELLS)
+def test_padding_invariance(name):
+    """A padded sequence gives the unpadded run's outputs on its valid steps and its final carry,
+    whatever the padding holds."""
+    cell, params, xs = setup(name)
+    lengths = jnp.array([7, 4, 1])
+    garbage = 100.0 * jax.random.normal(jax.random.key(9), xs.shape)
+    t = jnp.arange(T)[None, :, None]
+    padded = jnp.where(t < lengths[:, None, None], xs, garbage)
+    final, ys = seqjax.unroll(cell, params, padded, lengths=lengths)
+    for b, length in enumerate(lengths.tolist()):
+        alone_final, alone_ys = seqjax.unroll(cell, params, xs[b, :length])
+        assert_close(ys[b, :length], alone_ys)
+        assert_close(jax.tree.map(lambda leaf, b=b: leaf[b], final), alone_final)
+        np.testing.assert_array_equal(ys[b, length:], 0.0)
+
+
+@pytest.mark.parametrize("name", CELLS)
+def test_reverse_runs_each_sequence_from_its_own_end(name):
+    cell, params, xs = setup(name)
+    lengths = jnp.array([7, 5, 2])
+    final, ys = seqjax.unroll(cell, params, xs, lengths=lengths, reverse=True)
+    for b, length in enumerate(lengths.tolist()):
+        flipped = xs[b, :length][::-1]
+        alone_final, alone_ys = seqjax.unroll(cell, params, flipped)
+        assert_close(ys[b, :length], alone_ys[::-1])  # outputs stay aligned with the inputs
+        assert_close(jax.tree.map(lambda leaf, b=b: leaf[b], final), alone_final)
+        np.testing.assert_array_equal(ys[b, length:], 0.0)
+
+
+@pytest.mark.parametrize("name", CELLS)
+def test_reverse_without_lengths_is_flip(name):
+    cell, params, xs = setup(name)
+    final, ys = seqjax.unroll(cell, params, xs, reverse=True)
+    flip_final, flip_ys = seqjax.unroll(cell, params, xs[:, ::-1])
+    assert_close(ys, flip_ys[:, ::-1])
+    assert_close(final, flip_final)
+
+
+def test_reverse_sequences_is_an_involution_and_keeps_padding():
+    xs = jnp.arange(2 * 5, dtype=jnp.float32).reshape(2, 5, 1)
+    lengths = jnp.array([5, 3])
+    out = seqjax.reverse_sequences(xs, lengths, time_axis=1)
+    np.testing.assert_array_equal(out[0, :, 0], [4, 3, 2, 1, 0])
+    np.testing.assert_array_equal(out[1, :, 0], [7, 6, 5, 8, 9])
+    np.testing.assert_array_equal(seqjax.reverse_sequences(out, lengths, time_axis=1), xs)
+
+
+@pytest.mark.parametrize("batch", [(), (2,), (2, 3)], ids=["no_batch", "one_axis", "two_axes"])
+def test_any_number_of_batch_axes(batch):
+    cell, params, xs = setup("lstm", batch=batch)
+    lengths = jnp.full(batch, 5, jnp.int32) if batch else jnp.asarray(5)
+    final, ys = seqjax.unroll(cell, params, xs, lengths=lengths)
+    chex.assert_shape(ys, (*batch, T, H))
+    chex.assert_shape(final.h, (*batch, H))
+    flat = xs.reshape(-1, T, D)
+    flat_final, flat_ys = seqjax.unroll(
+        cell, params, flat, lengths=jnp.full(flat.shape[0], 5, jnp.int32)
+    )
+    assert_close(ys.reshape(-1, T, H), flat_ys)
+    assert_close(final.c.reshape(-1, H), flat_final.c)
+
+
+@pytest.mark.parametrize("name", CELLS)
+def test_time_major_layout(name):
+    cell, params, xs = setup(name)
+    lengths = jnp.array([7, 3, 6])
+    final, ys = seqjax.unroll(cell, params, xs, lengths=lengths)
+    tm_final, tm_ys = seqjax.unroll(
+        cell, params, jnp.swapaxes(xs, 0, 1), lengths=lengths, time_major=True
+    )
+    assert_close(jnp.swapaxes(tm_ys, 0, 1), ys)
+    assert_close(tm_final, final)
+
+
+@pytest.mark.parametrize("name", CELLS)
+@pytest.mark.parametrize(
+    "options",
+    [{"unroll": 3}, {"remat": True}, {"hoist_projection": True}, {"hoist_projection": False}],
+    ids=["unroll3", "remat", "hoisted", "in_step"],
+)
+def test_options_do_not_change_numbers(x64, name, options):
+    cell, params, xs = setup(name, dtype=jnp.float64)
+    lengths = jnp.array([7, 2, 5])
+
+    def loss(params, xs, **kw):
+        final, ys = seqjax.unroll(cell, params, xs, lengths=lengths, reverse=True, **kw)
+        return jnp.sum(ys**2) + sum(jnp.sum(leaf) for leaf in jax.tree.leaves(final)), ys
+
+    grad_fn = jax.grad(loss, argnums=(0, 1), has_aux=True)
+    reference = grad_fn(params, xs)
+    assert_close(grad_fn(params, xs, **options), reference, tol=1e-12)
+
+
+def test_initial_carry_is_used():
+    cell, params, xs = setup("lstm")
+    carry = seqjax.LSTMCarry(jnp.ones((3, H)), -jnp.ones((3, H)))
+    final, ys = seqjax.unroll(cell, params, xs, carry=carry)
+    expected_y = seqjax.step(cell, params, carry, xs[:, 0])[1]
+    assert_close(ys[:, 0], expected_y)
+    zero_final, _ = seqjax.unroll(cell, params, xs)
+    assert not np.allclose(final.c, zero_final.c)
+
+
+@pytest.mark.parametrize("name", CELLS)
+def test_jit_and_no_jit_agree(name):
+    cell, params, xs = setup(name)
+    lengths = jnp.array([7, 1, 4])
+
+    run = lambda p, x, n: seqjax.unroll(cell, p, x, lengths=n)  # noqa: E731
+    eager = run(params, xs, lengths)
+    jitted = jax.jit(run)(params, xs, lengths)
+    assert_close(jitted, eager)
+
+
+class TestVariants(chex.TestCase):
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_unroll_variants_agree_with_step_loop(self):
+        cell = seqjax.gru(H)
+        params = cell.init(jax.random.key(0), D)
+        xs = jax.random.normal(jax.random.key(1), (2, 5, D))
+        final, ys = self.variant(lambda p, x: seqjax.unroll(cell, p, x))(params, xs)
+        carry = cell.initial_carry(params, (2,))
+        for t in range(5):
+            carry, y = seqjax.step(cell, params, carry, xs[:, t])
+            chex.assert_trees_all_close(ys[:, t], y, atol=1e-6)
+        chex.assert_trees_all_close(final, carry, atol=1e-6)
+
+
+def test_no_retracing_for_same_shapes():
+    cell = seqjax.lstm(H)
+    params = cell.init(jax.random.key(0), D)
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def run(params, xs, lengths):
+        return seqjax.unroll(cell, params, xs, lengths=lengths)
+
+    for seed in range(3):
+        xs = jax.random.normal(jax.random.key(seed), (2, T, D))
+        run(params, xs, jnp.array([T, seed + 1]))
+    chex.clear_trace_counter()
+
+
+def test_vmap_over_a_batch_of_params():
+    cell = seqjax.gru(H)
+    keys = jax.random.split(jax.random.key(0), 4)
+    many = jax.vmap(lambda k: cell.init(k, D))(keys)
+    xs = jax.random.normal(jax.random.key(1), (2, T, D))
+    _, ys = jax.vmap(lambda p: seqjax.unroll(cell, p, xs))(many)
+    chex.assert_shape(ys, (4, 2, T, H))
+    for i in range(4):
+        one = jax.tree.map(lambda leaf, i=i: leaf[i], many)
+        assert_close(ys[i], seqjax.unroll(cell, one, xs)[1])
+
+
+@pytest.mark.parametrize("name", CELLS)
+def test_bfloat16_runs_and_stays_close_to_float32(name):
+    cell, params, xs = setup(name, steps=16)
+    _, ys32 = seqjax.unroll(cell, params, xs)
+    params16 = jax.tree.map(lambda p: p.astype(jnp.bfloat16), params)
+    final16, ys16 = seqjax.unroll(cell, params16, xs.astype(jnp.bfloat16))
+    assert ys16.dtype == jnp.bfloat16
+    assert {leaf.dtype for leaf in jax.tree.leaves(final16)} == {jnp.dtype(jnp.bfloat16)}
+    error = float(jnp.max(jnp.abs(ys16.astype(jnp.float32) - ys32)))
+    assert error < 0.05, f"bfloat16 drifts {error:.3f} from float32"
+    grads = jax.grad(lambda p: jnp.sum(seqjax.unroll(cell, p, xs.astype(jnp.bfloat16))[1]))(
+        params16
+    )
+    chex.assert_tree_all_finite(grads)
+
+
+def test_float16_runs():
+    cell, params, xs = setup("lstm", dtype=jnp.float16)
+    _, ys = seqjax.unroll(cell, params, xs)
+    assert ys.dtype == jnp.float16
+    chex.assert_tree_all_finite(ys)
+
+
+def test_inputs_are_cast_to_the_params_dtype():
+    cell, params, xs = setup("gru")
+    params16 = jax.tree.map(lambda p: p.astype(jnp.bfloat16), params)
+    _, ys = seqjax.unroll(cell, params16, xs)  # float32 data, bfloat16 model
+    assert ys.dtype == jnp.bfloat16
