@@ -108,7 +108,8 @@ def check_step(cell: Any, params: Any, carry: Any, x: Any, fn: str) -> None:
         reason = f"{type(err).__name__}: {str(err).rstrip('.')}"
         raise ValueError(
             f"{fn}: params do not fit cell {cell.name!r} (output_size {cell.output_size}): one "
-            f"step fails with {reason}. Expected params from this cell's init(key, input_size)"
+            f"step fails with {reason}. Expected params from this cell's init(key, input_size); "
+            f"if they are, the error is in the cell's own project/recur"
         ) from err
 
 

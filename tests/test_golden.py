@@ -131,3 +131,18 @@ def test_gru_reset_before_matches_keras():
     # The default (reset after) is a different function: the reference must tell them apart.
     _, y_after = seqjax.unroll(seqjax.gru(H), params, data["x"], carry=jnp.asarray(data["h0"]))
     assert np.max(np.abs(np.asarray(y_after) - data["y"])) > 1e-3
+
+
+def report() -> None:
+    """Prints the largest difference to PyTorch per golden case, over outputs, final states and
+    every gradient: ``python tests/test_golden.py``."""
+    print(f"{'case':<45}{'float64':>12}{'float32':>12}")
+    for name in TORCH_CASES:
+        with jax.enable_x64(True):
+            worst64 = max(max_abs_diff(*_run(name, jnp.float64)).values())
+        worst32 = max(max_abs_diff(*_run(name, jnp.float32)).values())
+        print(f"{name:<45}{worst64:>12.2e}{worst32:>12.2e}")
+
+
+if __name__ == "__main__":
+    report()
