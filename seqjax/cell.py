@@ -49,6 +49,31 @@ class RecurFn(Protocol):
         Returns ``(new_carry, y)`` with ``y`` of shape ``(batch..., output_size)``."""
 
 
+class RecurSplit(NamedTuple):
+    """``recur(params, carry, px) == combine(carry, px, hidden_projection(params, carry))``.
+
+    Attributes:
+      hidden_projection: ``(params, carry) -> hh``, affine in the params (for the built-in cells
+        ``h @ W_hh + b_hh``), acting on the last axis so it also runs on all steps at once.
+      combine: ``(carry, px, hh) -> (new_carry, y)``, elementwise arithmetic that uses no params.
+
+    The split lets the backward pass run only the cheap ``combine`` and ``dh = dhh @ W_hh^T``
+    step by step, and compute ``dW_hh = sum_t h_(t-1)^T dhh_t`` as one large matmul afterwards.
+    """
+
+    hidden_projection: Callable[[Params, Carry], Array]
+    combine: Callable[[Carry, Array, Array], tuple[Carry, Array]]
+
+
+def split_recur(split: RecurSplit) -> RecurFn:
+    """The ``recur`` that a ``RecurSplit`` defines."""
+
+    def recur(params: Params, carry: Carry, projected_x: Array) -> tuple[Carry, Array]:
+        return split.combine(carry, projected_x, split.hidden_projection(params, carry))
+
+    return recur
+
+
 class Cell(NamedTuple):
     """A recurrent cell: configuration closed over, parameters and state passed in and out.
 
@@ -61,6 +86,9 @@ class Cell(NamedTuple):
       name: shown in error messages and profiles.
       input_size: ``input_size(params) -> int`` so callers can check inputs before tracing;
         ``None`` for a user cell that cannot tell.
+      recur_split: optional ``RecurSplit``: ``recur`` written as an affine recurrent product
+        followed by parameter-free arithmetic. When given, :func:`seqjax.unroll` differentiates
+        the sequence with a custom VJP that takes every weight gradient out of the time loop.
     """
 
     init: InitFn
@@ -70,6 +98,7 @@ class Cell(NamedTuple):
     output_size: int
     name: str = "cell"
     input_size: Callable[[Params], int] | None = None
+    recur_split: RecurSplit | None = None
 
 
 def identity_projection(params: Params, xs: Array) -> Array:

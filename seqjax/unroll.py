@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from seqjax import _checks
 from seqjax.cell import Carry, Cell, Params
@@ -22,6 +23,7 @@ def unroll(
     unroll: int = 1,
     remat: bool = False,
     hoist_projection: bool | None = None,
+    custom_vjp: bool | None = None,
 ) -> tuple[Carry, Array]:
     """Runs ``cell`` over the time axis of ``xs``.
 
@@ -45,6 +47,12 @@ def unroll(
         matmul, a ``(time, batch..., P)`` buffer) instead of inside each step. ``None`` picks per
         backend: hoisted on GPU/TPU, inside the step on CPU, where it measured faster and lighter.
         Both give the same numbers up to float round-off.
+      custom_vjp: differentiate with seqjax's own backward pass, which runs only the cheap
+        part of each step in the reverse loop and computes the weight gradients as a few large
+        matmuls after it (cells with a ``recur_split``: the built-in RNN, LSTM and GRU). ``None``
+        uses it whenever the cell allows and ``remat`` is off. Its gradients equal plain
+        autodiff's; like any ``jax.custom_vjp`` it supports reverse mode only, so pass
+        ``custom_vjp=False`` for forward-mode derivatives (``jax.jvp``, ``jax.jacfwd``).
 
     Returns:
       ``(final_carry, ys)``: the carry after each sequence's last step (for ``reverse``, after
@@ -59,6 +67,13 @@ def unroll(
     unroll = _checks.check_positive_int(unroll, "unroll", fn)
     if hoist_projection is not None:
         hoist_projection = _checks.check_bool(hoist_projection, "hoist_projection", fn)
+    if custom_vjp is not None:
+        custom_vjp = _checks.check_bool(custom_vjp, "custom_vjp", fn)
+        if custom_vjp and cell.recur_split is None:
+            raise ValueError(
+                f"{fn}: custom_vjp=True needs a cell with a recur_split; cell {cell.name!r} has "
+                "none. Pass custom_vjp=None to use plain autodiff for it"
+            )
 
     time_axis = 0 if time_major else xs.ndim - 2
     num_steps = xs.shape[time_axis]
@@ -83,7 +98,10 @@ def unroll(
     xs_tm = jnp.moveaxis(xs, time_axis, 0).astype(dtype)  # (time, batch..., features)
     if hoist_projection is None:
         hoist_projection = jax.default_backend() != "cpu"
-    carry, ys = _scan(cell, params, xs_tm, carry, lengths, reverse, unroll, remat, hoist_projection)
+    if custom_vjp is None:
+        custom_vjp = cell.recur_split is not None and not remat
+    scan = _scan_custom_vjp if custom_vjp else _scan
+    carry, ys = scan(cell, params, xs_tm, carry, lengths, reverse, unroll, remat, hoist_projection)
     return carry, jnp.moveaxis(ys, 0, time_axis)
 
 
@@ -110,16 +128,105 @@ def _scan(
     def body(carry: Carry, inp: tuple[Array, Array]) -> tuple[Carry, Array]:
         t, x_t = inp
         projected = x_t if hoist_projection else cell.project(params, x_t)
-        new_carry, y = cell.recur(params, carry, projected)
-        if lengths is not None:
-            valid = t < lengths  # (batch...)
-            new_carry = jax.tree.map(lambda new, old: _where(valid, new, old), new_carry, carry)
-            y = _where(valid, y, jnp.zeros_like(y))
-        return new_carry, y
+        return _mask(cell.recur(params, carry, projected), carry, t, lengths)
 
     if remat:
         body = jax.checkpoint(body)
     return jax.lax.scan(body, carry, (steps, inputs), reverse=reverse, unroll=unroll)
+
+
+def _scan_custom_vjp(
+    cell: Cell,
+    params: Params,
+    xs: Array,
+    carry: Carry,
+    lengths: Array | None,
+    reverse: bool,
+    unroll: int,
+    remat: bool,
+    hoist_projection: bool,
+) -> tuple[Carry, Array]:
+    """``_scan`` with a backward pass of its own, for cells with a ``recur_split``.
+
+    Autodiff of ``lax.scan`` accumulates each weight gradient inside the reverse loop as a thin
+    rank-batch update per step. Here the forward pass keeps each step's input carry, projected
+    input ``px_t`` and recurrent product ``hh_t``; the reverse loop runs only ``combine``'s VJP
+    and ``dh = dhh_t @ W_hh^T``, and emits ``dpx_t`` and ``dhh_t``. After it, the VJPs of
+    ``hidden_projection`` and ``project`` over all steps at once give ``dW_hh``, ``dW_ih``, the
+    biases and ``dxs`` as single large matmuls (a contraction over time and batch).
+    """
+    del remat  # unroll sends remat runs to _scan
+    project = cell.project
+    hidden_projection, combine = cell.recur_split
+    steps = jnp.arange(xs.shape[0])
+    has_lengths = lengths is not None
+    if lengths is None:
+        lengths = jnp.zeros((), jnp.int32)  # unused; keeps one signature for custom_vjp
+
+    def masked_combine(carry, px, hh, t, lengths):
+        return _mask(combine(carry, px, hh), carry, t, lengths if has_lengths else None)
+
+    def forward(params, xs, carry, lengths):
+        inputs = project(params, xs) if hoist_projection else xs
+
+        def body(carry, inp):
+            t, x_t = inp
+            px = x_t if hoist_projection else project(params, x_t)
+            hh = hidden_projection(params, carry)
+            new_carry, y = masked_combine(carry, px, hh, t, lengths)
+            return new_carry, (y, (carry, px, hh))
+
+        final, (ys, saved) = jax.lax.scan(
+            body, carry, (steps, inputs), reverse=reverse, unroll=unroll
+        )
+        return (final, ys), saved
+
+    @jax.custom_vjp
+    def run(params, xs, carry, lengths):
+        return forward(params, xs, carry, lengths)[0]
+
+    def run_fwd(params, xs, carry, lengths):
+        out, saved = forward(params, xs, carry, lengths)
+        return out, (params, xs, lengths, saved)
+
+    def run_bwd(residuals, cotangents):
+        params, xs, lengths, (carries, pxs, hhs) = residuals
+        d_final, d_ys = cotangents
+
+        def body(d_carry, inp):
+            t, carry, px, hh, dy = inp
+            _, combine_vjp = jax.vjp(
+                lambda c, p, h: masked_combine(c, p, h, t, lengths), carry, px, hh
+            )
+            d_carry_in, dpx, dhh = combine_vjp((d_carry, dy))
+            _, hidden_vjp = jax.vjp(lambda c: hidden_projection(params, c), carry)
+            (d_carry_via_hh,) = hidden_vjp(dhh)
+            return jax.tree.map(jnp.add, d_carry_in, d_carry_via_hh), (dpx, dhh)
+
+        d_carry0, (dpxs, dhhs) = jax.lax.scan(
+            body, d_final, (steps, carries, pxs, hhs, d_ys), reverse=not reverse
+        )
+        _, hidden_vjp = jax.vjp(lambda p: hidden_projection(p, carries), params)
+        (d_params,) = hidden_vjp(dhhs)
+        _, project_vjp = jax.vjp(project, params, xs)
+        d_params_proj, d_xs = project_vjp(dpxs)
+        d_params = jax.tree.map(jnp.add, d_params, d_params_proj)
+        d_lengths = np.zeros(np.shape(lengths), jax.dtypes.float0)
+        return d_params, d_xs, d_carry0, d_lengths
+
+    run.defvjp(run_fwd, run_bwd)
+    return run(params, xs, carry, lengths)
+
+
+def _mask(step_out: tuple[Carry, Array], carry: Carry, t: Array, lengths: Array | None):
+    """Past a sequence's length (``t >= length``) a step keeps the old carry and emits zeros.
+    ``t`` is a step index, or an array of them that broadcasts against ``lengths``."""
+    new_carry, y = step_out
+    if lengths is None:
+        return new_carry, y
+    valid = t < lengths
+    new_carry = jax.tree.map(lambda new, old: _where(valid, new, old), new_carry, carry)
+    return new_carry, _where(valid, y, jnp.zeros_like(y))
 
 
 def _where(mask: Array, a: Array, b: Array) -> Array:

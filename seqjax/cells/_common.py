@@ -97,6 +97,11 @@ def project(params: Params, xs: jax.Array) -> jax.Array:
     return xs @ params["w_ih"] + params["b_ih"]
 
 
+def hidden_projection(params: Params, h: jax.Array) -> jax.Array:
+    """``h @ W_hh + b_hh``: every gate's recurrent contribution in one matmul."""
+    return h @ params["w_hh"] + params["b_hh"]
+
+
 def zeros_carry(hidden_size: int):
     """An ``initial_carry`` for cells whose state is the hidden vector alone."""
 

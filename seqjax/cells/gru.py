@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 from seqjax import _checks
 from seqjax import initializers as inits
-from seqjax.cell import Cell, Params
+from seqjax.cell import Cell, Params, RecurSplit, split_recur
 from seqjax.cells import _common
 
 
@@ -54,27 +54,33 @@ def gru(
     def init_fn(key: jax.Array, input_size: int, dtype=None) -> Params:
         return _common.init_params(key, input_size, H, 3, config, dtype, "gru")
 
-    def recur(params: Params, h: jax.Array, projected_x: jax.Array):
+    def combine(h: jax.Array, projected_x: jax.Array, hh: jax.Array):
         with jax.named_scope("seqjax.gru"):
-            x_rz, x_n = projected_x[..., : 2 * H], projected_x[..., 2 * H :]
-            w_hh, b_hh = params["w_hh"], params["b_hh"]
-            if reset_after:
-                hh = h @ w_hh + b_hh
-                r, z = jnp.split(jax.nn.sigmoid(x_rz + hh[..., : 2 * H]), 2, axis=-1)
-                n = jnp.tanh(x_n + r * hh[..., 2 * H :])
-            else:
-                hh_rz = h @ w_hh[:, : 2 * H] + b_hh[: 2 * H]
-                r, z = jnp.split(jax.nn.sigmoid(x_rz + hh_rz), 2, axis=-1)
-                n = jnp.tanh(x_n + (r * h) @ w_hh[:, 2 * H :] + b_hh[2 * H :])
+            r, z = jnp.split(jax.nn.sigmoid(projected_x[..., : 2 * H] + hh[..., : 2 * H]), 2, -1)
+            n = jnp.tanh(projected_x[..., 2 * H :] + r * hh[..., 2 * H :])
             h = (1.0 - z) * n + z * h
             return h, h
+
+    def recur_reset_before(params: Params, h: jax.Array, projected_x: jax.Array):
+        # The reset gate enters before the second matmul, so the step has two matmuls in
+        # sequence and no parameter-free tail: it is differentiated by plain autodiff.
+        with jax.named_scope("seqjax.gru_reset_before"):
+            w_hh, b_hh = params["w_hh"], params["b_hh"]
+            hh_rz = h @ w_hh[:, : 2 * H] + b_hh[: 2 * H]
+            r, z = jnp.split(jax.nn.sigmoid(projected_x[..., : 2 * H] + hh_rz), 2, axis=-1)
+            n = jnp.tanh(projected_x[..., 2 * H :] + (r * h) @ w_hh[:, 2 * H :] + b_hh[2 * H :])
+            h = (1.0 - z) * n + z * h
+            return h, h
+
+    split = RecurSplit(_common.hidden_projection, combine) if reset_after else None
 
     return Cell(
         init=init_fn,
         initial_carry=_common.zeros_carry(H),
         project=_common.project,
-        recur=recur,
+        recur=split_recur(split) if reset_after else recur_reset_before,
         output_size=H,
         name="gru" if reset_after else "gru_reset_before",
         input_size=_common.input_size,
+        recur_split=split,
     )

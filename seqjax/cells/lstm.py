@@ -17,7 +17,7 @@ import numpy as np
 
 from seqjax import _checks
 from seqjax import initializers as inits
-from seqjax.cell import Cell, Params
+from seqjax.cell import Cell, Params, RecurSplit, split_recur
 from seqjax.cells import _common
 
 FORGET_GATE = 1  # index in the i, f, g, o stacking
@@ -75,20 +75,25 @@ def lstm(
         zeros = jnp.zeros((*batch_shape, H), params["w_hh"].dtype)
         return LSTMCarry(zeros, zeros)
 
-    def recur(params: Params, carry: LSTMCarry, projected_x: jax.Array):
+    def hidden_projection(params: Params, carry: LSTMCarry) -> jax.Array:
+        return _common.hidden_projection(params, carry.h)
+
+    def combine(carry: LSTMCarry, projected_x: jax.Array, hh: jax.Array):
         with jax.named_scope("seqjax.lstm"):
-            gates = projected_x + carry.h @ params["w_hh"] + params["b_hh"]
-            i, f, g, o = jnp.split(gates, 4, axis=-1)
+            i, f, g, o = jnp.split(projected_x + hh, 4, axis=-1)
             c = jax.nn.sigmoid(f) * carry.c + jax.nn.sigmoid(i) * jnp.tanh(g)
             h = jax.nn.sigmoid(o) * jnp.tanh(c)
             return LSTMCarry(h, c), h
+
+    split = RecurSplit(hidden_projection, combine)
 
     return Cell(
         init=init_fn,
         initial_carry=initial_carry,
         project=_common.project,
-        recur=recur,
+        recur=split_recur(split),
         output_size=H,
         name="lstm",
         input_size=_common.input_size,
+        recur_split=split,
     )

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 
 from seqjax import _checks
 from seqjax import initializers as inits
-from seqjax.cell import Cell, Params
+from seqjax.cell import Cell, Params, RecurSplit, split_recur
 from seqjax.cells import _common
 
 ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu}
@@ -41,19 +41,22 @@ def simple_rnn(
     def init_fn(key: jax.Array, input_size: int, dtype=None) -> Params:
         return _common.init_params(key, input_size, hidden_size, 1, config, dtype, "simple_rnn")
 
-    def recur(params: Params, h: jax.Array, projected_x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def combine(h: jax.Array, projected_x: jax.Array, hh: jax.Array):
         with jax.named_scope(f"seqjax.simple_rnn_{activation}"):
-            h = act(projected_x + h @ params["w_hh"] + params["b_hh"])
+            h = act(projected_x + hh)
             return h, h
+
+    split = RecurSplit(_common.hidden_projection, combine)
 
     return Cell(
         init=init_fn,
         initial_carry=_common.zeros_carry(hidden_size),
         project=_common.project,
-        recur=recur,
+        recur=split_recur(split),
         output_size=hidden_size,
         name=f"simple_rnn_{activation}",
         input_size=_common.input_size,
+        recur_split=split,
     )
 
 
