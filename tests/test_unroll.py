@@ -215,3 +215,48 @@ def test_inputs_are_cast_to_the_params_dtype():
     params16 = jax.tree.map(lambda p: p.astype(jnp.bfloat16), params)
     _, ys = seqjax.unroll(cell, params16, xs)  # float32 data, bfloat16 model
     assert ys.dtype == jnp.bfloat16
+
+
+SPLIT_CELLS = [name for name in CELLS if CELLS[name]().recur_split is not None]
+
+
+@pytest.mark.parametrize("name", SPLIT_CELLS)
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"reverse": True}, {"hoist_projection": True, "unroll": 3}],
+    ids=["forward", "reverse", "hoisted_unroll3"],
+)
+def test_custom_vjp_equals_autodiff(x64, name, options):
+    """seqjax's own backward pass gives autodiff's gradients for params, inputs and carry."""
+    cell, params, xs = setup(name, dtype=jnp.float64)
+    lengths = jnp.array([7, 3, 5])
+    carry = jax.tree.map(lambda c: c + 0.3, cell.initial_carry(params, (3,)))
+
+    def loss(params, xs, carry, custom_vjp):
+        final, ys = seqjax.unroll(
+            cell, params, xs, carry=carry, lengths=lengths, custom_vjp=custom_vjp, **options
+        )
+        return jnp.sum(jnp.cos(ys)) + sum(jnp.sum(leaf**3) for leaf in jax.tree.leaves(final))
+
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2)), static_argnums=3)
+    assert_close(grad(params, xs, carry, True), grad(params, xs, carry, False), tol=1e-12)
+
+
+def test_custom_vjp_needs_a_split_cell():
+    cell = seqjax.gru(H, reset_after=False)
+    params = cell.init(jax.random.key(0), D)
+    with pytest.raises(ValueError, match="custom_vjp=True needs a cell with a recur_split"):
+        seqjax.unroll(cell, params, jnp.ones((2, 3, D)), custom_vjp=True)
+
+
+def test_forward_mode_with_custom_vjp_off():
+    cell, params, xs = setup("lstm")
+    tangent = jax.random.normal(jax.random.key(5), xs.shape)
+    f = lambda x: seqjax.unroll(cell, params, x, custom_vjp=False)[1]  # noqa: E731
+    _, jvp_out = jax.jvp(f, (xs,), (tangent,))
+    _, vjp_fn = jax.vjp(lambda x: seqjax.unroll(cell, params, x)[1], xs)
+    probe = jax.random.normal(jax.random.key(6), jvp_out.shape)
+    # <probe, J t> == <J^T probe, t>
+    np.testing.assert_allclose(
+        jnp.vdot(probe, jvp_out), jnp.vdot(vjp_fn(probe)[0], tangent), rtol=1e-4
+    )
