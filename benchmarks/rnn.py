@@ -1,0 +1,331 @@
+"""Speed of recurrent layers: seqjax against Flax (linen and NNX), Equinox, Haiku and PyTorch.
+
+    python -m benchmarks.rnn                 # all configs, all installed peers
+    python -m benchmarks.rnn --quick         # the small config only, fewer rounds
+
+For each cell (LSTM, GRU, tanh RNN) and config (batch, time, features = hidden), every
+contender's forward and forward+backward are timed in interleaved rounds (one call each per
+round, in a shuffled order), so that a slow spell of a noisy machine hits all of them alike; the
+figure is the median over rounds. Ratios are taken against PyTorch and against the Flax linen
+cell within the same run. Peers that are not installed are skipped with a note.
+
+Writes ``benchmarks/results/rnn.json``, ``rnn.md`` (the table) and ``rnn.png`` (a bar chart).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import pathlib
+import platform
+import random
+import statistics
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import seqjax
+
+CONFIGS = {"small": (16, 64, 128), "medium": (32, 128, 256), "large": (64, 256, 512)}
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+RESULTS = pathlib.Path(__file__).parent / "results"
+
+
+class Contender:
+    """A runnable forward and forward+backward for one implementation, config and cell."""
+
+    def __init__(self, name: str, forward: Callable[[], object], backward: Callable[[], object]):
+        self.name, self.forward, self.backward = name, forward, backward
+        self.times: dict[str, list[float]] = {"fwd": [], "fwd+bwd": []}
+        self.compile_s: float = 0.0
+
+
+def _jax_pair(loss_and_out: Callable, params, xs) -> tuple[Callable, Callable]:
+    """Jitted forward (outputs) and forward+backward (gradient w.r.t. params and inputs)."""
+    forward = jax.jit(lambda p, x: loss_and_out(p, x))
+    grad = jax.jit(jax.grad(lambda p, x: jnp.sum(loss_and_out(p, x) ** 2), argnums=(0, 1)))
+    return (lambda: forward(params, xs)), (lambda: grad(params, xs))
+
+
+def seqjax_contenders(cell_name: str, B: int, T: int, H: int, xs) -> list[Contender]:
+    make = {"lstm": seqjax.lstm, "gru": seqjax.gru, "rnn": seqjax.simple_rnn}[cell_name]
+    cell = make(H)
+    params = cell.init(jax.random.key(1), H)
+    out = []
+    for label, options in [
+        ("seqjax", {}),
+        ("seqjax (autodiff)", {"custom_vjp": False}),
+    ]:
+
+        def run(p, x, options=options):
+            return seqjax.unroll(cell, p, x, **options)[1]
+
+        out.append(Contender(label, *_jax_pair(run, params, xs)))
+    return out
+
+
+def flax_linen_contenders(cell_name: str, B: int, T: int, H: int, xs) -> list[Contender]:
+    from flax import linen as nn
+
+    cells = {
+        "lstm": [("flax linen LSTMCell", nn.LSTMCell), ("flax linen OptimizedLSTMCell",
+                                                         nn.OptimizedLSTMCell)],
+        "gru": [("flax linen GRUCell", nn.GRUCell)],
+        "rnn": [("flax linen SimpleCell", nn.SimpleCell)],
+    }[cell_name]  # fmt: skip
+    out = []
+    for label, cls in cells:
+        model = nn.RNN(cls(H))
+        params = model.init(jax.random.key(1), xs)
+        out.append(Contender(label, *_jax_pair(model.apply, params, xs)))
+    return out
+
+
+def flax_nnx_contenders(cell_name: str, B: int, T: int, H: int, xs) -> list[Contender]:
+    from flax import nnx
+
+    cls = {"lstm": nnx.OptimizedLSTMCell, "gru": nnx.GRUCell, "rnn": nnx.SimpleCell}[cell_name]
+    model = nnx.RNN(cls(H, H, rngs=nnx.Rngs(1)))
+    carry = model.cell.initialize_carry((B, H), rngs=nnx.Rngs(0))  # zeros, made outside jit
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def run(params, x):
+        return nnx.merge(graphdef, params, rest)(x, initial_carry=carry)
+
+    return [Contender(f"flax nnx {cls.__name__}", *_jax_pair(run, params, xs))]
+
+
+def equinox_contenders(cell_name: str, B: int, T: int, H: int, xs) -> list[Contender]:
+    import equinox as eqx
+
+    if cell_name == "rnn":
+        return []  # Equinox has no Elman cell
+    cls = {"lstm": eqx.nn.LSTMCell, "gru": eqx.nn.GRUCell}[cell_name]
+    cell = cls(H, H, key=jax.random.key(1))
+    params, static = eqx.partition(cell, eqx.is_array)
+
+    def run(params, x):
+        c = eqx.combine(params, static)
+
+        def one(seq):  # Equinox cells take one example; scan and vmap are the user's
+            init = (jnp.zeros(H), jnp.zeros(H)) if cell_name == "lstm" else jnp.zeros(H)
+
+            def body(state, x_t):
+                state = c(x_t, state)
+                return state, state[0] if cell_name == "lstm" else state
+
+            return jax.lax.scan(body, init, seq)[1]
+
+        return jax.vmap(one)(x)
+
+    return [Contender(f"equinox {cls.__name__}", *_jax_pair(run, params, xs))]
+
+
+def haiku_contenders(cell_name: str, B: int, T: int, H: int, xs) -> list[Contender]:
+    import haiku as hk
+
+    core_cls = {"lstm": hk.LSTM, "gru": hk.GRU, "rnn": hk.VanillaRNN}[cell_name]
+
+    def net(x):
+        core = core_cls(H)
+        return hk.dynamic_unroll(core, x, core.initial_state(x.shape[0]), time_major=False)[0]
+
+    model = hk.without_apply_rng(hk.transform(net))
+    params = model.init(jax.random.key(1), xs)
+    return [Contender(f"haiku {core_cls.__name__}", *_jax_pair(model.apply, params, xs))]
+
+
+def torch_contenders(cell_name: str, B: int, T: int, H: int, xs) -> list[Contender]:
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[cell_name]
+    module = cls(H, H, batch_first=True)
+    x = torch.from_numpy(np.asarray(xs)).requires_grad_(True)
+
+    def forward():
+        with torch.no_grad():
+            return module(x)[0]
+
+    def backward():
+        module.zero_grad(set_to_none=True)
+        x.grad = None
+        (module(x)[0] ** 2).sum().backward()
+        return x.grad
+
+    return [Contender(f"pytorch {cls.__name__}", forward, backward)]
+
+
+PEERS = {
+    "flax linen": flax_linen_contenders,
+    "flax nnx": flax_nnx_contenders,
+    "equinox": equinox_contenders,
+    "haiku": haiku_contenders,
+    "pytorch": torch_contenders,
+}
+
+
+def _block(value):
+    if hasattr(value, "detach"):
+        return value
+    return jax.block_until_ready(value)
+
+
+def gemm_rate(B: int, T: int, H: int, gates: int, repeats: int = 20) -> dict[str, float]:
+    """GFLOP/s of this machine's matmul on the recurrent shape and on the all-steps shape."""
+    rates = {}
+    for label, (m, k, n) in {"recurrent": (B, H, gates * H), "all_steps": (B * T, H, gates * H)}.items():
+        a = jax.random.normal(jax.random.key(0), (m, k))
+        b = jax.random.normal(jax.random.key(1), (k, n))
+        f = jax.jit(jnp.dot)
+        _block(f(a, b))
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            _block(f(a, b))
+            times.append(time.perf_counter() - start)
+        rates[label] = 2 * m * k * n / statistics.median(times) / 1e9
+    return rates
+
+
+def flops(cell_name: str, B: int, T: int, H: int) -> dict[str, float]:
+    """Matmul FLOPs of a layer with D = H: 2*B*T*(D+H)*G*H forward; backward twice that."""
+    forward = 2 * B * T * 2 * H * GATES[cell_name] * H
+    return {"fwd": forward, "fwd+bwd": 3 * forward}
+
+
+def run_config(cell_name: str, config: str, rounds: int, peers: list[str], notes: list[str]):
+    B, T, H = CONFIGS[config]
+    xs = jax.random.normal(jax.random.key(0), (B, T, H))
+    contenders = seqjax_contenders(cell_name, B, T, H, xs)
+    for peer in peers:
+        try:
+            contenders += PEERS[peer](cell_name, B, T, H, xs)
+        except ImportError as err:
+            note = f"{peer} skipped: not installed ({err.name})"
+            if note not in notes:
+                notes.append(note)
+    for c in contenders:  # the first call compiles (JAX) or warms up (PyTorch)
+        start = time.perf_counter()
+        _block(c.forward())
+        _block(c.backward())
+        c.compile_s = time.perf_counter() - start
+    for _ in range(rounds):
+        order = contenders[:]
+        random.shuffle(order)
+        for c in order:
+            for kind, fn in (("fwd", c.forward), ("fwd+bwd", c.backward)):
+                start = time.perf_counter()
+                _block(fn())
+                c.times[kind].append(time.perf_counter() - start)
+    work = flops(cell_name, B, T, H)
+    return [
+        {
+            "cell": cell_name,
+            "config": config,
+            "shape": {"batch": B, "time": T, "hidden": H},
+            "contender": c.name,
+            "fwd_ms": 1e3 * statistics.median(c.times["fwd"]),
+            "fwd_bwd_ms": 1e3 * statistics.median(c.times["fwd+bwd"]),
+            "fwd_gflops": work["fwd"] / statistics.median(c.times["fwd"]) / 1e9,
+            "fwd_bwd_gflops": work["fwd+bwd"] / statistics.median(c.times["fwd+bwd"]) / 1e9,
+            "first_call_s": c.compile_s,
+        }
+        for c in contenders
+    ]
+
+
+def markdown(results: list[dict], machine: str, rates: dict) -> str:
+    lines = [
+        f"Measured {machine}. Medians of interleaved rounds, float32, ms. Ratio < 1: seqjax faster.",
+        f"GEMM rate in the same run: {rates}",
+        "",
+        "| cell | config (B,T,H) | contender | fwd ms | fwd+bwd ms | fwd+bwd GFLOP/s | first call s "
+        "| seqjax / this (fwd+bwd) | seqjax / this (fwd) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        ours = next(
+            o for o in results
+            if o["cell"] == r["cell"] and o["config"] == r["config"] and o["contender"] == "seqjax"
+        )  # fmt: skip
+        shape = tuple(r["shape"].values())
+        lines.append(
+            f"| {r['cell']} | {r['config']} {shape} | {r['contender']} | {r['fwd_ms']:.2f} | "
+            f"{r['fwd_bwd_ms']:.2f} | {r['fwd_bwd_gflops']:.0f} | {r['first_call_s']:.2f} | "
+            f"{ours['fwd_bwd_ms'] / r['fwd_bwd_ms']:.2f} | {ours['fwd_ms'] / r['fwd_ms']:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def bar_chart(results: list[dict], path: pathlib.Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no chart (pip install -e '.[bench]')")
+        return
+    groups = sorted({(r["cell"], r["config"]) for r in results})
+    fig, axes = plt.subplots(1, len(groups), figsize=(3.2 * len(groups), 4), squeeze=False)
+    for ax, (cell, config) in zip(axes[0], groups, strict=True):
+        rows = [r for r in results if r["cell"] == cell and r["config"] == config]
+        names = [r["contender"] for r in rows]
+        ax.barh(names, [r["fwd_bwd_ms"] for r in rows], color=["C0" if n.startswith("seqjax")
+                                                                else "C7" for n in names])  # fmt: skip
+        ax.set_title(f"{cell} {config}")
+        ax.set_xlabel("fwd+bwd ms (lower is better)")
+        ax.tick_params(axis="y", labelsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cells", nargs="+", default=list(GATES), choices=list(GATES))
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--peers", nargs="+", default=list(PEERS), choices=list(PEERS))
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--quick", action="store_true", help="small config, 5 rounds")
+    parser.add_argument("--out", type=pathlib.Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.configs, args.rounds = ["small"], 5
+    args.out.mkdir(parents=True, exist_ok=True)
+    random.seed(0)
+    machine = (
+        f"{datetime.date.today()} on {platform.machine()} {platform.processor() or ''} "
+        f"{os.cpu_count()} cores, jax {jax.__version__} {jax.default_backend()}"
+    )
+    notes: list[str] = []
+    results = []
+    rates = {}
+    for config in args.configs:
+        B, T, H = CONFIGS[config]
+        rates[config] = {k: round(v, 1) for k, v in gemm_rate(B, T, H, 4).items()}
+        for cell in args.cells:
+            rows = run_config(cell, config, args.rounds, args.peers, notes)
+            results += rows
+            for r in rows:
+                print(f"{cell:<5}{config:<7}{r['contender']:<32}fwd {r['fwd_ms']:8.2f} ms  "
+                      f"fwd+bwd {r['fwd_bwd_ms']:8.2f} ms  {r['fwd_bwd_gflops']:6.1f} GFLOP/s  "
+                      f"first call {r['first_call_s']:.2f} s", flush=True)  # fmt: skip
+    for note in notes:
+        print("note:", note)
+    (args.out / "rnn.json").write_text(
+        json.dumps({"machine": machine, "gemm_gflops": rates, "notes": notes,
+                    "results": results}, indent=1)  # fmt: skip
+    )
+    (args.out / "rnn.md").write_text(markdown(results, machine, rates))
+    bar_chart(results, args.out / "rnn.png")
+    print(f"wrote {args.out}/rnn.json, rnn.md, rnn.png")
+
+
+if __name__ == "__main__":
+    main()
