@@ -179,7 +179,10 @@ def _block(value):
 def gemm_rate(B: int, T: int, H: int, gates: int, repeats: int = 20) -> dict[str, float]:
     """GFLOP/s of this machine's matmul on the recurrent shape and on the all-steps shape."""
     rates = {}
-    for label, (m, k, n) in {"recurrent": (B, H, gates * H), "all_steps": (B * T, H, gates * H)}.items():
+    for label, (m, k, n) in {
+        "recurrent": (B, H, gates * H),
+        "all_steps": (B * T, H, gates * H),
+    }.items():
         a = jax.random.normal(jax.random.key(0), (m, k))
         b = jax.random.normal(jax.random.key(1), (k, n))
         f = jax.jit(jnp.dot)
@@ -240,12 +243,52 @@ def run_config(cell_name: str, config: str, rounds: int, peers: list[str], notes
     ]
 
 
+FLAX_REFERENCE = {"lstm": "flax linen OptimizedLSTMCell", "gru": "flax linen GRUCell",
+                  "rnn": "flax linen SimpleCell"}  # fmt: skip
+
+
+def summary(results: list[dict]) -> list[str]:
+    """One row per cell and config: seqjax against PyTorch, Flax linen and the fastest JAX peer."""
+    lines = [
+        "| cell | config (B,T,H) | seqjax fwd+bwd ms | / PyTorch | / Flax linen | "
+        "seqjax fwd ms | / fastest JAX peer fwd | first call s (seqjax / Flax) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for cell, config in dict.fromkeys((r["cell"], r["config"]) for r in results):
+        rows = {r["contender"]: r for r in results if r["cell"] == cell and r["config"] == config}
+        ours = rows["seqjax"]
+        torch_row = next((r for name, r in rows.items() if name.startswith("pytorch")), None)
+        flax_row = rows.get(FLAX_REFERENCE[cell])
+        jax_peers = [r for name, r in rows.items()
+                     if not name.startswith(("seqjax", "pytorch"))]  # fmt: skip
+        fastest = min(jax_peers, key=lambda r: r["fwd_ms"]) if jax_peers else None
+        fastest_name = f" ({fastest['contender']})" if fastest else ""
+
+        def ratio(row, key, ours=ours):
+            return f"{ours[key] / row[key]:.2f}" if row else "n/a"
+
+        lines.append(
+            f"| {cell} | {config} {tuple(ours['shape'].values())} | {ours['fwd_bwd_ms']:.1f} | "
+            f"{ratio(torch_row, 'fwd_bwd_ms')} | {ratio(flax_row, 'fwd_bwd_ms')} | "
+            f"{ours['fwd_ms']:.1f} | {ratio(fastest, 'fwd_ms')}{fastest_name} | "
+            f"{ours['first_call_s']:.2f} / "
+            f"{flax_row['first_call_s'] if flax_row else float('nan'):.2f} |"
+        )
+    return lines
+
+
 def markdown(results: list[dict], machine: str, rates: dict) -> str:
     lines = [
-        f"Measured {machine}. Medians of interleaved rounds, float32, ms. Ratio < 1: seqjax faster.",
-        f"GEMM rate in the same run: {rates}",
+        f"Measured {machine}. Medians of interleaved rounds, float32, ms. "
+        "Ratio < 1: seqjax faster.",
+        f"GEMM rate in the same run (GFLOP/s): {rates}",
         "",
-        "| cell | config (B,T,H) | contender | fwd ms | fwd+bwd ms | fwd+bwd GFLOP/s | first call s "
+        *summary(results),
+        "",
+        "All contenders:",
+        "",
+        "| cell | config (B,T,H) | contender | fwd ms | fwd+bwd ms | fwd+bwd GFLOP/s "
+        "| first call s "
         "| seqjax / this (fwd+bwd) | seqjax / this (fwd) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -277,8 +320,8 @@ def bar_chart(results: list[dict], path: pathlib.Path) -> None:
     for ax, (cell, config) in zip(axes[0], groups, strict=True):
         rows = [r for r in results if r["cell"] == cell and r["config"] == config]
         names = [r["contender"] for r in rows]
-        ax.barh(names, [r["fwd_bwd_ms"] for r in rows], color=["C0" if n.startswith("seqjax")
-                                                                else "C7" for n in names])  # fmt: skip
+        colors = ["C0" if n.startswith("seqjax") else "C7" for n in names]
+        ax.barh(names, [r["fwd_bwd_ms"] for r in rows], color=colors)
         ax.set_title(f"{cell} {config}")
         ax.set_xlabel("fwd+bwd ms (lower is better)")
         ax.tick_params(axis="y", labelsize=7)
@@ -294,7 +337,15 @@ def main(argv=None) -> None:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--quick", action="store_true", help="small config, 5 rounds")
     parser.add_argument("--out", type=pathlib.Path, default=RESULTS)
+    parser.add_argument("--from-json", type=pathlib.Path, help="only redraw the table and chart")
     args = parser.parse_args(argv)
+    if args.from_json:
+        saved = json.loads(args.from_json.read_text())
+        (args.out / "rnn.md").write_text(
+            markdown(saved["results"], saved["machine"], saved["gemm_gflops"])
+        )
+        bar_chart(saved["results"], args.out / "rnn.png")
+        return
     if args.quick:
         args.configs, args.rounds = ["small"], 5
     args.out.mkdir(parents=True, exist_ok=True)
@@ -319,8 +370,9 @@ def main(argv=None) -> None:
     for note in notes:
         print("note:", note)
     (args.out / "rnn.json").write_text(
-        json.dumps({"machine": machine, "gemm_gflops": rates, "notes": notes,
-                    "results": results}, indent=1)  # fmt: skip
+        json.dumps(
+            {"machine": machine, "gemm_gflops": rates, "notes": notes, "results": results}, indent=1
+        )
     )
     (args.out / "rnn.md").write_text(markdown(results, machine, rates))
     bar_chart(results, args.out / "rnn.png")

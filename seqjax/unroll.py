@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -41,8 +43,9 @@ def unroll(
         the inputs.
       time_major: whether time is the first axis of ``xs`` and of the outputs.
       unroll: how many steps one iteration of the scan loop runs (``lax.scan``'s ``unroll``).
-      remat: recompute each step in the backward pass instead of storing its intermediates
-        (``jax.checkpoint``): less memory on long sequences for about one more forward pass.
+      remat: keep the carry only every ~sqrt(time) steps for the backward pass and recompute
+        the steps in between (``jax.checkpoint`` over chunks): memory grows with sqrt(time)
+        instead of time, for about one more forward pass.
       hoist_projection: apply ``cell.project`` to all steps at once before the scan (one large
         matmul, a ``(time, batch..., P)`` buffer) instead of inside each step. ``None`` picks per
         backend: hoisted on GPU/TPU, inside the step on CPU, where it measured faster and lighter.
@@ -130,9 +133,53 @@ def _scan(
         projected = x_t if hoist_projection else cell.project(params, x_t)
         return _mask(cell.recur(params, carry, projected), carry, t, lengths)
 
-    if remat:
-        body = jax.checkpoint(body)
-    return jax.lax.scan(body, carry, (steps, inputs), reverse=reverse, unroll=unroll)
+    if not remat:
+        return jax.lax.scan(body, carry, (steps, inputs), reverse=reverse, unroll=unroll)
+    return _chunked_remat_scan(body, carry, steps, inputs, reverse, unroll)
+
+
+def _chunked_remat_scan(body, carry, steps, inputs, reverse, unroll):
+    """``lax.scan(body, ...)`` that keeps the carry only every ~sqrt(T) steps for the backward
+    pass, and recomputes each chunk of steps from its first carry when it is needed.
+
+    A scan over chunks whose body, a scan over the steps of one chunk, is ``jax.checkpoint``-ed:
+    the backward pass then holds ~sqrt(T) chunk carries plus one chunk's intermediates, instead
+    of every step's, at the price of one more forward pass. Padding steps added to make whole
+    chunks are masked out like steps past a sequence's length.
+    """
+    num_steps = steps.shape[0]
+    chunk = _chunk_size(num_steps)
+    num_chunks = -(-num_steps // chunk)
+    pad = num_chunks * chunk - num_steps
+
+    def split(x):  # (time, ...) -> (num_chunks, chunk, ...), padded at the end
+        x = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)) if pad else x
+        return x.reshape((num_chunks, chunk, *x.shape[1:]))
+
+    def padded_body(carry, inp):
+        new_carry, y = body(carry, inp)
+        if not pad:
+            return new_carry, y
+        t = inp[0]
+        return _mask((new_carry, y), carry, t, num_steps)  # padding steps change nothing
+
+    @jax.checkpoint
+    def run_chunk(carry, chunk_inputs):
+        return jax.lax.scan(padded_body, carry, chunk_inputs, reverse=reverse, unroll=unroll)
+
+    padded_steps = jnp.arange(num_chunks * chunk).reshape(num_chunks, chunk)
+    carry, ys = jax.lax.scan(
+        run_chunk, carry, (padded_steps, jax.tree.map(split, inputs)), reverse=reverse
+    )
+    ys = ys.reshape((num_chunks * chunk, *ys.shape[2:]))
+    return carry, ys[:num_steps]
+
+
+def _chunk_size(num_steps: int) -> int:
+    """A chunk length near sqrt(T), preferring one that divides T (no padding copies)."""
+    root = math.sqrt(num_steps)
+    divisors = [d for d in range(max(1, int(root / 2)), int(2 * root) + 1) if num_steps % d == 0]
+    return min(divisors, key=lambda d: abs(d - root)) if divisors else max(1, round(root))
 
 
 def _scan_custom_vjp(
