@@ -315,16 +315,21 @@ def bar_chart(results: list[dict], path: pathlib.Path) -> None:
     except ImportError:
         print("matplotlib not installed: no chart (pip install -e '.[bench]')")
         return
-    groups = sorted({(r["cell"], r["config"]) for r in results})
-    fig, axes = plt.subplots(1, len(groups), figsize=(3.2 * len(groups), 4), squeeze=False)
-    for ax, (cell, config) in zip(axes[0], groups, strict=True):
-        rows = [r for r in results if r["cell"] == cell and r["config"] == config]
-        names = [r["contender"] for r in rows]
-        colors = ["C0" if n.startswith("seqjax") else "C7" for n in names]
-        ax.barh(names, [r["fwd_bwd_ms"] for r in rows], color=colors)
-        ax.set_title(f"{cell} {config}")
-        ax.set_xlabel("fwd+bwd ms (lower is better)")
-        ax.tick_params(axis="y", labelsize=7)
+    cells = list(dict.fromkeys(r["cell"] for r in results))
+    configs = list(dict.fromkeys(r["config"] for r in results))
+    fig, axes = plt.subplots(
+        len(cells), len(configs), figsize=(4.2 * len(configs), 2.6 * len(cells)), squeeze=False
+    )
+    for row, cell in enumerate(cells):
+        for col, config in enumerate(configs):
+            ax = axes[row][col]
+            rows = [r for r in results if r["cell"] == cell and r["config"] == config]
+            names = [r["contender"] for r in rows]
+            colors = ["C0" if n.startswith("seqjax") else "C7" for n in names]
+            ax.barh(names, [r["fwd_bwd_ms"] for r in rows], color=colors)
+            ax.set_title(f"{cell}, {config} {tuple(rows[0]['shape'].values())}", fontsize=9)
+            ax.set_xlabel("fwd+bwd ms (lower is better)", fontsize=8)
+            ax.tick_params(axis="both", labelsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
