@@ -1,0 +1,85 @@
+"""Losses and metrics for sequences, masked by ``lengths``.
+
+Shapes: ``logits (batch, time, classes)``, ``labels (batch, time)`` integers, ``lengths (batch,)``
+(or ``None`` when every step counts). Means are over the valid steps of the whole batch, so a
+long sequence weighs more than a short one, as in a per-token language-model loss.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import optax
+
+Array = jax.Array
+
+
+def step_mask(lengths: Array | None, batch: int, steps: int) -> Array:
+    """``(batch, time)`` float mask: 1 on steps ``t < length``."""
+    if lengths is None:
+        return jnp.ones((batch, steps))
+    return (jnp.arange(steps)[None, :] < jnp.asarray(lengths)[:, None]).astype(jnp.float32)
+
+
+def _masked_mean(values: Array, mask: Array) -> Array:
+    return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def sequence_cross_entropy(logits: Array, labels: Array, lengths: Array | None = None) -> Array:
+    """Mean softmax cross-entropy (nats) over the valid steps.
+
+    ``logits (batch, time, classes)``, ``labels (batch, time)`` integers."""
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+    return _masked_mean(losses, step_mask(lengths, *labels.shape))
+
+
+def sequence_accuracy(logits: Array, labels: Array, lengths: Array | None = None) -> Array:
+    """Fraction of valid steps whose arg-max class is the label."""
+    hits = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+    return _masked_mean(hits, step_mask(lengths, *labels.shape))
+
+
+def bits_per_character(cross_entropy_nats: Array) -> Array:
+    """A per-character cross-entropy in nats, in bits."""
+    return cross_entropy_nats / math.log(2.0)
+
+
+def last_valid(ys: Array, lengths: Array | None = None) -> Array:
+    """Each sequence's output at its own last valid step: ``(batch, time, F) -> (batch, F)``."""
+    if lengths is None:
+        return ys[:, -1]
+    index = jnp.asarray(lengths)[:, None, None] - 1
+    return jnp.take_along_axis(ys, jnp.broadcast_to(index, (ys.shape[0], 1, ys.shape[2])), 1)[:, 0]
+
+
+def mean_pool(ys: Array, lengths: Array | None = None) -> Array:
+    """Mean of each sequence's outputs over its valid steps: ``(batch, time, F) -> (batch, F)``."""
+    mask = step_mask(lengths, ys.shape[0], ys.shape[1]).astype(ys.dtype)[..., None]
+    return jnp.sum(ys * mask, axis=1) / jnp.maximum(jnp.sum(mask, axis=1), 1.0)
+
+
+def classification_cross_entropy(logits: Array, labels: Array) -> Array:
+    """Mean cross-entropy of one prediction per sequence: ``logits (batch, classes)``."""
+    return jnp.mean(
+        optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+    )
+
+
+def classification_accuracy(logits: Array, labels: Array) -> Array:
+    return jnp.mean((jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32))
+
+
+def mse(predictions: Array, targets: Array, lengths: Array | None = None) -> Array:
+    """Mean squared error; with ``lengths``, over the valid steps of ``(batch, time, ...)``."""
+    errors = jnp.square(predictions.astype(jnp.float32) - targets)
+    if lengths is None:
+        return jnp.mean(errors)
+    mask = step_mask(lengths, errors.shape[0], errors.shape[1])
+    per_step = errors.reshape((*errors.shape[:2], -1)).mean(axis=-1)
+    return _masked_mean(per_step, mask)
+
+
+def rmse(predictions: Array, targets: Array, lengths: Array | None = None) -> Array:
+    return jnp.sqrt(mse(predictions, targets, lengths))

@@ -1,0 +1,182 @@
+"""``seqjax.train``: the optimizer chain, masked losses and metrics, and the train step."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import seqjax
+from seqjax import train
+from seqjax.tasks import adding
+from seqjax.train import losses
+
+
+def tree_norm(tree) -> float:
+    """The global L2 norm, in NumPy."""
+    return float(np.linalg.norm(np.concatenate([np.ravel(v) for v in jax.tree.leaves(tree)])))
+
+
+def test_clip_norm_rescales_to_the_threshold():
+    opt = train.optimizer("sgd", learning_rate=1.0, clip_norm=2.0)
+    params = {"a": jnp.zeros(3), "b": jnp.zeros(4)}
+    grads = {"a": jnp.full(3, 10.0), "b": jnp.full(4, -10.0)}
+    updates, _ = opt.update(grads, opt.init(params), params)
+    norm = math.sqrt(7 * 100.0)
+    np.testing.assert_allclose(updates["a"], -10.0 * 2.0 / norm, rtol=1e-6)
+    np.testing.assert_allclose(tree_norm(updates), 2.0, rtol=1e-6)
+    small = {"a": jnp.full(3, 0.1), "b": jnp.zeros(4)}  # below the threshold: untouched
+    updates, _ = opt.update(small, opt.init(params), params)
+    np.testing.assert_allclose(updates["a"], -0.1, rtol=1e-6)
+
+
+def test_clip_value():
+    opt = train.optimizer("sgd", learning_rate=1.0, clip_value=0.5)
+    params = jnp.zeros(3)
+    updates, _ = opt.update(jnp.array([2.0, -0.2, -7.0]), opt.init(params), params)
+    np.testing.assert_allclose(updates, [-0.5, 0.2, 0.5])
+
+
+def test_nonfinite_step_is_skipped_and_counted():
+    opt = train.optimizer("adam", learning_rate=0.1)
+    params = jnp.ones(3)
+    state = opt.init(params)
+    updates, state = opt.update(jnp.array([1.0, jnp.nan, 1.0]), state, params)
+    np.testing.assert_array_equal(updates, 0.0)
+    assert int(state.total_notfinite) == 1
+    updates, state = opt.update(jnp.ones(3), state, params)
+    assert np.all(np.asarray(updates) < 0)
+    assert int(state.notfinite_count) == 0 and int(state.total_notfinite) == 1
+
+
+def test_cosine_schedule_with_warmup():
+    opt = train.optimizer(
+        "sgd", learning_rate=1.0, schedule="cosine", warmup_steps=10, total_steps=110
+    )
+    params = jnp.zeros(())
+    state = opt.init(params)
+    rates = []
+    for _ in range(111):
+        update, state = opt.update(jnp.ones(()), state, params)
+        rates.append(-float(update))
+    assert rates[0] == 0.0
+    np.testing.assert_allclose(rates[5], 0.5, rtol=1e-6)
+    np.testing.assert_allclose(rates[10], 1.0, rtol=1e-6)
+    np.testing.assert_allclose(rates[60], 0.5 * (1 + math.cos(math.pi * 0.5)), atol=1e-6)
+    np.testing.assert_allclose(rates[110], 0.0, atol=1e-7)
+
+
+def test_weight_decay_is_decoupled_for_adam():
+    opt = train.optimizer("adam", learning_rate=0.1, weight_decay=0.5)
+    params = jnp.full(2, 2.0)
+    updates, _ = opt.update(jnp.zeros(2), opt.init(params), params)
+    np.testing.assert_allclose(updates, -0.1 * 0.5 * 2.0, rtol=1e-6)  # decay alone
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"name": "adamm"}, "unknown optimizer name"),
+        ({"clip_norm": 0.0}, "clip_norm"),
+        ({"clip_value": -1.0}, "clip_value"),
+        ({"learning_rate": -1e-3}, "learning_rate"),
+        ({"schedule": "cosine"}, "total_steps"),
+        ({"schedule": "linear"}, "unknown schedule"),
+        ({"weight_decay": -0.1}, "weight_decay"),
+        ({"warmup_steps": -1}, "warmup_steps"),
+    ],
+)
+def test_optimizer_rejects_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        train.optimizer(**kwargs)
+
+
+def test_sequence_losses_against_numpy():
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((3, 5, 4)).astype(np.float32)
+    labels = rng.integers(0, 4, (3, 5))
+    lengths = np.array([5, 2, 3])
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    picked = -np.take_along_axis(log_probs, labels[..., None], -1)[..., 0]
+    mask = np.arange(5)[None] < lengths[:, None]
+    expected = picked[mask].mean()
+    got = losses.sequence_cross_entropy(jnp.asarray(logits), jnp.asarray(labels), lengths)
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    np.testing.assert_allclose(losses.bits_per_character(got), expected / np.log(2), rtol=1e-6)
+    accuracy = (logits.argmax(-1) == labels)[mask].mean()
+    np.testing.assert_allclose(
+        losses.sequence_accuracy(jnp.asarray(logits), jnp.asarray(labels), lengths), accuracy
+    )
+
+
+def test_pooling_and_regression_losses_against_numpy():
+    rng = np.random.default_rng(1)
+    ys = rng.standard_normal((3, 6, 2)).astype(np.float32)
+    lengths = np.array([6, 1, 4])
+    np.testing.assert_allclose(
+        losses.last_valid(jnp.asarray(ys), lengths), ys[np.arange(3), lengths - 1]
+    )
+    np.testing.assert_allclose(losses.last_valid(jnp.asarray(ys)), ys[:, -1])
+    pooled = np.stack([ys[b, :n].mean(0) for b, n in enumerate(lengths)])
+    np.testing.assert_allclose(losses.mean_pool(jnp.asarray(ys), lengths), pooled, rtol=1e-6)
+    targets = rng.standard_normal((3, 6, 2)).astype(np.float32)
+    mask = np.arange(6)[None] < lengths[:, None]
+    expected = ((ys - targets) ** 2).mean(-1)[mask].mean()
+    np.testing.assert_allclose(losses.mse(jnp.asarray(ys), targets, lengths), expected, rtol=1e-6)
+    np.testing.assert_allclose(
+        losses.rmse(jnp.asarray(ys), targets), np.sqrt(((ys - targets) ** 2).mean()), rtol=1e-6
+    )
+
+
+def _adding_model(hidden: int):
+    layer = seqjax.rnn(seqjax.gru(hidden))
+
+    def init(key):
+        k1, k2 = jax.random.split(key)
+        return {"rnn": layer.init(k1, adding.INPUT_SIZE), "out": jax.random.normal(k2, (hidden,))}
+
+    def model(params, batch, key):
+        del key
+        _, ys = layer.apply(params["rnn"], batch["inputs"])
+        return ys[:, -1] @ params["out"] * 0.1 + 1.0
+
+    def loss(predictions, batch):
+        return losses.mse(predictions, batch["targets"])
+
+    return init, model, loss
+
+
+def test_train_step_reduces_loss_and_reports_gradient_norm():
+    init, model, loss = _adding_model(16)
+    opt = train.optimizer("adam", learning_rate=1e-2, clip_norm=0.5)
+    step = train.make_train_step(model, loss, opt, clip_norm=0.5)
+    state = train.TrainState.create(init(jax.random.key(0)), opt)
+    xs, ys = adding.batch(jax.random.key(1), 64, 10)
+    batch = {"inputs": xs, "targets": ys}
+    grads = jax.grad(lambda p: loss(model(p, batch, None), batch))(state.params)
+    expected_norm = tree_norm(grads)
+    first_loss = float(loss(model(state.params, batch, None), batch))
+    state, metrics = step(state, batch, None)
+    np.testing.assert_allclose(metrics["grad_norm"], expected_norm, rtol=1e-5)
+    assert float(metrics["clipped"]) == float(expected_norm > 0.5)
+    np.testing.assert_allclose(metrics["loss"], first_loss, rtol=1e-6)
+    for _ in range(60):
+        state, metrics = step(state, batch, None)
+    assert int(state.step) == 61
+    assert float(metrics["loss"]) < 0.5 * first_loss
+    assert float(metrics["nonfinite"]) == 0.0
+
+
+def test_train_step_skips_a_nonfinite_batch():
+    init, model, loss = _adding_model(8)
+    opt = train.optimizer("adam", learning_rate=1e-2)
+    step = train.make_train_step(model, loss, opt, donate=False)
+    state = train.TrainState.create(init(jax.random.key(0)), opt)
+    xs, ys = adding.batch(jax.random.key(1), 8, 6)
+    bad = {"inputs": xs.at[0, 0, 0].set(jnp.nan), "targets": ys}
+    new_state, metrics = step(state, bad, None)
+    assert float(metrics["nonfinite"]) == 1.0
+    jax.tree.map(np.testing.assert_array_equal, new_state.params, state.params)
