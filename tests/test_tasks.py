@@ -1,0 +1,60 @@
+"""Built-in tasks: their data match their definitions, and their baselines the analytic values."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from seqjax.tasks import adding, copy
+from seqjax.train import losses
+
+
+def test_adding_problem_definition():
+    xs, targets = adding.batch(jax.random.key(0), 256, 30)
+    xs, targets = np.asarray(xs), np.asarray(targets)
+    assert xs.shape == (256, 30, 2) and targets.shape == (256,)
+    markers = xs[..., 1]
+    assert np.all(markers.sum(1) == 2)
+    assert np.all(markers[:, :15].sum(1) == 1) and np.all(markers[:, 15:].sum(1) == 1)
+    np.testing.assert_allclose(targets, (xs[..., 0] * markers).sum(1), rtol=1e-6)
+    assert 0.0 <= xs[..., 0].min() and xs[..., 0].max() < 1.0
+
+
+def test_adding_baseline_is_one_sixth():
+    _, targets = adding.batch(jax.random.key(1), 200_000, 4)
+    mse = float(jnp.mean((targets - 1.0) ** 2))
+    assert abs(mse - adding.BASELINE_MSE) < 0.003  # sampling error ~0.0004
+    with pytest.raises(ValueError, match="length"):
+        adding.batch(jax.random.key(0), 2, 1)
+
+
+def test_copy_task_definition():
+    T = 7
+    inputs, targets = copy.batch(jax.random.key(0), 16, T)
+    symbols = np.asarray(inputs).argmax(-1)
+    targets = np.asarray(targets)
+    assert inputs.shape == (16, T + 20, copy.NUM_SYMBOLS)
+    data = symbols[:, :10]
+    assert data.min() >= 1 and data.max() <= 8
+    np.testing.assert_array_equal(symbols[:, 10 : 10 + T - 1], copy.BLANK)
+    np.testing.assert_array_equal(symbols[:, 10 + T - 1], copy.DELIMITER)
+    np.testing.assert_array_equal(targets[:, -10:], data)
+    np.testing.assert_array_equal(targets[:, :-10], copy.BLANK)
+
+
+def test_copy_baseline_matches_the_memoryless_strategy():
+    T = 50
+    _, targets = copy.batch(jax.random.key(2), 32, T)
+    total = T + 20
+    # blank with certainty, then uniform over the 8 data symbols for the last 10 steps
+    probs = np.zeros((32, total, copy.NUM_SYMBOLS))
+    probs[:, :-10, copy.BLANK] = 1.0
+    probs[:, -10:, 1:9] = 1.0 / 8
+    logits = jnp.log(jnp.asarray(probs) + 1e-30)
+    ce = float(losses.sequence_cross_entropy(logits, targets))
+    np.testing.assert_allclose(ce, copy.baseline_cross_entropy(T), rtol=1e-5)
+    np.testing.assert_allclose(copy.baseline_cross_entropy(T), 10 * math.log(8) / 70)
