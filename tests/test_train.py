@@ -180,3 +180,38 @@ def test_train_step_skips_a_nonfinite_batch():
     new_state, metrics = step(state, bad, None)
     assert float(metrics["nonfinite"]) == 1.0
     jax.tree.map(np.testing.assert_array_equal, new_state.params, state.params)
+
+
+def test_tbptt_carries_state_forward_but_cuts_gradients():
+    """Chunks see the whole stream's state, and each update's gradient is that of its own chunk
+    with the incoming carry held constant."""
+    cell = seqjax.lstm(6)
+    layer = seqjax.rnn(cell)
+    params = {"rnn": layer.init(jax.random.key(0), 3), "out": jnp.ones(6)}
+    stream = jax.random.normal(jax.random.key(1), (2, 12, 3))
+    targets = jax.random.normal(jax.random.key(2), (2, 12))
+
+    def model(params, carry, batch, key):
+        carry, ys = layer.apply(params["rnn"], batch["inputs"], carry=carry)
+        return carry, ys @ params["out"]
+
+    def loss(predictions, batch):
+        return losses.mse(predictions, batch["targets"])
+
+    opt = train.optimizer("sgd", learning_rate=0.0)  # keep params fixed to compare gradients
+    step = train.make_tbptt_step(model, loss, opt, donate=False)
+    state = train.TrainState.create(params, opt)
+    carry = cell.initial_carry(params["rnn"], (2,))
+    full_carry, full_ys = layer.apply(params["rnn"], stream)
+    for k in range(3):
+        chunk = {"inputs": stream[:, 4 * k : 4 * k + 4], "targets": targets[:, 4 * k : 4 * k + 4]}
+        expected_grads = jax.grad(lambda p, c=carry, b=chunk: loss(model(p, c, b, None)[1], b))(
+            params
+        )
+        incoming = carry
+        state, carry, metrics = step(state, carry, chunk, None)
+        predictions = model(params, incoming, chunk, None)[1]
+        np.testing.assert_allclose(predictions, full_ys[:, 4 * k : 4 * k + 4] @ params["out"],
+                                   atol=1e-5)  # fmt: skip
+        np.testing.assert_allclose(metrics["grad_norm"], tree_norm(expected_grads), rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), carry, full_carry)

@@ -3,6 +3,6 @@ and checkpoints."""
 
 from seqjax.train import losses
 from seqjax.train.optim import optimizer
-from seqjax.train.step import TrainState, make_train_step
+from seqjax.train.step import TrainState, make_tbptt_step, make_train_step
 
-__all__ = ["TrainState", "losses", "make_train_step", "optimizer"]
+__all__ = ["TrainState", "losses", "make_tbptt_step", "make_train_step", "optimizer"]

@@ -74,8 +74,8 @@ def optimizer(
             )
         lr = learning_rate
     else:
-        if not isinstance(learning_rate, int | float) or learning_rate <= 0:
-            raise ValueError(f"{fn}: learning_rate must be > 0; got {learning_rate!r}")
+        if not isinstance(learning_rate, int | float) or learning_rate < 0:
+            raise ValueError(f"{fn}: learning_rate must be >= 0; got {learning_rate!r}")
         lr = _schedule(float(learning_rate), schedule, warmup_steps, total_steps, fn)
 
     parts = []

@@ -58,25 +58,72 @@ def make_train_step(
     """
 
     def objective(params, batch, key):
-        out = loss(model(params, batch, key), batch)
-        value, extra = out if isinstance(out, tuple) else (out, {})
-        return value, extra
+        return _split_loss(loss(model(params, batch, key), batch)), None
+
+    gradient_step = _gradient_step(objective, optimizer, clip_norm)
 
     def step(state: TrainState, batch: Batch, key: jax.Array | None = None):
-        (value, extra), grads = jax.value_and_grad(objective, has_aux=True)(
-            state.params, batch, key
+        state, _, metrics = gradient_step(state, None, batch, key)
+        return state, metrics
+
+    return jax.jit(step, donate_argnums=(0,) if donate else ())
+
+
+def make_tbptt_step(
+    model: Callable[[Params, Any, Batch, jax.Array | None], tuple[Any, Any]],
+    loss: Callable[[Any, Batch], jax.Array | tuple[jax.Array, dict]],
+    optimizer: optax.GradientTransformation,
+    *,
+    clip_norm: float | None = None,
+    donate: bool = True,
+) -> Callable[..., tuple[TrainState, Any, dict]]:
+    """Truncated backpropagation through time: a jitted
+    ``step(state, carry, chunk, key) -> (state, carry, metrics)`` for training on a long stream
+    cut into chunks of k steps.
+
+    ``model(params, carry, chunk, key) -> (final_carry, predictions)`` runs one chunk from
+    ``carry``. The carry passed to the next chunk is the chunk's final carry with
+    ``lax.stop_gradient``: the forward pass sees the whole stream, while gradients flow back at
+    most k steps, so memory and time per update do not grow with the stream. Metrics as in
+    :func:`make_train_step`.
+    """
+
+    def objective(params, carry, batch, key):
+        final_carry, predictions = model(params, carry, batch, key)
+        return _split_loss(loss(predictions, batch)), jax.lax.stop_gradient(final_carry)
+
+    step = _gradient_step(objective, optimizer, clip_norm, with_carry=True)
+    return jax.jit(step, donate_argnums=(0,) if donate else ())
+
+
+def _split_loss(out):
+    return out if isinstance(out, tuple) else (out, {})
+
+
+def _gradient_step(objective, optimizer, clip_norm, with_carry=False):
+    """``step(state, carry, batch, key) -> (state, carry, metrics)`` around ``objective``, which
+    returns ``((loss, extra_metrics), new_carry)``."""
+
+    def step(state: TrainState, carry, batch: Batch, key: jax.Array | None = None):
+        def value(params):
+            args = (params, carry, batch, key) if with_carry else (params, batch, key)
+            (loss_value, extra), new_carry = objective(*args)
+            return loss_value, (extra, new_carry)
+
+        (loss_value, (extra, new_carry)), grads = jax.value_and_grad(value, has_aux=True)(
+            state.params
         )
         grad_norm = global_norm(grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {
-            "loss": value,
+            "loss": loss_value,
             "grad_norm": grad_norm,
             "nonfinite": (~jnp.isfinite(grad_norm)).astype(jnp.float32),
             **extra,
         }
         if clip_norm is not None:
             metrics["clipped"] = (grad_norm > clip_norm).astype(jnp.float32)
-        return TrainState(params, opt_state, state.step + 1), metrics
+        return TrainState(params, opt_state, state.step + 1), new_carry, metrics
 
-    return jax.jit(step, donate_argnums=(0,) if donate else ())
+    return step
