@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from seqjax.tasks import adding, copy
+from seqjax.tasks import adding, copy, sunspots
 from seqjax.train import losses
 
 
@@ -58,3 +58,29 @@ def test_copy_baseline_matches_the_memoryless_strategy():
     ce = float(losses.sequence_cross_entropy(logits, targets))
     np.testing.assert_allclose(ce, copy.baseline_cross_entropy(T), rtol=1e-5)
     np.testing.assert_allclose(copy.baseline_cross_entropy(T), 10 * math.log(8) / 70)
+
+
+def test_sunspots_data_and_published_baselines():
+    years, values = sunspots.load()
+    assert years[0] == 1700 and years[-1] == 2008 and len(values) == 309
+    # Zhang (2003): persistence 30.3, AR(9) 17.5 on the one-step forecasts of 1921-1987
+    assert abs(sunspots.persistence_rmse() - 30.3) < 0.05
+    assert abs(sunspots.ar_rmse(9) - 17.5) < 0.05
+
+
+def test_sunspots_windows_forecast_the_next_year():
+    data = sunspots.dataset(window=12)
+    years, values = sunspots.load()
+    assert data.test.years[0] == 1921 and data.test.years[-1] == 1987
+    assert data.train.years.max() == 1920 and len(data.test.targets) == 67
+    first = data.test
+    np.testing.assert_allclose(
+        data.denormalise(first.targets), values[years >= 1921][:67], rtol=1e-5
+    )
+    # the window ends the year before the target
+    np.testing.assert_allclose(
+        data.denormalise(first.inputs[0, -1, 0]), values[years == 1920], rtol=1e-5
+    )
+    assert first.inputs.shape == (67, 12, 1)
+    with pytest.raises(ValueError, match="window"):
+        sunspots.dataset(window=0)

@@ -1,5 +1,5 @@
 """Built-in tasks: data generators with their loss and the baseline a model must beat."""
 
-from seqjax.tasks import adding, copy
+from seqjax.tasks import adding, copy, sunspots
 
-__all__ = ["adding", "copy"]
+__all__ = ["adding", "copy", "sunspots"]
