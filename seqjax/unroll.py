@@ -77,6 +77,11 @@ def unroll(
                 f"{fn}: custom_vjp=True needs a cell with a recur_split; cell {cell.name!r} has "
                 "none. Pass custom_vjp=None to use plain autodiff for it"
             )
+        if custom_vjp and remat:
+            raise ValueError(
+                f"{fn}: custom_vjp=True and remat=True do not combine: remat recomputes chunks "
+                "of steps under autodiff. Pass custom_vjp=None (or False) with remat=True"
+            )
 
     time_axis = 0 if time_major else xs.ndim - 2
     num_steps = xs.shape[time_axis]

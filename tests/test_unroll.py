@@ -249,6 +249,12 @@ def test_custom_vjp_needs_a_split_cell():
         seqjax.unroll(cell, params, jnp.ones((2, 3, D)), custom_vjp=True)
 
 
+def test_custom_vjp_and_remat_do_not_combine_silently():
+    cell, params, xs = setup("lstm")
+    with pytest.raises(ValueError, match="custom_vjp=True and remat=True"):
+        seqjax.unroll(cell, params, xs, custom_vjp=True, remat=True)
+
+
 def test_forward_mode_with_custom_vjp_off():
     cell, params, xs = setup("lstm")
     tangent = jax.random.normal(jax.random.key(5), xs.shape)
