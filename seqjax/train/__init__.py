@@ -1,8 +1,8 @@
 """Training: optax optimizers with clipping, masked losses and metrics, a jitted train step,
 and checkpoints."""
 
-from seqjax.train import losses
+from seqjax.train import checkpoint, losses
 from seqjax.train.optim import optimizer
 from seqjax.train.step import TrainState, make_tbptt_step, make_train_step
 
-__all__ = ["TrainState", "losses", "make_tbptt_step", "make_train_step", "optimizer"]
+__all__ = ["TrainState", "checkpoint", "losses", "make_tbptt_step", "make_train_step", "optimizer"]

@@ -1,0 +1,184 @@
+"""Checkpoints: atomic, checksummed, never pickled.
+
+A file is ``MAGIC`` (8 bytes), a little-endian uint32 header length, a JSON header
+(``format``, ``step``, ``metadata``, ``sha256`` and length of the payload) and the payload: the
+state's arrays as msgpack via ``flax.serialization``, which restores only plain data. A file is
+written to a temporary name in the same directory, flushed and fsync-ed, then renamed over the
+final name and the directory fsync-ed, so a reader sees either the old file or the whole new one,
+even if the writer is killed. A truncated or altered file fails its length or checksum check.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+import struct
+import tempfile
+import warnings
+from typing import Any
+
+import jax
+import numpy as np
+from flax import serialization
+
+MAGIC = b"SEQJAXCK"
+FORMAT = 1
+PREFIX, SUFFIX = "ckpt_", ".msgpack"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be trusted: truncated, altered, foreign or of another
+    structure than the state it should restore."""
+
+
+def _encode(state: Any) -> Any:
+    """Typed PRNG keys become their raw key data (msgpack knows only plain arrays)."""
+    return jax.tree.map(
+        lambda x: np.asarray(jax.random.key_data(x)) if _is_key(x) else np.asarray(x), state
+    )
+
+
+def _is_key(x: Any) -> bool:
+    return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def save(
+    directory: str | os.PathLike,
+    state: Any,
+    *,
+    step: int,
+    metadata: dict | None = None,
+    keep: int = 3,
+) -> pathlib.Path:
+    """Writes ``state`` (any pytree of arrays, PRNG keys and numbers) as
+    ``directory/ckpt_{step:09d}.msgpack``, atomically, and keeps the newest ``keep`` files.
+
+    ``metadata`` (JSON-serialisable: config, data position) is stored in the header.
+    """
+    directory = pathlib.Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise ValueError(f"checkpoint.save: directory {str(directory)!r} is a file; pass a folder")
+    if isinstance(step, bool) or not isinstance(step, int | np.integer) or step < 0:
+        raise ValueError(f"checkpoint.save: step must be an integer >= 0; got {step!r}")
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+        raise ValueError(f"checkpoint.save: keep must be an integer >= 1; got {keep!r}")
+    directory.mkdir(parents=True, exist_ok=True)
+    payload = serialization.msgpack_serialize(serialization.to_state_dict(_encode(state)))
+    header = json.dumps(
+        {
+            "format": FORMAT,
+            "step": int(step),
+            "metadata": metadata or {},
+            "sha256": hashlib.sha256(payload).hexdigest(),
+            "payload_bytes": len(payload),
+        }
+    ).encode()
+    path = directory / f"{PREFIX}{int(step):09d}{SUFFIX}"
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_", suffix=".partial")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(MAGIC + struct.pack("<I", len(header)) + header + payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        pathlib.Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_directory(directory)
+    for old in sorted(directory.glob(f"{PREFIX}*{SUFFIX}"))[:-keep]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def _fsync_directory(directory: pathlib.Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # some platforms cannot open a directory; the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def load(path: str | os.PathLike, target: Any) -> tuple[Any, int, dict]:
+    """Reads one checkpoint into the structure of ``target`` (e.g. a freshly initialised state).
+
+    Returns ``(state, step, metadata)``. Raises :class:`CheckpointError` if the file is not a
+    seqjax checkpoint, is truncated, fails its checksum, or holds another structure, shape or
+    dtype than ``target``.
+    """
+    path = pathlib.Path(path)
+    data = path.read_bytes()
+    where = f"checkpoint {str(path)!r}"
+    if data[: len(MAGIC)] != MAGIC:
+        raise CheckpointError(f"{where} is not a seqjax checkpoint (bad magic bytes)")
+    try:
+        (size,) = struct.unpack("<I", data[len(MAGIC) : len(MAGIC) + 4])
+        start = len(MAGIC) + 4
+        header = json.loads(data[start : start + size])
+        payload = data[start + size :]
+    except (struct.error, ValueError) as err:
+        raise CheckpointError(f"{where} has a truncated or unreadable header") from err
+    if header.get("format") != FORMAT:
+        raise CheckpointError(f"{where} has format {header.get('format')!r}; expected {FORMAT}")
+    if len(payload) != header["payload_bytes"]:
+        raise CheckpointError(
+            f"{where} is truncated: {len(payload)} of {header['payload_bytes']} payload bytes; "
+            "it was cut short while being copied or written by another tool"
+        )
+    if hashlib.sha256(payload).hexdigest() != header["sha256"]:
+        raise CheckpointError(f"{where} fails its sha256 checksum: the file was altered")
+    stored = serialization.msgpack_restore(payload)
+    template = serialization.to_state_dict(_encode(target))
+    _check_structure(stored, template, where, ())
+    restored = serialization.from_state_dict(_encode(target), stored)
+    state = jax.tree.map(
+        lambda t, r: jax.random.wrap_key_data(r, impl=jax.random.key_impl(t)) if _is_key(t) else r,
+        target,
+        jax.tree.unflatten(jax.tree.structure(target), jax.tree.leaves(restored)),
+    )
+    return state, int(header["step"]), header["metadata"]
+
+
+def _check_structure(stored: Any, template: Any, where: str, path: tuple) -> None:
+    name = "/".join(map(str, path)) or "<root>"
+    if isinstance(template, dict):
+        if not isinstance(stored, dict) or set(stored) != set(template):
+            got = sorted(stored) if isinstance(stored, dict) else type(stored).__name__
+            raise CheckpointError(
+                f"{where} does not match the state: at {name} expected keys {sorted(template)}, "
+                f"found {got}"
+            )
+        for key in template:
+            _check_structure(stored[key], template[key], where, (*path, key))
+        return
+    got, want = np.asarray(stored), np.asarray(template)
+    if got.shape != want.shape or got.dtype != want.dtype:
+        raise CheckpointError(
+            f"{where} does not match the state: {name} is {got.dtype}{list(got.shape)} in the "
+            f"file, {want.dtype}{list(want.shape)} in the state"
+        )
+
+
+def latest(directory: str | os.PathLike, target: Any) -> tuple[Any, int, dict] | None:
+    """The newest checkpoint in ``directory`` that loads cleanly, or None if there is none.
+
+    A newer file that fails its checks is skipped with a warning naming it and why, and the
+    previous good one is used; if every file fails, :class:`CheckpointError` lists them.
+    """
+    directory = pathlib.Path(directory)
+    if not directory.is_dir():
+        return None
+    failures = []
+    for path in sorted(directory.glob(f"{PREFIX}*{SUFFIX}"), reverse=True):
+        try:
+            return load(path, target)
+        except CheckpointError as err:
+            warnings.warn(f"skipping {err}", stacklevel=2)
+            failures.append(str(err))
+    if failures:
+        raise CheckpointError("no usable checkpoint: " + "; ".join(failures))
+    return None

@@ -1,0 +1,134 @@
+"""Checkpoints: bit-identical round trips, atomic writes, and refusal of damaged files."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from seqjax.train import checkpoint
+
+
+def make_state(seed: int = 0):
+    params = {
+        "w": jax.random.normal(jax.random.key(seed), (4, 3)),
+        "b": jnp.arange(3, dtype=jnp.float32),
+    }
+    opt = optax.adam(1e-3)
+    opt_state = opt.init(params)
+    grads = jax.tree.map(jnp.ones_like, params)
+    _, opt_state = opt.update(grads, opt_state, params)
+    return {"params": params, "opt": opt_state, "key": jax.random.key(seed + 7), "pos": np.int64(5)}
+
+
+def assert_identical(a, b):
+    a_leaves, b_leaves = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(a_leaves) == len(b_leaves)
+    for x, y in zip(a_leaves, b_leaves, strict=True):
+        if checkpoint._is_key(x):
+            x, y = jax.random.key_data(x), jax.random.key_data(y)
+        assert np.asarray(x).dtype == np.asarray(y).dtype
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_round_trip_is_bit_identical(tmp_path):
+    state = make_state()
+    path = checkpoint.save(tmp_path, state, step=12, metadata={"task": "adding", "epoch": 2})
+    assert path.name == "ckpt_000000012.msgpack"
+    restored, step, metadata = checkpoint.load(path, make_state(seed=1))
+    assert step == 12 and metadata == {"task": "adding", "epoch": 2}
+    assert_identical(restored, state)
+    assert jax.tree.structure(restored) == jax.tree.structure(state)
+    # the restored key draws the same numbers as the saved one
+    np.testing.assert_array_equal(
+        jax.random.normal(restored["key"], (3,)), jax.random.normal(state["key"], (3,))
+    )
+
+
+def test_keep_prunes_old_checkpoints_and_latest_picks_the_newest(tmp_path):
+    for step in range(5):
+        checkpoint.save(tmp_path, make_state(step), step=step, keep=2)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["ckpt_000000003.msgpack", "ckpt_000000004.msgpack"]
+    state, step, _ = checkpoint.latest(tmp_path, make_state())
+    assert step == 4
+    assert_identical(state, make_state(4))
+    assert checkpoint.latest(tmp_path / "nothing", make_state()) is None
+
+
+def test_truncated_newest_is_refused_and_the_previous_used(tmp_path):
+    checkpoint.save(tmp_path, make_state(1), step=1)
+    newest = checkpoint.save(tmp_path, make_state(2), step=2)
+    newest.write_bytes(newest.read_bytes()[:-10])
+    with pytest.raises(checkpoint.CheckpointError, match="truncated"):
+        checkpoint.load(newest, make_state())
+    with pytest.warns(UserWarning, match="ckpt_000000002"):
+        state, step, _ = checkpoint.latest(tmp_path, make_state())
+    assert step == 1
+    assert_identical(state, make_state(1))
+
+
+def test_altered_and_foreign_files_are_refused(tmp_path):
+    path = checkpoint.save(tmp_path, make_state(), step=0)
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(checkpoint.CheckpointError, match="checksum"):
+        checkpoint.load(path, make_state())
+    path.write_bytes(os.urandom(200))
+    with pytest.raises(checkpoint.CheckpointError, match="magic"):
+        checkpoint.load(path, make_state())
+    with pytest.raises(checkpoint.CheckpointError, match="no usable checkpoint"):
+        with pytest.warns(UserWarning):
+            checkpoint.latest(tmp_path, make_state())
+
+
+def test_a_state_of_another_shape_is_refused(tmp_path):
+    path = checkpoint.save(tmp_path, make_state(), step=0)
+    other = make_state()
+    other["params"]["w"] = jnp.zeros((5, 3))
+    with pytest.raises(checkpoint.CheckpointError, match=r"params/w .*\[4, 3\].*\[5, 3\]"):
+        checkpoint.load(path, other)
+    with pytest.raises(checkpoint.CheckpointError, match="expected keys"):
+        checkpoint.load(path, {"params": other["params"]})
+
+
+def test_no_pickle_is_involved(tmp_path, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("pickle was used")
+
+    monkeypatch.setattr(pickle, "loads", refuse)
+    monkeypatch.setattr(pickle, "dumps", refuse)
+    path = checkpoint.save(tmp_path, make_state(), step=3)
+    assert b"\x80\x04" not in path.read_bytes()[:16]
+    checkpoint.load(path, make_state())
+
+
+def test_a_failed_write_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
+    good = checkpoint.save(tmp_path, make_state(1), step=1)
+    before = good.read_bytes()
+
+    def crash(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="disk full"):
+        checkpoint.save(tmp_path, make_state(2), step=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [good.name]  # no partial file left
+    assert good.read_bytes() == before
+
+
+def test_bad_arguments(tmp_path):
+    afile = tmp_path / "file"
+    afile.write_text("x")
+    with pytest.raises(ValueError, match="is a file"):
+        checkpoint.save(afile, make_state(), step=0)
+    with pytest.raises(ValueError, match="step"):
+        checkpoint.save(tmp_path, make_state(), step=-1)
+    with pytest.raises(ValueError, match="keep"):
+        checkpoint.save(tmp_path, make_state(), step=0, keep=0)
