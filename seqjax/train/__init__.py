@@ -2,7 +2,16 @@
 and checkpoints."""
 
 from seqjax.train import checkpoint, losses
+from seqjax.train.loop import fit
 from seqjax.train.optim import optimizer
 from seqjax.train.step import TrainState, make_tbptt_step, make_train_step
 
-__all__ = ["TrainState", "checkpoint", "losses", "make_tbptt_step", "make_train_step", "optimizer"]
+__all__ = [
+    "TrainState",
+    "checkpoint",
+    "fit",
+    "losses",
+    "make_tbptt_step",
+    "make_train_step",
+    "optimizer",
+]

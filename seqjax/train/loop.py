@@ -1,0 +1,181 @@
+"""``fit``: a resumable training loop over arrays, with evaluation, logs and checkpoints.
+
+Everything random is a function of the seed and the step number: the batch of step ``s`` is
+slice ``s mod steps_per_epoch`` of a permutation drawn from ``(seed, epoch)``, and the dropout
+key of step ``s`` is ``fold_in(key, s)``. So a checkpoint needs only the train state and the step
+to resume exactly where a run stopped, and a killed-and-resumed run ends with the same bits as
+one never interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import sys
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from seqjax.train import checkpoint
+from seqjax.train.step import TrainState, make_train_step
+
+Batch = Mapping[str, Any]
+
+
+def _num_examples(data: Batch, name: str) -> int:
+    if not isinstance(data, Mapping) or not data:
+        raise TypeError(f"fit: {name} must be a dict of arrays with a leading example axis")
+    sizes = {key: np.shape(value)[0] for key, value in data.items()}
+    if len(set(sizes.values())) != 1:
+        raise ValueError(f"fit: the arrays of {name} disagree on the number of examples: {sizes}")
+    return next(iter(sizes.values()))
+
+
+def batch_for_step(data: Batch, step: int, batch_size: int, seed: int) -> Batch:
+    """The batch of training step ``step``: a reproducible function of (seed, step)."""
+    n = _num_examples(data, "data")
+    per_epoch = max(1, n // batch_size)
+    epoch, index = divmod(step, per_epoch)
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    rows = order[index * batch_size : (index + 1) * batch_size]
+    return {key: jnp.asarray(np.asarray(value)[rows]) for key, value in data.items()}
+
+
+def fit(
+    model: Callable,
+    loss: Callable,
+    params: Any,
+    optimizer: optax.GradientTransformation,
+    data: Batch,
+    *,
+    steps: int,
+    batch_size: int = 32,
+    eval_data: Batch | None = None,
+    eval_every: int = 100,
+    metrics: Callable[[Any, Batch], dict] | None = None,
+    clip_norm: float | None = None,
+    seed: int = 0,
+    run_dir: str | pathlib.Path | None = None,
+    checkpoint_every: int = 100,
+    resume: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> tuple[Any, list[dict]]:
+    """Trains ``params`` for ``steps`` optimizer steps and returns ``(params, history)``.
+
+    Args:
+      model, loss, optimizer: as for :func:`seqjax.train.make_train_step`; ``model(params,
+        batch, key)`` gets a dropout key.
+      params: the initial parameters.
+      data: training arrays, a dict such as ``{"inputs": (N, T, D), "targets": ..., "lengths":
+        (N,)}``; batches are drawn from shuffled epochs.
+      eval_data: held-out arrays of the same form, evaluated every ``eval_every`` steps and at
+        the end with ``metrics(predictions, batch) -> dict`` (default: the loss).
+      run_dir: where ``metrics.jsonl`` (one JSON line per report) and checkpoints
+        (``checkpoints/``, every ``checkpoint_every`` steps and at the end) go.
+      resume: continue from the newest good checkpoint in ``run_dir``.
+      log: called with each progress line (default: print to stdout).
+
+    Returns:
+      The final params and the list of the reported metric dicts.
+    """
+    sizes = {"steps": steps, "batch_size": batch_size, "eval_every": eval_every,
+             "checkpoint_every": checkpoint_every}  # fmt: skip
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"fit: {name} must be a positive integer; got {value!r}")
+    n = _num_examples(data, "data")
+    if batch_size > n:
+        raise ValueError(f"fit: batch_size {batch_size} is larger than the {n} examples of data")
+    if eval_data is not None:
+        _num_examples(eval_data, "eval_data")
+    if resume and run_dir is None:
+        raise ValueError("fit: resume=True needs the run_dir of the run to continue")
+    log = log or (lambda line: print(line, file=sys.stdout, flush=True))
+    run_dir = pathlib.Path(run_dir) if run_dir is not None else None
+    if run_dir is not None:
+        if run_dir.exists() and not run_dir.is_dir():
+            raise ValueError(f"fit: run_dir {str(run_dir)!r} is a file; pass a folder")
+        run_dir.mkdir(parents=True, exist_ok=True)
+
+    state = TrainState.create(params, optimizer)
+    history: list[dict] = []
+    if resume:
+        found = checkpoint.latest(run_dir / "checkpoints", state)
+        if found is None:
+            raise ValueError(f"fit: nothing to resume in {str(run_dir)!r}: no checkpoint there")
+        state, _, _ = found
+        history = _read_history(run_dir, int(state.step))
+        log(f"resumed from step {int(state.step)}")
+
+    step_fn = make_train_step(model, loss, optimizer, clip_norm=clip_norm)
+    evaluate = jax.jit(
+        lambda params, batch: (metrics or (lambda p, b: {"loss": loss(p, b)}))(
+            model(params, batch, None), batch
+        )
+    )
+    key = jax.random.key(seed)
+    start_step, start_time = int(state.step), time.perf_counter()
+    pending = []  # device metrics, read only at report time: no host sync per step
+    for step in range(start_step, steps):
+        batch = batch_for_step(data, step, batch_size, seed)
+        state, step_metrics = step_fn(state, batch, jax.random.fold_in(key, step))
+        pending.append(step_metrics)
+        done = step + 1
+        if done % eval_every == 0 or done == steps:
+            record = _summarise(pending, done, start_step, start_time)
+            pending = []
+            if eval_data is not None:
+                record.update(
+                    {f"eval_{k}": float(v) for k, v in evaluate(state.params, eval_data).items()}
+                )
+            history.append(record)
+            log(_progress_line(record, steps))
+            if run_dir is not None:
+                with open(run_dir / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(record) + "\n")
+        if run_dir is not None and (done % checkpoint_every == 0 or done == steps):
+            checkpoint.save(run_dir / "checkpoints", state, step=done, metadata={"seed": seed})
+    return state.params, history
+
+
+def _summarise(pending: list[dict], done: int, start_step: int, start_time: float) -> dict:
+    stacked = jax.device_get(pending)
+    record = {"step": done}
+    for name in stacked[0]:
+        values = np.array([m[name] for m in stacked], np.float64)
+        record[name] = float(values.mean())
+    if "clipped" in record:
+        record["clipped_fraction"] = record.pop("clipped")
+    record["nonfinite_steps"] = int(sum(m["nonfinite"] for m in stacked))
+    record.pop("nonfinite", None)
+    record["steps_per_s"] = (done - start_step) / max(time.perf_counter() - start_time, 1e-9)
+    return record
+
+
+def _progress_line(record: dict, steps: int) -> str:
+    width = 20
+    filled = math.floor(width * record["step"] / steps)
+    parts = [f"[{'#' * filled:<{width}}] step {record['step']:>6}/{steps}",
+             f"loss {record['loss']:.4f}"]  # fmt: skip
+    parts += [f"{k} {v:.4f}" for k, v in record.items() if k.startswith("eval_")]
+    parts.append(f"|grad| {record['grad_norm']:.3g}")
+    parts.append(f"{record['steps_per_s']:.1f} steps/s")
+    return "  ".join(parts)
+
+
+def _read_history(run_dir: pathlib.Path, upto: int) -> list[dict]:
+    """The log of a resumed run up to its checkpoint; lines written after it (by the part of
+    the run that was lost) are dropped from the file too."""
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    kept = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    kept = [record for record in kept if record["step"] <= upto]
+    path.write_text("".join(json.dumps(record) + "\n" for record in kept))
+    return kept
