@@ -1,5 +1,8 @@
 """The ``seqjax`` command.
 
+``seqjax train`` trains a recurrent network on a built-in task and ends with a verdict against the
+task's baseline; ``RUN_DIR`` keeps metrics.jsonl, checkpoints and result.json.
+
 ``seqjax demo`` unrolls each built-in cell (shapes, compile time, forward and backward timings),
 then trains a tanh RNN, a GRU and an LSTM on the adding problem and reports their error against
 the trivial baseline.
@@ -8,6 +11,8 @@ the trivial baseline.
 from __future__ import annotations
 
 import argparse
+import json
+import pathlib
 import statistics
 import sys
 import time
@@ -133,6 +138,78 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def build_model(task, cell_name: str, hidden: int, layers: int, dropout: float):
+    """``stack`` of ``layers`` recurrent layers and a linear read-out, as (init, model)."""
+    stack = seqjax.stack(*[seqjax.rnn(CELLS[cell_name](hidden)) for _ in range(layers)],
+                         dropout=dropout)  # fmt: skip
+
+    def init(key):
+        k_rnn, k_out = jax.random.split(key)
+        out = jax.random.normal(k_out, (hidden, task.output_size)) / jnp.sqrt(hidden)
+        return {"rnn": stack.init(k_rnn, task.input_size), "w_out": out,
+                "b_out": jnp.zeros(task.output_size)}  # fmt: skip
+
+    def model(params, batch, key):
+        _, ys = stack.apply(params["rnn"], batch["inputs"], key=key)
+        features = ys if task.per_step else ys[:, -1]
+        return features @ params["w_out"] + params["b_out"]
+
+    return init, model
+
+
+def train_command(args: argparse.Namespace) -> int:
+    from seqjax import train
+    from seqjax.tasks import registry
+
+    for name in ("hidden", "layers", "steps", "batch_size"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be a positive integer; "
+                             f"got {getattr(args, name)}")  # fmt: skip
+    if args.seq_len is not None and args.seq_len < 1:
+        raise UsageError(f"--seq-len must be a positive integer; got {args.seq_len}")
+    if args.lr <= 0 or (args.clip_norm is not None and args.clip_norm <= 0):
+        raise UsageError("--lr and --clip-norm must be positive numbers")
+    run_dir = pathlib.Path(args.run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UsageError(f"--run-dir {str(run_dir)!r} is a file; pass a folder")
+    if args.resume and not (run_dir / "checkpoints").is_dir():
+        raise UsageError(f"--resume: nothing to resume in {str(run_dir)!r} (no checkpoints/)")
+    try:
+        task = registry.get(args.task, args.seq_len, args.seed)
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+    init, model = build_model(task, args.cell, args.hidden, args.layers, args.dropout)
+    params = init(jax.random.key(args.seed))
+    print(f"seqjax train: {task.name}, {args.layers}-layer {args.cell} (hidden {args.hidden}), "
+          f"{args.steps} steps of batch {args.batch_size}, lr {args.lr}, clip_norm "
+          f"{args.clip_norm}, run dir {run_dir}", flush=True)  # fmt: skip
+    optimizer = train.optimizer(
+        "adam", args.lr, clip_norm=args.clip_norm, schedule="cosine",
+        warmup_steps=min(100, args.steps // 10), total_steps=args.steps + 1,
+    )  # fmt: skip
+    params, history = train.fit(
+        model, task.loss, params, optimizer, task.train, steps=args.steps,
+        batch_size=args.batch_size, eval_data=task.test, eval_every=max(1, args.steps // 10),
+        metrics=lambda p, b: {"metric": task.metric(p, b)}, clip_norm=args.clip_norm,
+        seed=args.seed, run_dir=run_dir, checkpoint_every=max(1, args.steps // 10),
+        resume=args.resume,
+    )  # fmt: skip
+    value = float(history[-1]["eval_metric"])
+    verdict = task.verdict(value)
+    result = {"task": task.name, "cell": args.cell, "hidden": args.hidden, "layers": args.layers,
+              "steps": args.steps, "metric": task.metric_name, "value": value,
+              "baseline": task.baseline, "baseline_name": task.baseline_name,
+              "verdict": verdict, "seed": args.seed}  # fmt: skip
+    (run_dir / "result.json").write_text(json.dumps(result, indent=1) + "\n")
+    print(f"{task.name} {args.cell}: {task.metric_name} {value:.4f} "
+          f"(baseline, {task.baseline_name}: {task.baseline:.4f}): {verdict}")  # fmt: skip
+    return 0
+
+
+class UsageError(Exception):
+    """A bad command-line value: reported as one line on stderr, exit code 2."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="seqjax", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -147,8 +224,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--cells", nargs="+", default=list(CELLS), choices=list(CELLS))
     p.add_argument("--seed", type=int, default=0)
+    t = commands.add_parser(
+        "train", help="train on a built-in task and report against its baseline"
+    )
+    t.add_argument("--task", default="adding", help="adding | copy | sunspots (default adding)")
+    t.add_argument("--cell", default="lstm", choices=list(CELLS), help="default lstm")
+    t.add_argument("--hidden", type=int, default=64, help="hidden size (default 64)")
+    t.add_argument("--layers", type=int, default=1, help="stacked layers (default 1)")
+    t.add_argument("--dropout", type=float, default=0.0, help="between layers (default 0)")
+    t.add_argument("--seq-len", type=int, default=None,
+                   help="sequence length T, or window for sunspots (task default)")  # fmt: skip
+    t.add_argument("--steps", type=int, default=1500, help="optimizer steps (default 1500)")
+    t.add_argument("--batch-size", type=int, default=64, help="default 64")
+    t.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default 3e-3)")
+    t.add_argument("--clip-norm", type=float, default=1.0, help="global-norm clip (default 1)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--run-dir", default="runs/latest", help="default runs/latest")
+    t.add_argument("--resume", action="store_true",
+                   help="continue from the newest good checkpoint in --run-dir")  # fmt: skip
     args = parser.parse_args(argv)
-    return demo(args)
+    try:
+        return train_command(args) if args.command == "train" else demo(args)
+    except UsageError as err:
+        print(f"seqjax {args.command}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
