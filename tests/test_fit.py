@@ -52,6 +52,35 @@ def test_fit_learns_and_logs(tmp_path):
     assert logged == history
     assert len(lines) == 3 and "steps/s" in lines[-1]
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir())[-1].endswith("300.msgpack")
+    assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _fit_params(data, steps, run_dir=None, resume=False):
+    model, loss, params, _, _ = _problem()
+    final, _ = train.fit(model, loss, params, train.optimizer(learning_rate=1e-2), data,
+                         steps=steps, batch_size=32, eval_every=10, checkpoint_every=10,
+                         run_dir=run_dir, resume=resume, log=lambda line: None)  # fmt: skip
+    return jax.tree.leaves(final)
+
+
+def test_fit_takes_a_step_function_or_an_iterator_of_batches(tmp_path):
+    *_, data, _ = _problem()
+    from_arrays = _fit_params(data, 20)
+    per_step = [train.batch_for_step(data, step, 32, 0) for step in range(20)]
+    for source in (per_step.__getitem__, iter(per_step), per_step):
+        for a, b in zip(from_arrays, _fit_params(source, 20), strict=True):
+            np.testing.assert_array_equal(a, b)
+    # A resumed run skips the batches that the checkpointed steps used.
+    _fit_params(iter(per_step[:10]), 10, run_dir=tmp_path)
+    resumed = _fit_params(iter(per_step), 20, run_dir=tmp_path, resume=True)
+    for a, b in zip(from_arrays, resumed, strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="ran out of batches at step 5"):
+        _fit_params(iter(per_step[:5]), 20)
+    with pytest.raises(TypeError, match="each batch must be a dict"):
+        _fit_params(iter([np.zeros(3)]), 1)
+    with pytest.raises(TypeError, match="data must be"):
+        _fit_params(3.0, 1)
 
 
 def test_fit_rejects_bad_input(tmp_path):

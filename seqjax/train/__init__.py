@@ -2,16 +2,18 @@
 and checkpoints."""
 
 from seqjax.train import checkpoint, losses
-from seqjax.train.loop import fit
+from seqjax.train.loop import batch_for_step, fit, plot_curve
 from seqjax.train.optim import optimizer
 from seqjax.train.step import TrainState, make_tbptt_step, make_train_step
 
 __all__ = [
     "TrainState",
+    "batch_for_step",
     "checkpoint",
     "fit",
     "losses",
     "make_tbptt_step",
     "make_train_step",
     "optimizer",
+    "plot_curve",
 ]

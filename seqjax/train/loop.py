@@ -1,26 +1,30 @@
-"""``fit``: a resumable training loop over arrays, with evaluation, logs and checkpoints.
+"""``fit``: a resumable training loop, with evaluation, logs, a curve and checkpoints.
 
 Everything random is a function of the seed and the step number: the batch of step ``s`` is
 slice ``s mod steps_per_epoch`` of a permutation drawn from ``(seed, epoch)``, and the dropout
 key of step ``s`` is ``fold_in(key, s)``. So a checkpoint needs only the train state and the step
 to resume exactly where a run stopped, and a killed-and-resumed run ends with the same bits as
-one never interrupted.
+one never interrupted. Data can also come as a function ``step -> batch`` (exact resume too) or
+as an iterator of batches, which a resumed run advances past the batches already used.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
+import os
 import pathlib
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import tqdm
 
 from seqjax.train import checkpoint
 from seqjax.train.step import TrainState, make_train_step
@@ -47,12 +51,42 @@ def batch_for_step(data: Batch, step: int, batch_size: int, seed: int) -> Batch:
     return {key: jnp.asarray(np.asarray(value)[rows]) for key, value in data.items()}
 
 
+def _batch_source(data: Any, batch_size: int, seed: int, start_step: int) -> Iterator[Batch]:
+    """The batches of steps ``start_step, start_step + 1, ...`` from any accepted ``data``."""
+    if isinstance(data, Mapping):
+        steps = itertools.count(start_step)
+        return (batch_for_step(data, step, batch_size, seed) for step in steps)
+    if callable(data):
+        return (data(step) for step in itertools.count(start_step))
+    if isinstance(data, Iterable):
+        iterator = iter(data)
+        # Batches consumed before the checkpoint are skipped, so a re-created iterator that
+        # yields the same sequence resumes exactly.
+        return itertools.islice(iterator, start_step, None)
+    raise TypeError(f"fit: unsupported data {type(data).__name__}")
+
+
+def _next_batch(batches: Iterator[Batch], step: int) -> Batch:
+    try:
+        batch = next(batches)
+    except StopIteration:
+        raise ValueError(
+            f"fit: the data iterator ran out of batches at step {step}; pass one that yields at "
+            "least `steps` batches (for example itertools.cycle over a list)"
+        ) from None
+    if not isinstance(batch, Mapping):
+        raise TypeError(
+            f"fit: each batch must be a dict of arrays; step {step} got {type(batch).__name__}"
+        )
+    return batch
+
+
 def fit(
     model: Callable,
     loss: Callable,
     params: Any,
     optimizer: optax.GradientTransformation,
-    data: Batch,
+    data: Batch | Callable[[int], Batch] | Iterable[Batch],
     *,
     steps: int,
     batch_size: int = 32,
@@ -65,6 +99,7 @@ def fit(
     checkpoint_every: int = 100,
     resume: bool = False,
     log: Callable[[str], None] | None = None,
+    progress: bool | None = None,
 ) -> tuple[Any, list[dict]]:
     """Trains ``params`` for ``steps`` optimizer steps and returns ``(params, history)``.
 
@@ -73,13 +108,17 @@ def fit(
         batch, key)`` gets a dropout key.
       params: the initial parameters.
       data: training arrays, a dict such as ``{"inputs": (N, T, D), "targets": ..., "lengths":
-        (N,)}``; batches are drawn from shuffled epochs.
+        (N,)}``, from which batches are drawn in shuffled epochs; or a function ``step ->
+        batch``; or an iterable of batch dicts (on resume, the batches of the steps already
+        done are skipped, so pass an iterable that yields the same batches again).
       eval_data: held-out arrays of the same form, evaluated every ``eval_every`` steps and at
         the end with ``metrics(predictions, batch) -> dict`` (default: the loss).
-      run_dir: where ``metrics.jsonl`` (one JSON line per report) and checkpoints
-        (``checkpoints/``, every ``checkpoint_every`` steps and at the end) go.
+      run_dir: where ``metrics.jsonl`` (one JSON line per report), the training curve
+        ``curve.png`` and checkpoints (``checkpoints/``, every ``checkpoint_every`` steps and at
+        the end) go.
       resume: continue from the newest good checkpoint in ``run_dir``.
-      log: called with each progress line (default: print to stdout).
+      log: called with each report line (default: print to stdout).
+      progress: show a live tqdm bar on stderr (default: when stderr is a terminal).
 
     Returns:
       The final params and the list of the reported metric dicts.
@@ -89,14 +128,21 @@ def fit(
     for name, value in sizes.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"fit: {name} must be a positive integer; got {value!r}")
-    n = _num_examples(data, "data")
-    if batch_size > n:
-        raise ValueError(f"fit: batch_size {batch_size} is larger than the {n} examples of data")
+    if isinstance(data, Mapping):
+        n = _num_examples(data, "data")
+        if batch_size > n:
+            raise ValueError(f"fit: batch_size {batch_size} is larger than the {n} examples")
+    elif not (callable(data) or isinstance(data, Iterable)):
+        raise TypeError(
+            "fit: data must be a dict of arrays, a function step -> batch, or an iterable of "
+            f"batches; got {type(data).__name__}"
+        )
     if eval_data is not None:
         _num_examples(eval_data, "eval_data")
     if resume and run_dir is None:
         raise ValueError("fit: resume=True needs the run_dir of the run to continue")
-    log = log or (lambda line: print(line, file=sys.stdout, flush=True))
+    if progress is None:
+        progress = sys.stderr.isatty()
     run_dir = pathlib.Path(run_dir) if run_dir is not None else None
     if run_dir is not None:
         if run_dir.exists() and not run_dir.is_dir():
@@ -111,7 +157,6 @@ def fit(
             raise ValueError(f"fit: nothing to resume in {str(run_dir)!r}: no checkpoint there")
         state, _, _ = found
         history = _read_history(run_dir, int(state.step))
-        log(f"resumed from step {int(state.step)}")
 
     step_fn = make_train_step(model, loss, optimizer, clip_norm=clip_norm)
     evaluate = jax.jit(
@@ -121,27 +166,64 @@ def fit(
     )
     key = jax.random.key(seed)
     start_step, start_time = int(state.step), time.perf_counter()
+    batches = _batch_source(data, batch_size, seed, start_step)
+    bar = tqdm.tqdm(total=steps, initial=start_step, disable=not progress, unit="step",
+                    dynamic_ncols=True, leave=False)  # fmt: skip
+    if log is None:
+        log = bar.write if progress else (lambda line: print(line, flush=True))
+    if resume:
+        log(f"resumed from step {start_step}")
     pending = []  # device metrics, read only at report time: no host sync per step
-    for step in range(start_step, steps):
-        batch = batch_for_step(data, step, batch_size, seed)
-        state, step_metrics = step_fn(state, batch, jax.random.fold_in(key, step))
-        pending.append(step_metrics)
-        done = step + 1
-        if done % eval_every == 0 or done == steps:
-            record = _summarise(pending, done, start_step, start_time)
-            pending = []
-            if eval_data is not None:
-                record.update(
-                    {f"eval_{k}": float(v) for k, v in evaluate(state.params, eval_data).items()}
-                )
-            history.append(record)
-            log(_progress_line(record, steps))
-            if run_dir is not None:
-                with open(run_dir / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(record) + "\n")
-        if run_dir is not None and (done % checkpoint_every == 0 or done == steps):
-            checkpoint.save(run_dir / "checkpoints", state, step=done, metadata={"seed": seed})
+    with bar:
+        for step in range(start_step, steps):
+            batch = _next_batch(batches, step)
+            state, step_metrics = step_fn(state, batch, jax.random.fold_in(key, step))
+            pending.append(step_metrics)
+            bar.update(1)
+            done = step + 1
+            if done % eval_every == 0 or done == steps:
+                record = _summarise(pending, done, start_step, start_time)
+                pending = []
+                if eval_data is not None:
+                    evaluated = evaluate(state.params, eval_data)
+                    record.update({f"eval_{k}": float(v) for k, v in evaluated.items()})
+                history.append(record)
+                bar.set_postfix_str(f"loss {record['loss']:.4f}", refresh=False)
+                log(_progress_line(record, steps))
+                if run_dir is not None:
+                    with open(run_dir / "metrics.jsonl", "a") as f:
+                        f.write(json.dumps(record) + "\n")
+                    plot_curve(history, run_dir / "curve.png")
+            if run_dir is not None and (done % checkpoint_every == 0 or done == steps):
+                checkpoint.save(run_dir / "checkpoints", state, step=done, metadata={"seed": seed})
     return state.params, history
+
+
+def plot_curve(history: list[dict], path: str | pathlib.Path) -> None:
+    """Draws the training loss and each ``eval_*`` metric against the step into a PNG at
+    ``path`` (written to a temporary file and renamed, so a reader never sees half a file)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    evals = sorted({k for record in history for k in record if k.startswith("eval_")})
+    figure = Figure(figsize=(5 + 4 * bool(evals), 3.5), layout="constrained")
+    FigureCanvasAgg(figure)
+    panels = figure.subplots(1, 1 + bool(evals), squeeze=False)[0]
+    steps = [record["step"] for record in history]
+    panels[0].plot(steps, [record["loss"] for record in history], marker=".")
+    panels[0].set(xlabel="step", ylabel="training loss (mean since last report)")
+    if evals:
+        for name in evals:
+            points = [(r["step"], r[name]) for r in history if name in r]
+            panels[1].plot(*zip(*points, strict=True), marker=".", label=name[len("eval_") :])
+        panels[1].set(xlabel="step", ylabel="held-out")
+        panels[1].legend()
+    for panel in panels:
+        panel.grid(alpha=0.3)
+    path = pathlib.Path(path)
+    temporary = path.with_name(path.name + ".tmp")
+    figure.savefig(temporary, format="png", dpi=100)
+    os.replace(temporary, path)
 
 
 def _summarise(pending: list[dict], done: int, start_step: int, start_time: float) -> dict:
