@@ -17,6 +17,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +31,8 @@ CELLS: dict[str, Callable[[int], seqjax.Cell]] = {
     "gru": lambda h: seqjax.gru(h),
     "lstm": lambda h: seqjax.lstm(h),
 }
+# `seqjax train` also offers the IRNN (Le et al. 2015): relu, identity recurrent init.
+TRAIN_CELLS = {**CELLS, "irnn": lambda h: seqjax.irnn(h)}
 
 
 def _median_ms(fn: Callable[[], object], repeats: int) -> float:
@@ -138,9 +141,19 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_model(task, cell_name: str, hidden: int, layers: int, dropout: float):
-    """``stack`` of ``layers`` recurrent layers and a linear read-out, as (init, model)."""
-    stack = seqjax.stack(*[seqjax.rnn(CELLS[cell_name](hidden)) for _ in range(layers)],
+class Model(NamedTuple):
+    """A ``stack`` of recurrent layers and a linear read-out: ``init(key) -> params``,
+    ``apply(params, batch, key) -> predictions``, and ``step(params, carry, ids) -> (carry,
+    logits)``, one step at a time for sampling a language model."""
+
+    init: Callable
+    apply: Callable
+    step: Callable
+    stack: seqjax.Layer
+
+
+def build_model(task, cell_name: str, hidden: int, layers: int, dropout: float) -> Model:
+    stack = seqjax.stack(*[seqjax.rnn(TRAIN_CELLS[cell_name](hidden)) for _ in range(layers)],
                          dropout=dropout)  # fmt: skip
 
     def init(key):
@@ -149,37 +162,69 @@ def build_model(task, cell_name: str, hidden: int, layers: int, dropout: float):
         return {"rnn": stack.init(k_rnn, task.input_size), "w_out": out,
                 "b_out": jnp.zeros(task.output_size)}  # fmt: skip
 
-    def model(params, batch, key):
-        _, ys = stack.apply(params["rnn"], batch["inputs"], key=key)
+    def encode(inputs):
+        return jax.nn.one_hot(inputs, task.input_size) if task.token_inputs else inputs
+
+    def apply(params, batch, key):
+        _, ys = stack.apply(params["rnn"], encode(batch["inputs"]), key=key)
         features = ys if task.per_step else ys[:, -1]
         return features @ params["w_out"] + params["b_out"]
 
-    return init, model
+    def step(params, carry, ids):
+        carry, ys = stack.apply(params["rnn"], encode(ids[:, None]), carry=carry)
+        return carry, ys[:, 0] @ params["w_out"] + params["b_out"]
+
+    return Model(init, apply, step, stack)
+
+
+def _check_arguments(args: argparse.Namespace) -> pathlib.Path:
+    for name in ("hidden", "layers", "steps", "batch_size", "seq_len"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be a positive integer; got {value}")
+    if (args.lr is not None and args.lr <= 0) or (
+        args.clip_norm is not None and args.clip_norm <= 0
+    ):
+        raise UsageError("--lr and --clip-norm must be positive numbers")
+    if not 0.0 <= args.dropout < 1.0:
+        raise UsageError(f"--dropout must be in [0, 1); got {args.dropout}")
+    run_dir = pathlib.Path(args.run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UsageError(f"--run-dir {str(run_dir)!r} is a file; pass a folder")
+    if args.resume and not (run_dir / "checkpoints").is_dir():
+        raise UsageError(f"--resume: nothing to resume in {str(run_dir)!r} (no checkpoints/)")
+    return run_dir
+
+
+def _sample_text(task, model: Model, params, seed: int, length: int = 400) -> str:
+    from seqjax.tasks import charlm
+
+    vocab = task.extras["vocab"]
+    prompt = next((p for p in ("ROMEO:", "The ", "\n") if set(p) <= set(vocab.chars)), None)
+    prompt = prompt or vocab.decode(task.test["inputs"][0, :1])
+    carry = model.stack.initial_carry(params["rnn"], (1,))
+    return charlm.sample(model.step, params, carry, vocab, prompt, length,
+                         jax.random.key(seed), temperature=0.8)  # fmt: skip
 
 
 def train_command(args: argparse.Namespace) -> int:
     from seqjax import train
     from seqjax.tasks import registry
 
-    for name in ("hidden", "layers", "steps", "batch_size"):
-        if getattr(args, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be a positive integer; "
-                             f"got {getattr(args, name)}")  # fmt: skip
-    if args.seq_len is not None and args.seq_len < 1:
-        raise UsageError(f"--seq-len must be a positive integer; got {args.seq_len}")
-    if args.lr <= 0 or (args.clip_norm is not None and args.clip_norm <= 0):
-        raise UsageError("--lr and --clip-norm must be positive numbers")
-    run_dir = pathlib.Path(args.run_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UsageError(f"--run-dir {str(run_dir)!r} is a file; pass a folder")
-    if args.resume and not (run_dir / "checkpoints").is_dir():
-        raise UsageError(f"--resume: nothing to resume in {str(run_dir)!r} (no checkpoints/)")
+    run_dir = _check_arguments(args)
     try:
-        task = registry.get(args.task, args.seq_len, args.seed)
-    except ValueError as err:
+        task = registry.get(args.task, args.seq_len, args.seed, corpus=args.corpus)
+    except (ValueError, ImportError) as err:
         raise UsageError(str(err)) from err
-    init, model = build_model(task, args.cell, args.hidden, args.layers, args.dropout)
-    params = init(jax.random.key(args.seed))
+    for name, value in (task.defaults or {}).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.batch_size > len(task.train["targets"]):
+        examples = len(task.train["targets"])
+        raise UsageError(f"--batch-size {args.batch_size} is larger than the {examples} "
+                         f"training examples of {task.name}")  # fmt: skip
+    model = build_model(task, args.cell, args.hidden, args.layers, args.dropout)
+    params = model.init(jax.random.key(args.seed))
     print(f"seqjax train: {task.name}, {args.layers}-layer {args.cell} (hidden {args.hidden}), "
           f"{args.steps} steps of batch {args.batch_size}, lr {args.lr}, clip_norm "
           f"{args.clip_norm}, run dir {run_dir}", flush=True)  # fmt: skip
@@ -187,19 +232,25 @@ def train_command(args: argparse.Namespace) -> int:
         "adam", args.lr, clip_norm=args.clip_norm, schedule="cosine",
         warmup_steps=min(100, args.steps // 10), total_steps=args.steps + 1,
     )  # fmt: skip
+    start = time.perf_counter()
     params, history = train.fit(
-        model, task.loss, params, optimizer, task.train, steps=args.steps,
+        model.apply, task.loss, params, optimizer, task.train, steps=args.steps,
         batch_size=args.batch_size, eval_data=task.test, eval_every=max(1, args.steps // 10),
-        metrics=lambda p, b: {"metric": task.metric(p, b)}, clip_norm=args.clip_norm,
+        metrics=lambda p, b: {task.metric_key: task.metric(p, b)}, clip_norm=args.clip_norm,
         seed=args.seed, run_dir=run_dir, checkpoint_every=max(1, args.steps // 10),
         resume=args.resume,
     )  # fmt: skip
-    value = float(history[-1]["eval_metric"])
+    value = float(history[-1][f"eval_{task.metric_key}"])
     verdict = task.verdict(value)
     result = {"task": task.name, "cell": args.cell, "hidden": args.hidden, "layers": args.layers,
-              "steps": args.steps, "metric": task.metric_name, "value": value,
-              "baseline": task.baseline, "baseline_name": task.baseline_name,
-              "verdict": verdict, "seed": args.seed}  # fmt: skip
+              "seq_len": args.seq_len, "steps": args.steps, "batch_size": args.batch_size,
+              "lr": args.lr, "clip_norm": args.clip_norm, "metric": task.metric_name,
+              "value": value, "baseline": task.baseline, "baseline_name": task.baseline_name,
+              "verdict": verdict, "seed": args.seed,
+              "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
+    if task.token_inputs:
+        result["sample"] = _sample_text(task, model, params, args.seed)
+        print(f"sample (temperature 0.8):\n{result['sample']}\n")
     (run_dir / "result.json").write_text(json.dumps(result, indent=1) + "\n")
     print(f"{task.name} {args.cell}: {task.metric_name} {value:.4f} "
           f"(baseline, {task.baseline_name}: {task.baseline:.4f}): {verdict}")  # fmt: skip
@@ -210,9 +261,14 @@ class UsageError(Exception):
     """A bad command-line value: reported as one line on stderr, exit code 2."""
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, not the usage block: the message says it all
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="seqjax", description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="seqjax", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     p = commands.add_parser("demo", help="unroll each cell, then train on the adding problem")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--time", type=int, default=128)
@@ -227,22 +283,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     t = commands.add_parser(
         "train", help="train on a built-in task and report against its baseline"
     )
-    t.add_argument("--task", default="adding", help="adding | copy | sunspots (default adding)")
-    t.add_argument("--cell", default="lstm", choices=list(CELLS), help="default lstm")
-    t.add_argument("--hidden", type=int, default=64, help="hidden size (default 64)")
+    t.add_argument(
+        "--task",
+        default="adding",
+        help="adding | copy | charlm | sunspots | mnist1d | digits (default adding)",
+    )
+    t.add_argument(
+        "--cell",
+        default="lstm",
+        choices=list(TRAIN_CELLS),
+        help="rnn (tanh), irnn (relu, identity init), lstm or gru (default lstm)",
+    )
+    t.add_argument("--hidden", type=int, help="hidden size (task default: 64 for adding)")
     t.add_argument("--layers", type=int, default=1, help="stacked layers (default 1)")
     t.add_argument("--dropout", type=float, default=0.0, help="between layers (default 0)")
     t.add_argument("--seq-len", type=int, default=None,
-                   help="sequence length T, or window for sunspots (task default)")  # fmt: skip
-    t.add_argument("--steps", type=int, default=1500, help="optimizer steps (default 1500)")
-    t.add_argument("--batch-size", type=int, default=64, help="default 64")
-    t.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default 3e-3)")
+                   help="sequence length T (adding 100, copy 20, charlm 100); the window for "
+                   "sunspots (20); 8 (rows) or 64 (pixels) for digits")  # fmt: skip
+    t.add_argument("--steps", type=int, help="optimizer steps (task default: 2000 for adding)")
+    t.add_argument("--batch-size", type=int, help="examples per step (task default)")
+    t.add_argument("--lr", type=float, help="peak learning rate, cosine decay (default 3e-3)")
     t.add_argument("--clip-norm", type=float, default=1.0, help="global-norm clip (default 1)")
+    t.add_argument("--corpus", help="charlm: a UTF-8 text file to train on instead of Shakespeare")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--run-dir", default="runs/latest", help="default runs/latest")
+    t.add_argument("--run-dir", default="runs/latest",
+                   help="metrics.jsonl, curve.png, checkpoints/ and result.json (default "
+                   "runs/latest)")  # fmt: skip
     t.add_argument("--resume", action="store_true",
                    help="continue from the newest good checkpoint in --run-dir")  # fmt: skip
-    args = parser.parse_args(argv)
+    try:  # --help and usage errors end here, as exit codes for the caller
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
     try:
         return train_command(args) if args.command == "train" else demo(args)
     except UsageError as err:

@@ -9,18 +9,37 @@ import pytest
 from seqjax import cli
 
 SMALL = ["--hidden", "8", "--seq-len", "10", "--batch-size", "16"]
+SEQ_LEN = {"mnist1d": "40", "digits": "8"}
 
 
-@pytest.mark.parametrize("task", ["adding", "copy", "sunspots"])
-def test_train_writes_result_and_verdict(tmp_path, capsys, task):
+@pytest.mark.parametrize(
+    "task, cell", [("adding", "irnn"), ("copy", "gru"), ("sunspots", "lstm"),
+                   ("charlm", "lstm"), ("mnist1d", "gru"), ("digits", "rnn")],
+)  # fmt: skip
+def test_train_writes_result_and_verdict(tmp_path, capsys, task, cell):
     run_dir = tmp_path / "run"
-    code = cli.main(["train", "--task", task, "--steps", "20", "--run-dir", str(run_dir), *SMALL])
-    assert code == 0
+    small = [*SMALL[:2], "--seq-len", SEQ_LEN.get(task, "10"), *SMALL[4:]]
+    argv = ["train", "--task", task, "--cell", cell, "--steps", "20", "--run-dir", str(run_dir)]
+    assert cli.main([*argv, *small]) == 0
     result = json.loads((run_dir / "result.json").read_text())
     assert result["verdict"] and result["baseline"] > 0 and result["steps"] == 20
     last_line = capsys.readouterr().out.strip().splitlines()[-1]
     assert last_line.endswith(result["verdict"]) and "baseline" in last_line
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 10
+    assert (run_dir / "curve.png").stat().st_size > 1000
+    if task == "charlm":  # a sample of the advertised length, in the corpus's alphabet
+        assert len(result["sample"]) == len("ROMEO:") + 400
+
+
+def test_charlm_trains_on_the_users_corpus(tmp_path, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the cat sat on the mat. " * 200)
+    run_dir = tmp_path / "run"
+    argv = ["train", "--task", "charlm", "--corpus", str(corpus), "--run-dir", str(run_dir)]
+    assert cli.main([*argv, "--steps", "30", "--lr", "0.02", *SMALL]) == 0
+    result = json.loads((run_dir / "result.json").read_text())
+    assert str(corpus) in result["task"] and set(result["sample"]) <= set("the cat sat on mat.")
+    assert result["value"] < result["baseline"]  # a 9-character language beats its unigram model
 
 
 def test_resume_continues_from_the_checkpoint(tmp_path):
@@ -40,6 +59,12 @@ def test_resume_continues_from_the_checkpoint(tmp_path):
         (["--steps", "-5"], "--steps must be a positive integer"),
         (["--lr", "-1"], "--lr and --clip-norm must be positive"),
         (["--resume"], "nothing to resume"),
+        (["--cell", "lsmt"], "invalid choice: 'lsmt'"),
+        (["--seq-len", "0"], "--seq-len must be a positive integer"),
+        (["--batch-size", "20000"], "larger than the 10000 training examples"),
+        (["--task", "digits", "--seq-len", "9"], "8 rows (--seq-len 8) or 64 pixels"),
+        (["--dropout", "1.5"], "--dropout must be in [0, 1)"),
+        (["--corpus", "x.txt"], "a corpus applies to the charlm task only"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
@@ -47,6 +72,20 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert message in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [(b"\x89PNG\r\n\x1a\n\x00\x00", "NUL byte"), (b"caf\xe9 \xff", "not UTF-8"), (b"", "empty")],
+)
+def test_a_corpus_that_is_not_text_is_refused(tmp_path, capsys, content, message):
+    corpus = tmp_path / "corpus.bin"
+    corpus.write_bytes(content)
+    code = cli.main(["train", "--task", "charlm", "--corpus", str(corpus),
+                     "--run-dir", str(tmp_path / "run")])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert message in err and str(corpus) in err
 
 
 def test_run_dir_that_is_a_file(tmp_path, capsys):

@@ -1,5 +1,7 @@
-"""Built-in tasks: data generators with their loss and the baseline a model must beat."""
+"""Built-in tasks: data generators with their loss and the baseline a model must beat.
 
-from seqjax.tasks import adding, copy, sunspots
+``mnist1d`` and ``digits`` need the ``seqjax[tasks]`` extra when their data is first asked for."""
 
-__all__ = ["adding", "copy", "sunspots"]
+from seqjax.tasks import adding, charlm, copy, digits, mnist1d, sunspots
+
+__all__ = ["adding", "charlm", "copy", "digits", "mnist1d", "sunspots"]

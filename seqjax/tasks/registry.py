@@ -15,10 +15,13 @@ from seqjax.train import losses
 class Task(NamedTuple):
     """What ``seqjax train`` needs to know about a task.
 
-    ``train``/``test`` are dicts of arrays (``inputs (N, T, input_size)``, ``targets``);
-    ``per_step`` says whether the model predicts at every step (else from the last one);
-    ``loss(predictions, batch)`` is minimised; ``metric(predictions, batch)`` is the reported
-    test figure, compared with ``baseline`` by ``verdict``.
+    ``train``/``test`` are dicts of arrays (``inputs (N, T, input_size)``, or ``(N, T)`` integer
+    ids when ``token_inputs``, which the model one-hot encodes; ``targets``); ``per_step`` says
+    whether the model predicts at every step (else from the last one); ``loss(predictions,
+    batch)`` is minimised; ``metric(predictions, batch)`` is the reported test figure, logged as
+    ``metric_key`` and compared with ``baseline`` by ``verdict``. ``defaults`` holds the task's
+    own defaults for the command line (hidden, steps, batch_size, lr); ``extras`` anything else
+    a caller may want (the vocabulary of a language model).
     """
 
     name: str
@@ -33,6 +36,10 @@ class Task(NamedTuple):
     baseline: float
     baseline_name: str
     verdict: Callable[[float], str]
+    metric_key: str = "metric"
+    token_inputs: bool = False
+    defaults: dict | None = None
+    extras: dict | None = None
 
 
 def _squeeze_mse(predictions, batch):
@@ -53,6 +60,7 @@ def _adding(seq_len: int, seed: int) -> Task:
         baseline=base, baseline_name="predict 1",
         verdict=lambda m: "solved" if m < 0.01 else
         ("learning" if m < 0.9 * base else "no better than the baseline"),
+        metric_key="mse", defaults={"hidden": 64, "steps": 2000, "batch_size": 64, "lr": 3e-3},
     )  # fmt: skip
 
 
@@ -74,6 +82,7 @@ def _copy(seq_len: int, seed: int) -> Task:
         baseline=base, baseline_name="memoryless",
         verdict=lambda m: "solved" if m < 0.1 * base else
         ("learning" if m < 0.9 * base else "no better than the baseline"),
+        metric_key="ce", defaults={"hidden": 128, "steps": 2000, "batch_size": 64, "lr": 3e-3},
     )  # fmt: skip
 
 
@@ -96,19 +105,108 @@ def _sunspots(seq_len: int, seed: int) -> Task:
         baseline=persistence, baseline_name="persistence",
         verdict=lambda m: f"beats AR(9) ({autoregression:.1f})" if m < autoregression else
         ("beats persistence" if m < persistence else "no better than persistence"),
+        metric_key="rmse", defaults={"hidden": 32, "steps": 1000, "batch_size": 32, "lr": 3e-3},
+        extras={"ar9_rmse": autoregression},
     )  # fmt: skip
 
 
-TASKS: dict[str, tuple[Callable[[int, int], Task], int]] = {
-    "adding": (_adding, 50),
+def _classification(name: str, data, baseline: float, baseline_name: str, published: dict):
+    def ce(logits, batch):
+        return losses.classification_cross_entropy(logits, batch["targets"])
+
+    def accuracy(logits, batch):
+        return losses.classification_accuracy(logits, batch["targets"])
+
+    def verdict(m: float) -> str:
+        for model, value in sorted(published.items(), key=lambda kv: -kv[1]):
+            if m > value:
+                return f"beats the published {model} ({value:.0%})"
+        return f"beats {baseline_name}" if m > baseline else f"no better than {baseline_name}"
+
+    return Task(
+        name=name,
+        train={"inputs": data.train_inputs, "targets": data.train_labels},
+        test={"inputs": data.test_inputs, "targets": data.test_labels},
+        input_size=data.train_inputs.shape[-1], output_size=10, per_step=False,
+        loss=ce, metric_name="test accuracy", metric=accuracy, metric_key="accuracy",
+        baseline=baseline, baseline_name=baseline_name, verdict=verdict,
+        defaults={"hidden": 128, "steps": 3000, "batch_size": 64, "lr": 3e-3},
+    )  # fmt: skip
+
+
+def _mnist1d(seq_len: int, seed: int) -> Task:
+    from seqjax.tasks import mnist1d
+
+    del seed  # the dataset is the published one, regenerated with its own seed
+    if seq_len != mnist1d.SEQ_LEN:
+        raise ValueError(
+            f"mnist1d sequences have length {mnist1d.SEQ_LEN}; got --seq-len {seq_len}"
+        )
+    data = mnist1d.dataset()
+    published = {k.upper(): v for k, v in mnist1d.PUBLISHED.items() if k in ("gru", "cnn")}
+    baseline = mnist1d.logistic_baseline(data)
+    return _classification("mnist1d", data, baseline, "logistic regression", published)
+
+
+def _digits(seq_len: int, seed: int) -> Task:
+    from seqjax.tasks import digits
+
+    modes = {8: "rows", 64: "pixels"}
+    if seq_len not in modes:
+        raise ValueError(
+            f"digits sequences are 8 rows (--seq-len 8) or 64 pixels (--seq-len 64); got {seq_len}"
+        )
+    data = digits.dataset(modes[seq_len], seed=seed)
+    return _classification(f"digits ({modes[seq_len]})", data, digits.logistic_baseline(data),
+                           "logistic regression", {})  # fmt: skip
+
+
+def _charlm(seq_len: int, seed: int, corpus: str | None = None) -> Task:
+    from seqjax.tasks import charlm
+
+    del seed  # the split is contiguous and fixed
+    data = charlm.dataset(seq_len, path=corpus)
+    unigram = charlm.unigram_bits_per_character(data)
+
+    def ce(logits, batch):
+        return losses.sequence_cross_entropy(logits, batch["targets"])
+
+    def bpc(logits, batch):
+        return losses.bits_per_character(ce(logits, batch))
+
+    source = "the shipped Shakespeare" if corpus is None else repr(str(corpus))
+    return Task(
+        name=f"charlm ({source}, T={seq_len})",
+        train=data.train, test=data.valid,
+        input_size=data.vocab.size, output_size=data.vocab.size, per_step=True,
+        loss=ce, metric_name="validation bits per character", metric=bpc, metric_key="bpc",
+        baseline=unigram, baseline_name="unigram model",
+        verdict=lambda m: "learns words and spelling" if m < 2.5 else
+        ("beats the unigram model" if m < unigram else "no better than the unigram model"),
+        token_inputs=True, extras={"vocab": data.vocab},
+        defaults={"hidden": 256, "steps": 1500, "batch_size": 32, "lr": 3e-3},
+    )  # fmt: skip
+
+
+TASKS: dict[str, tuple[Callable[..., Task], int]] = {
+    "adding": (_adding, 100),
     "copy": (_copy, 20),
+    "charlm": (_charlm, 100),
     "sunspots": (_sunspots, 20),
+    "mnist1d": (_mnist1d, 40),
+    "digits": (_digits, 8),
 }
 
 
-def get(name: str, seq_len: int | None = None, seed: int = 0) -> Task:
-    """The task ``name`` with sequence length (or window) ``seq_len`` (task default if None)."""
+def get(name: str, seq_len: int | None = None, seed: int = 0, corpus: str | None = None) -> Task:
+    """The task ``name`` with sequence length (or window) ``seq_len`` (task default if None);
+    ``corpus``, a text file to train the ``charlm`` task on instead of the shipped one."""
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; expected one of {', '.join(TASKS)}")
     build, default_len = TASKS[name]
-    return build(default_len if seq_len is None else seq_len, seed)
+    seq_len = default_len if seq_len is None else seq_len
+    if corpus is not None:
+        if name != "charlm":
+            raise ValueError(f"a corpus applies to the charlm task only, not to {name!r}")
+        return build(seq_len, seed, corpus)
+    return build(seq_len, seed)
