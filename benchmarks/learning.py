@@ -1,0 +1,173 @@
+"""What recurrent networks learn: the measured bars of the training tasks, rerunnable.
+
+    python -m benchmarks.learning                 # every group (about an hour on 2 CPU cores)
+    python -m benchmarks.learning --only cells    # one group: adding, cells, tasks, charlm
+    python -m benchmarks.learning --from-json     # rewrite the Markdown from the saved JSON
+    python -m benchmarks.learning --collect       # gather finished runs from runs/learning/
+
+Each run is one ``seqjax train`` invocation (the same code path as the command line) with its
+own run directory under ``runs/learning/``; its result.json and wall time are collected into
+``benchmarks/results/learning.json`` and the tables of ``benchmarks/results/learning.md``.
+
+Groups:
+  adding  LSTM and GRU on the adding problem at T = 100, 200, 400 (baseline MSE 0.167).
+  cells   The textbook claim: tanh RNN, IRNN, LSTM and GRU with one fixed budget (1500 steps of
+          64 sequences, hidden 64, Adam 3e-3, clip 1) on the adding problem at T = 10 ... 200.
+  tasks   mnist1d (GRU, LSTM), digits (rows, pixels) and sunspots (LSTM, GRU).
+  charlm  The character language model: the default run, and a run of about 15 minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import time
+
+import jax
+
+from seqjax import cli
+
+RESULTS = pathlib.Path(__file__).parent / "results"
+RUNS = pathlib.Path("runs/learning")
+
+
+def _configs(group: str) -> list[dict]:
+    if group == "adding":
+        return [
+            {"task": "adding", "cell": cell, "seq_len": t, "steps": steps}
+            for t, steps in ((100, 2000), (200, 3000), (400, 3000))
+            for cell in ("lstm", "gru")
+        ]
+    if group == "cells":
+        return [
+            {"task": "adding", "cell": cell, "seq_len": t, "steps": 1500, "hidden": 64}
+            for cell in ("rnn", "irnn", "lstm", "gru")
+            for t in (10, 20, 50, 100, 200)
+        ]
+    if group == "tasks":
+        return [
+            {"task": "mnist1d", "cell": "gru"},
+            {"task": "mnist1d", "cell": "lstm"},
+            {"task": "digits", "cell": "gru", "seq_len": 8},
+            {"task": "digits", "cell": "gru", "seq_len": 64},
+            {"task": "sunspots", "cell": "lstm"},
+            {"task": "sunspots", "cell": "gru"},
+        ]
+    if group == "charlm":
+        return [
+            {"task": "charlm", "cell": "lstm"},
+            {"task": "charlm", "cell": "lstm", "steps": 9000, "label": "15 minutes"},
+        ]
+    raise ValueError(f"unknown group {group!r}")
+
+
+GROUPS = ("adding", "cells", "tasks", "charlm")
+
+
+def _argv(config: dict) -> list[str]:
+    options = {k: v for k, v in config.items() if k != "label"}
+    name = "_".join(f"{k}{v}" for k, v in options.items()).replace("/", "-")
+    argv = ["train", "--run-dir", str(RUNS / name)]
+    for key, value in options.items():
+        argv += [f"--{key.replace('_', '-')}", str(value)]
+    return argv
+
+
+def _record(group: str, config: dict) -> dict | None:
+    """The finished run of ``config``, from its run directory (None if it has not run)."""
+    argv = _argv(config)
+    path = pathlib.Path(argv[2]) / "result.json"
+    if not path.exists():
+        return None
+    result = json.loads(path.read_text())
+    return {"group": group, **result, "wall_s": result["seconds"],
+            "label": config.get("label", ""), "argv": "seqjax " + " ".join(argv)}  # fmt: skip
+
+
+def _run(group: str, config: dict) -> None:
+    argv = _argv(config)
+    run_dir = pathlib.Path(argv[2])
+    if run_dir.exists():  # a rerun starts afresh
+        for path in sorted(run_dir.rglob("*"), reverse=True):
+            path.rmdir() if path.is_dir() else path.unlink()
+    if cli.main(argv) != 0:
+        raise RuntimeError(f"seqjax {' '.join(argv)} failed")
+
+
+def _markdown(records: list[dict], meta: dict) -> str:
+    lines = [f"Measured {meta['date']} on {meta['machine']} (jax {meta['jax']}), "
+             "by `python -m benchmarks.learning`. Wall time includes compilation and "
+             "evaluation.", ""]  # fmt: skip
+    adding = [r for r in records if r["group"] == "adding"]
+    if adding:
+        lines += ["### Adding problem, LSTM and GRU (baseline MSE 0.167)", "",
+                  "| T | cell | steps | test MSE | verdict | wall time |",
+                  "|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [f"| {r['seq_len']} | {r['cell']} | {r['steps']} | {r['value']:.4f} | "
+                  f"{r['verdict']} | {r['wall_s']:.0f} s |" for r in adding]  # fmt: skip
+        lines.append("")
+    cells = [r for r in records if r["group"] == "cells"]
+    if cells:
+        lengths = sorted({r["seq_len"] for r in cells})
+        lines += ["### One budget, four cells: adding-problem test MSE against T", "",
+                  "1500 Adam steps (lr 3e-3, cosine) of 64 sequences, hidden 64, clip_norm 1; "
+                  "baseline MSE 0.167; **bold**: solved (< 0.01).", "",
+                  "| cell | " + " | ".join(f"T={t}" for t in lengths) + " |",
+                  "|---|" + "---|" * len(lengths)]  # fmt: skip
+        for cell in dict.fromkeys(r["cell"] for r in cells):
+            row = {r["seq_len"]: r["value"] for r in cells if r["cell"] == cell}
+            shown = [(f"**{row[t]:.4f}**" if row[t] < 0.01 else f"{row[t]:.4f}") if t in row
+                     else "" for t in lengths]  # fmt: skip
+            lines.append(f"| {cell} | " + " | ".join(shown) + " |")
+        lines.append("")
+    others = [r for r in records if r["group"] in ("tasks", "charlm")]
+    if others:
+        lines += ["### Other tasks", "",
+                  "| task | cell | steps | metric | value | baseline | verdict | wall time |",
+                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for r in others:
+            label = f" ({r['label']})" if r["label"] else ""
+            lines.append(f"| {r['task']}{label} | {r['cell']} | {r['steps']} | {r['metric']} | "
+                         f"{r['value']:.4f} | {r['baseline_name']} {r['baseline']:.4f} | "
+                         f"{r['verdict']} | {r['wall_s']:.0f} s |")  # fmt: skip
+        samples = [r for r in others if r.get("sample")]
+        for r in samples:
+            label = f", {r['label']}" if r["label"] else ""
+            lines += ["", f"Sample after {r['steps']} steps{label} (temperature 0.8):", "",
+                      "```text", r["sample"].strip(), "```"]  # fmt: skip
+        lines.append("")
+    lines += ["Commands: each row is `" + (records[0]["argv"] if records else "") + "` with "
+              "its own options; all of them are in learning.json (`argv`)."]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", nargs="+", choices=GROUPS, default=list(GROUPS))
+    parser.add_argument("--from-json", action="store_true")
+    parser.add_argument("--collect", action="store_true")
+    args = parser.parse_args()
+    path = RESULTS / "learning.json"
+    if not args.from_json:
+        if not args.collect:
+            for group in args.only:
+                for config in _configs(group):
+                    _run(group, config)
+        # The table is gathered from the run directories, so runs of several invocations
+        # (even concurrent ones) end up in one file.
+        meta = {"date": time.strftime("%Y-%m-%d"), "jax": jax.__version__,
+                "machine": f"{platform.machine()}, {jax.default_backend()}, "
+                           f"{len(os.sched_getaffinity(0))} cores"}  # fmt: skip
+        found = [_record(group, config) for group in GROUPS for config in _configs(group)]
+        RESULTS.mkdir(exist_ok=True)
+        path.write_text(json.dumps({"meta": meta, "records": [r for r in found if r]}, indent=1))
+    saved = json.loads(path.read_text())
+    (RESULTS / "learning.md").write_text(_markdown(saved["records"], saved["meta"]))
+    print((RESULTS / "learning.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
