@@ -53,6 +53,13 @@ def test_fit_learns_and_logs(tmp_path):
     assert len(lines) == 3 and "steps/s" in lines[-1]
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir())[-1].endswith("300.msgpack")
     assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    per_step = [json.loads(x) for x in (tmp_path / "steps.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in per_step] == list(range(1, 301))
+    np.testing.assert_allclose(  # the report is the mean of its steps
+        np.mean([r["grad_norm"] for r in per_step[200:]]), history[-1]["grad_norm"], rtol=1e-6
+    )
+    clipped = [r["grad_norm"] > 1.0 for r in per_step[200:]]
+    assert [r["clipped"] for r in per_step[200:]] == clipped
 
 
 def _fit_params(data, steps, run_dir=None, resume=False):
@@ -131,3 +138,5 @@ def test_killed_run_resumes_bit_identical(tmp_path):
     assert sorted(a.files) == sorted(b.files)
     for name in a.files:
         np.testing.assert_array_equal(a[name], b[name])  # bit for bit
+    logged = [json.loads(x)["step"] for x in (killed / "steps.jsonl").read_text().splitlines()]
+    assert logged == list(range(1, steps + 1))  # every step once, none lost to the kill

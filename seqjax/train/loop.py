@@ -113,7 +113,8 @@ def fit(
         done are skipped, so pass an iterable that yields the same batches again).
       eval_data: held-out arrays of the same form, evaluated every ``eval_every`` steps and at
         the end with ``metrics(predictions, batch) -> dict`` (default: the loss).
-      run_dir: where ``metrics.jsonl`` (one JSON line per report), the training curve
+      run_dir: where ``metrics.jsonl`` (one JSON line per report), ``steps.jsonl`` (one per
+        step: loss, gradient norm before clipping, clipped, nonfinite), the training curve
         ``curve.png`` and checkpoints (``checkpoints/``, every ``checkpoint_every`` steps and at
         the end) go.
       resume: continue from the newest good checkpoint in ``run_dir``.
@@ -173,15 +174,23 @@ def fit(
         log = bar.write if progress else (lambda line: print(line, flush=True))
     if resume:
         log(f"resumed from step {start_step}")
-    pending = []  # device metrics, read only at report time: no host sync per step
+    # Device metrics are read only at report and checkpoint time: no host sync per step.
+    pending: list[dict] = []  # since the last report
+    unlogged: list[tuple[int, dict]] = []  # since the last write of steps.jsonl
     with bar:
         for step in range(start_step, steps):
             batch = _next_batch(batches, step)
             state, step_metrics = step_fn(state, batch, jax.random.fold_in(key, step))
             pending.append(step_metrics)
+            unlogged.append((step + 1, step_metrics))
             bar.update(1)
             done = step + 1
-            if done % eval_every == 0 or done == steps:
+            report = done % eval_every == 0 or done == steps
+            save = run_dir is not None and (done % checkpoint_every == 0 or done == steps)
+            if run_dir is not None and (report or save):
+                _append_steps(run_dir / "steps.jsonl", unlogged)
+                unlogged = []
+            if report:
                 record = _summarise(pending, done, start_step, start_time)
                 pending = []
                 if eval_data is not None:
@@ -194,7 +203,7 @@ def fit(
                     with open(run_dir / "metrics.jsonl", "a") as f:
                         f.write(json.dumps(record) + "\n")
                     plot_curve(history, run_dir / "curve.png")
-            if run_dir is not None and (done % checkpoint_every == 0 or done == steps):
+            if save:
                 checkpoint.save(run_dir / "checkpoints", state, step=done, metadata={"seed": seed})
     return state.params, history
 
@@ -226,6 +235,15 @@ def plot_curve(history: list[dict], path: str | pathlib.Path) -> None:
     os.replace(temporary, path)
 
 
+def _append_steps(path: pathlib.Path, unlogged: list[tuple[int, dict]]) -> None:
+    """One JSON line per step: loss, gradient norm before clipping, clipped, nonfinite."""
+    values = jax.device_get([metrics for _, metrics in unlogged])
+    with open(path, "a") as f:
+        for (step, _), metrics in zip(unlogged, values, strict=True):
+            line = {"step": step, **{k: v.item() for k, v in metrics.items()}}
+            f.write(json.dumps(line) + "\n")
+
+
 def _summarise(pending: list[dict], done: int, start_step: int, start_time: float) -> dict:
     stacked = jax.device_get(pending)
     record = {"step": done}
@@ -254,10 +272,11 @@ def _progress_line(record: dict, steps: int) -> str:
 def _read_history(run_dir: pathlib.Path, upto: int) -> list[dict]:
     """The log of a resumed run up to its checkpoint; lines written after it (by the part of
     the run that was lost) are dropped from the file too."""
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    kept = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    kept = [record for record in kept if record["step"] <= upto]
-    path.write_text("".join(json.dumps(record) + "\n" for record in kept))
-    return kept
+    kept: dict[str, list[dict]] = {"steps.jsonl": [], "metrics.jsonl": []}
+    for name in kept:
+        path = run_dir / name
+        if path.exists():
+            lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            kept[name] = [record for record in lines if record["step"] <= upto]
+            path.write_text("".join(json.dumps(record) + "\n" for record in kept[name]))
+    return kept["metrics.jsonl"]
