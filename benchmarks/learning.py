@@ -13,7 +13,7 @@ Groups:
   adding  LSTM and GRU on the adding problem at T = 100, 200, 400 (baseline MSE 0.167).
   cells   The textbook claim: tanh RNN, IRNN, LSTM and GRU with one fixed budget (1500 steps of
           64 sequences, hidden 64, Adam 3e-3, clip 1) on the adding problem at T = 10 ... 200.
-  tasks   mnist1d (GRU, LSTM), digits (rows, pixels) and sunspots (LSTM, GRU).
+  tasks   mnist1d (GRU, LSTM), digits (rows, pixels), sunspots and copy (LSTM, GRU).
   charlm  The character language model: the default run, and a run of about 15 minutes.
 """
 
@@ -55,6 +55,8 @@ def _configs(group: str) -> list[dict]:
             {"task": "digits", "cell": "gru", "seq_len": 64},
             {"task": "sunspots", "cell": "lstm"},
             {"task": "sunspots", "cell": "gru"},
+            {"task": "copy", "cell": "lstm"},
+            {"task": "copy", "cell": "gru"},
         ]
     if group == "charlm":
         return [
