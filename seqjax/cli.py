@@ -207,6 +207,15 @@ def _sample_text(task, model: Model, params, seed: int, length: int = 400) -> st
                          jax.random.key(seed), temperature=0.8)  # fmt: skip
 
 
+CONFIG_KEYS = ("task", "cell", "hidden", "layers", "dropout", "seq_len", "corpus", "steps",
+               "batch_size", "lr", "clip_norm", "seed")  # fmt: skip
+
+
+def _config(args: argparse.Namespace) -> dict:
+    """The settings that rebuild a run's model and data, kept in its checkpoints."""
+    return {key: getattr(args, key) for key in CONFIG_KEYS}
+
+
 def train_command(args: argparse.Namespace) -> int:
     from seqjax import train
     from seqjax.tasks import registry
@@ -216,6 +225,8 @@ def train_command(args: argparse.Namespace) -> int:
         task = registry.get(args.task, args.seq_len, args.seed, corpus=args.corpus)
     except (ValueError, ImportError) as err:
         raise UsageError(str(err)) from err
+    if args.seq_len is None:
+        args.seq_len = registry.TASKS[args.task][1]
     for name, value in (task.defaults or {}).items():
         if getattr(args, name) is None:
             setattr(args, name, value)
@@ -238,13 +249,11 @@ def train_command(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, eval_data=task.test, eval_every=max(1, args.steps // 10),
         metrics=lambda p, b: {task.metric_key: task.metric(p, b)}, clip_norm=args.clip_norm,
         seed=args.seed, run_dir=run_dir, checkpoint_every=max(1, args.steps // 10),
-        resume=args.resume,
+        resume=args.resume, config=_config(args),
     )  # fmt: skip
     value = float(history[-1][f"eval_{task.metric_key}"])
     verdict = task.verdict(value)
-    result = {"task": task.name, "cell": args.cell, "hidden": args.hidden, "layers": args.layers,
-              "seq_len": args.seq_len, "steps": args.steps, "batch_size": args.batch_size,
-              "lr": args.lr, "clip_norm": args.clip_norm, "metric": task.metric_name,
+    result = {**_config(args), "task": task.name, "metric": task.metric_name,
               "value": value, "baseline": task.baseline, "baseline_name": task.baseline_name,
               "verdict": verdict, "seed": args.seed,
               "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip

@@ -100,6 +100,7 @@ def fit(
     resume: bool = False,
     log: Callable[[str], None] | None = None,
     progress: bool | None = None,
+    config: dict | None = None,
 ) -> tuple[Any, list[dict]]:
     """Trains ``params`` for ``steps`` optimizer steps and returns ``(params, history)``.
 
@@ -120,6 +121,8 @@ def fit(
       resume: continue from the newest good checkpoint in ``run_dir``.
       log: called with each report line (default: print to stdout).
       progress: show a live tqdm bar on stderr (default: when stderr is a terminal).
+      config: JSON-serialisable settings stored in every checkpoint's metadata (how to rebuild
+        the model), beside the seed.
 
     Returns:
       The final params and the list of the reported metric dicts.
@@ -159,6 +162,8 @@ def fit(
         state, _, _ = found
         history = _read_history(run_dir, int(state.step))
 
+    metadata = {"seed": seed, **({"config": config} if config is not None else {})}
+    json.dumps(metadata)  # fail now, not at the first checkpoint, if it cannot be stored
     step_fn = make_train_step(model, loss, optimizer, clip_norm=clip_norm)
     evaluate = jax.jit(
         lambda params, batch: (metrics or (lambda p, b: {"loss": loss(p, b)}))(
@@ -204,7 +209,7 @@ def fit(
                         f.write(json.dumps(record) + "\n")
                     plot_curve(history, run_dir / "curve.png")
             if save:
-                checkpoint.save(run_dir / "checkpoints", state, step=done, metadata={"seed": seed})
+                checkpoint.save(run_dir / "checkpoints", state, step=done, metadata=metadata)
     return state.params, history
 
 
