@@ -4,7 +4,7 @@ Cells (one step) -> ``unroll`` (a whole sequence, one ``lax.scan``) -> layers (`
 ``bidirectional``, ``stack``). See ``README.md`` for the equations and a worked example.
 """
 
-from seqjax import initializers, interop
+from seqjax import diagnostics, initializers, interop
 from seqjax.cell import Cell, step
 from seqjax.cells import LSTMCarry, gru, irnn, lstm, simple_rnn
 from seqjax.layers import Layer, bidirectional, reverse_sequences, rnn, stack
@@ -17,6 +17,7 @@ __all__ = [
     "LSTMCarry",
     "Layer",
     "bidirectional",
+    "diagnostics",
     "gru",
     "initializers",
     "interop",

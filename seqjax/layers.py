@@ -50,6 +50,10 @@ class Layer(NamedTuple):
       initial_carry: ``initial_carry(params, batch_shape=()) -> carry`` (zeros).
       output_size: features of the outputs.
       time_major: whether ``xs`` and ``ys`` have time first.
+      parts: how the layer was built, for code that inspects a model (``seqjax.diagnostics``):
+        ``("rnn", cell, options)`` with ``options`` the ``(name, value)`` pairs ``rnn`` passes to
+        ``unroll``, ``("bidirectional", forward, backward)`` or ``("stack", layers, dropout)``;
+        ``None`` for a layer built by hand.
     """
 
     init: Callable[..., Params]
@@ -57,6 +61,7 @@ class Layer(NamedTuple):
     initial_carry: Callable[..., Carry]
     output_size: int
     time_major: bool = False
+    parts: tuple | None = None
 
 
 def rnn(
@@ -93,6 +98,7 @@ def rnn(
         initial_carry=cell.initial_carry,
         output_size=cell.output_size,
         time_major=time_major,
+        parts=("rnn", cell, tuple(run_options.items())),
     )
 
 
@@ -152,6 +158,7 @@ def bidirectional(forward: Layer, backward: Layer) -> Layer:
         initial_carry=initial_carry,
         output_size=forward.output_size + backward.output_size,
         time_major=time_major,
+        parts=("bidirectional", forward, backward),
     )
 
 
@@ -216,6 +223,7 @@ def stack(*layers: Layer, dropout: float = 0.0) -> Layer:
         initial_carry=initial_carry,
         output_size=layers[-1].output_size,
         time_major=layers[0].time_major,
+        parts=("stack", tuple(layers), dropout),
     )
 
 
