@@ -21,6 +21,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 import seqjax
@@ -152,8 +153,12 @@ class Model(NamedTuple):
     stack: seqjax.Layer
 
 
-def build_model(task, cell_name: str, hidden: int, layers: int, dropout: float) -> Model:
-    stack = seqjax.stack(*[seqjax.rnn(TRAIN_CELLS[cell_name](hidden)) for _ in range(layers)],
+def build_model(
+    task, cell_name: str, hidden: int, layers: int, dropout: float,
+    make_cell: Callable[[int], seqjax.Cell] | None = None,
+) -> Model:  # fmt: skip
+    make_cell = make_cell or TRAIN_CELLS[cell_name]
+    stack = seqjax.stack(*[seqjax.rnn(make_cell(hidden)) for _ in range(layers)],
                          dropout=dropout)  # fmt: skip
 
     def init(key):
@@ -207,6 +212,15 @@ def _sample_text(task, model: Model, params, seed: int, length: int = 400) -> st
                          jax.random.key(seed), temperature=0.8)  # fmt: skip
 
 
+def _optimizer(args: argparse.Namespace):
+    from seqjax import train
+
+    return train.optimizer(
+        "adam", args.lr, clip_norm=args.clip_norm, schedule="cosine",
+        warmup_steps=min(100, args.steps // 10), total_steps=args.steps + 1,
+    )  # fmt: skip
+
+
 CONFIG_KEYS = ("task", "cell", "hidden", "layers", "dropout", "seq_len", "corpus", "steps",
                "batch_size", "lr", "clip_norm", "seed")  # fmt: skip
 
@@ -239,23 +253,23 @@ def train_command(args: argparse.Namespace) -> int:
     print(f"seqjax train: {task.name}, {args.layers}-layer {args.cell} (hidden {args.hidden}), "
           f"{args.steps} steps of batch {args.batch_size}, lr {args.lr}, clip_norm "
           f"{args.clip_norm}, run dir {run_dir}", flush=True)  # fmt: skip
-    optimizer = train.optimizer(
-        "adam", args.lr, clip_norm=args.clip_norm, schedule="cosine",
-        warmup_steps=min(100, args.steps // 10), total_steps=args.steps + 1,
-    )  # fmt: skip
+    optimizer = _optimizer(args)
     start = time.perf_counter()
     params, history = train.fit(
         model.apply, task.loss, params, optimizer, task.train, steps=args.steps,
         batch_size=args.batch_size, eval_data=task.test, eval_every=max(1, args.steps // 10),
         metrics=lambda p, b: {task.metric_key: task.metric(p, b)}, clip_norm=args.clip_norm,
         seed=args.seed, run_dir=run_dir, checkpoint_every=max(1, args.steps // 10),
+        keep_checkpoints=11,  # all of them: `seqjax diagnose --run-dir` draws each
         resume=args.resume, config=_config(args),
+        time_limit=None if args.max_minutes is None else 60 * args.max_minutes,
     )  # fmt: skip
     value = float(history[-1][f"eval_{task.metric_key}"])
+    args.steps_done = int(history[-1]["step"])
     verdict = task.verdict(value)
     result = {**_config(args), "task": task.name, "metric": task.metric_name,
               "value": value, "baseline": task.baseline, "baseline_name": task.baseline_name,
-              "verdict": verdict, "seed": args.seed,
+              "verdict": verdict, "steps_done": args.steps_done,
               "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
     if task.token_inputs:
         result["sample"] = _sample_text(task, model, params, args.seed)
@@ -264,6 +278,132 @@ def train_command(args: argparse.Namespace) -> int:
     print(f"{task.name} {args.cell}: {task.metric_name} {value:.4f} "
           f"(baseline, {task.baseline_name}: {task.baseline:.4f}): {verdict}")  # fmt: skip
     return 0
+
+
+def _diagnose_cell(name: str, init: str, scale: float | None) -> Callable[[int], seqjax.Cell]:
+    """The cell ``name`` with the initialisation asked for on the command line."""
+    if name == "irnn":
+        return lambda h: seqjax.irnn(h, scale=1.0 if scale is None else scale)
+    build = {"rnn": seqjax.simple_rnn, "gru": seqjax.gru, "lstm": seqjax.lstm}[name]
+    options = {"init": init}
+    if scale is not None:  # every recurrent block orthogonal, all singular values = scale
+        options["recurrent_init"] = seqjax.initializers.orthogonal(scale)
+    return lambda h: build(h, **options)
+
+
+def _flow_of(task, model: Model, params, batch: dict, diagnostics):
+    """``dL/dh_t`` of the task's loss through the model's read-out, for every step and layer.
+    The loss is summed over the batch, so each norm is one sequence's own gradient."""
+    inputs = (
+        jax.nn.one_hot(batch["inputs"], task.input_size) if task.token_inputs else batch["inputs"]
+    )
+    batch_size = inputs.shape[0]
+
+    def loss_fn(ys, final_carry):
+        features = ys if task.per_step else ys[:, -1]
+        return batch_size * task.loss(features @ params["w_out"] + params["b_out"], batch)
+
+    return diagnostics.gradient_through_time(model.stack, params["rnn"], inputs, loss_fn)
+
+
+def diagnose_command(args: argparse.Namespace) -> int:
+    from seqjax import diagnostics, train
+    from seqjax.tasks import registry
+
+    for name in ("hidden", "layers", "batch_size", "seq_len"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be a positive integer; got {value}")
+    if args.recurrent_scale is not None and args.recurrent_scale <= 0:
+        raise UsageError(f"--recurrent-scale must be positive; got {args.recurrent_scale}")
+    out = pathlib.Path(args.out)
+    if out.is_dir():
+        raise UsageError(f"--out {str(out)!r} is a folder; pass a .png file name")
+    curves: dict[str, object] = {}
+    if args.run_dir is not None:
+        checkpoints = pathlib.Path(args.run_dir) / "checkpoints"
+        files = sorted(checkpoints.glob("ckpt_*.msgpack")) if checkpoints.is_dir() else []
+        if not files:
+            raise UsageError(f"--run-dir {args.run_dir!r} has no checkpoints of seqjax train")
+        config = _peek_config(files[-1])  # the template to load into is built from it
+        if not config:
+            raise UsageError(f"{str(files[-1])!r} holds no run config; was it written by "
+                             "`seqjax train`?")  # fmt: skip
+        run = argparse.Namespace(**config)
+        task = registry.get(run.task, run.seq_len, run.seed, corpus=run.corpus)
+        model = build_model(task, run.cell, run.hidden, run.layers, run.dropout)
+        template = train.TrainState.create(model.init(jax.random.key(run.seed)), _optimizer(run))
+        batch = train.batch_for_step(task.train, 0, min(args.batch_size, 256), args.seed)
+        title = f"{task.name}, {run.cell} (hidden {run.hidden}), during training"
+        for path in files:
+            try:
+                state, step, _ = train.checkpoint.load(path, template)
+            except train.checkpoint.CheckpointError as err:
+                print(f"skipping {path.name}: {err}", file=sys.stderr)
+                continue
+            curves[f"step {step}"] = _flow_of(task, model, state.params, batch, diagnostics)
+    else:
+        try:
+            task = registry.get(args.task, args.seq_len, args.seed)
+        except (ValueError, ImportError) as err:
+            raise UsageError(str(err)) from err
+        hidden = args.hidden or 64
+        batch = train.batch_for_step(task.train, 0, args.batch_size, args.seed)
+        scale = "" if args.recurrent_scale is None else f", recurrent scale {args.recurrent_scale}"
+        title = f"{task.name}, hidden {hidden}, at initialisation ({args.init} init{scale})"
+        for name in args.cells:
+            make = _diagnose_cell(name, args.init, args.recurrent_scale)
+            model = build_model(task, name, hidden, args.layers, 0.0, make_cell=make)
+            params = model.init(jax.random.key(args.seed))
+            curves[name] = _flow_of(task, model, params, batch, diagnostics)
+    print(f"Gradient of the loss with respect to the hidden state, |dL/dh_t|, {title}; "
+          f"mean over {len(batch['targets'])} sequences:")  # fmt: skip
+    print(f"  {'':<12}{'layer':>6}{'t=T':>12}{'t=T/2':>12}{'t=1':>12}{'per step':>10}")
+    for label, flow in curves.items():
+        fit = flow.decay_fit()
+        for layer, row in enumerate(zip(*(np.atleast_1d(v) for v in fit), strict=True)):
+            rate, _, last, middle, first = row
+            print(f"  {label:<12}{layer:>6}{last:>12.3e}{middle:>12.3e}{first:>12.3e}"
+                  f"{rate:>10.4f}")  # fmt: skip
+    _plot_flows(curves, title, out)
+    print(f"plot: {out}  (per step: the factor by which |dL/dh_t| changes per step back in "
+          "time, from a log-linear fit; below 1 it vanishes, above 1 it explodes)")  # fmt: skip
+    return 0
+
+
+def _peek_config(path: pathlib.Path) -> dict | None:
+    """A checkpoint's run config, read from its JSON header without restoring its arrays."""
+    import struct
+
+    from seqjax.train import checkpoint
+
+    data = path.read_bytes()
+    try:
+        (size,) = struct.unpack("<I", data[len(checkpoint.MAGIC) : len(checkpoint.MAGIC) + 4])
+        start = len(checkpoint.MAGIC) + 4
+        return json.loads(data[start : start + size])["metadata"].get("config")
+    except (struct.error, ValueError, KeyError) as err:
+        raise UsageError(f"{str(path)!r} is not a readable seqjax checkpoint: {err}") from err
+
+
+def _plot_flows(curves: dict, title: str, path: pathlib.Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7, 4), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots()
+    for label, flow in curves.items():
+        norms = np.atleast_2d(np.asarray(flow.norms))
+        for layer, row in enumerate(norms):
+            name = label if len(norms) == 1 else f"{label}, layer {layer}"
+            axes.semilogy(np.arange(1, len(row) + 1), row, label=name)
+    axes.set(xlabel="time step t", ylabel="|dL/dh_t|", title=title)
+    axes.title.set_fontsize(9)
+    axes.grid(alpha=0.3, which="both")
+    axes.legend(fontsize=8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
 
 
 class UsageError(Exception):
@@ -313,6 +453,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     t.add_argument("--batch-size", type=int, help="examples per step (task default)")
     t.add_argument("--lr", type=float, help="peak learning rate, cosine decay (default 3e-3)")
     t.add_argument("--clip-norm", type=float, default=1.0, help="global-norm clip (default 1)")
+    t.add_argument(
+        "--max-minutes", type=float, help="end training after this many minutes, whatever --steps"
+    )
     t.add_argument("--corpus", help="charlm: a UTF-8 text file to train on instead of Shakespeare")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--run-dir", default="runs/latest",
@@ -320,12 +463,47 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "runs/latest)")  # fmt: skip
     t.add_argument("--resume", action="store_true",
                    help="continue from the newest good checkpoint in --run-dir")  # fmt: skip
+    d = commands.add_parser(
+        "diagnose", help="measure |dL/dh_t|, the gradient through time, and plot it",
+        description="Measures the norm of dL/dh_t, the gradient of a task's loss with respect "
+        "to the hidden state at every step t, for each cell at initialisation or for every "
+        "checkpoint of a training run; prints the norms at t = T, T/2, 1 and the per-step "
+        "decay factor, and plots log |dL/dh_t| against t.",
+    )  # fmt: skip
+    d.add_argument(
+        "--cell",
+        dest="cells",
+        nargs="+",
+        default=["rnn", "irnn", "lstm", "gru"],
+        choices=list(TRAIN_CELLS),
+        help="one or more cells (default: all four)",
+    )
+    d.add_argument("--task", default="adding", help="a task of seqjax train (default adding)")
+    d.add_argument("--seq-len", type=int, help="sequence length T (task default)")
+    d.add_argument("--hidden", type=int, help="hidden size (default 64)")
+    d.add_argument("--layers", type=int, default=1, help="stacked layers (default 1)")
+    d.add_argument(
+        "--init",
+        default="default",
+        choices=["default", "pytorch"],
+        help="initialisation of rnn, lstm and gru (default: default)",
+    )
+    d.add_argument("--recurrent-scale", type=float,
+                   help="recurrent weights orthogonal times this (spectral radius), e.g. 0.9 or "
+                   "1.1; for irnn the identity's scale")  # fmt: skip
+    d.add_argument("--batch-size", type=int, default=64, help="sequences averaged (default 64)")
+    d.add_argument("--run-dir", help="a seqjax train run: one line per checkpoint instead")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument(
+        "--out", default="runs/diagnose.png", help="the plot (default runs/diagnose.png)"
+    )
     try:  # --help and usage errors end here, as exit codes for the caller
         args = parser.parse_args(argv)
     except SystemExit as exit_:
         return int(exit_.code or 0)
     try:
-        return train_command(args) if args.command == "train" else demo(args)
+        commands = {"train": train_command, "diagnose": diagnose_command, "demo": demo}
+        return commands[args.command](args)
     except UsageError as err:
         print(f"seqjax {args.command}: error: {err}", file=sys.stderr)
         return 2

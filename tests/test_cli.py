@@ -93,3 +93,33 @@ def test_run_dir_that_is_a_file(tmp_path, capsys):
     afile.write_text("")
     assert cli.main(["train", "--run-dir", str(afile)]) == 2
     assert "is a file" in capsys.readouterr().err
+
+
+def test_diagnose_cells_at_init_and_a_run_per_checkpoint(tmp_path, capsys):
+    out = tmp_path / "flow.png"
+    argv = ["diagnose", "--cell", "rnn", "lstm", "--seq-len", "12", "--hidden", "8",
+            "--batch-size", "4", "--recurrent-scale", "0.9", "--out", str(out)]  # fmt: skip
+    assert cli.main(argv) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line[:3] == "  r"]
+    assert [r[0] for r in rows] == ["rnn"] and out.read_bytes()[:4] == b"\x89PNG"
+    rate = float(rows[0][-1])
+    assert 0.0 < rate < 0.9 + 1e-3  # tanh' <= 1 and radius 0.9: at most 0.9 per step back
+    run_dir = tmp_path / "run"
+    assert cli.main(["train", "--steps", "20", "--run-dir", str(run_dir), *SMALL]) == 0
+    capsys.readouterr()
+    assert cli.main(["diagnose", "--run-dir", str(run_dir), "--out", str(out)]) == 0
+    steps = [line.split()[1] for line in capsys.readouterr().out.splitlines()
+             if line.startswith("  step")]  # fmt: skip
+    assert steps == [str(s) for s in range(2, 21, 2)]  # every checkpoint of the run
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [(["--recurrent-scale", "-1"], "--recurrent-scale must be positive"),
+     (["--run-dir", "nowhere"], "has no checkpoints"),
+     (["--cell", "lsmt"], "invalid choice: 'lsmt'")],
+)  # fmt: skip
+def test_diagnose_bad_input(capsys, argv, message):
+    assert cli.main(["diagnose", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1

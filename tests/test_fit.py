@@ -140,3 +140,16 @@ def test_killed_run_resumes_bit_identical(tmp_path):
         np.testing.assert_array_equal(a[name], b[name])  # bit for bit
     logged = [json.loads(x)["step"] for x in (killed / "steps.jsonl").read_text().splitlines()]
     assert logged == list(range(1, steps + 1))  # every step once, none lost to the kill
+
+
+def test_time_limit_ends_the_run_early_with_a_report_and_a_checkpoint(tmp_path):
+    model, loss, params, data, _ = _problem()
+    lines = []
+    _, history = train.fit(model, loss, params, train.optimizer(), data, steps=1000,
+                           batch_size=32, run_dir=tmp_path, time_limit=1e-9,
+                           log=lines.append)  # fmt: skip
+    assert [r["step"] for r in history] == [1]
+    assert "stopped at step 1/1000" in lines[-1]
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["ckpt_000000001.msgpack"]
+    with pytest.raises(ValueError, match="time_limit"):
+        train.fit(model, loss, params, train.optimizer(), data, steps=1, time_limit=0)

@@ -97,10 +97,12 @@ def fit(
     seed: int = 0,
     run_dir: str | pathlib.Path | None = None,
     checkpoint_every: int = 100,
+    keep_checkpoints: int = 3,
     resume: bool = False,
     log: Callable[[str], None] | None = None,
     progress: bool | None = None,
     config: dict | None = None,
+    time_limit: float | None = None,
 ) -> tuple[Any, list[dict]]:
     """Trains ``params`` for ``steps`` optimizer steps and returns ``(params, history)``.
 
@@ -117,18 +119,21 @@ def fit(
       run_dir: where ``metrics.jsonl`` (one JSON line per report), ``steps.jsonl`` (one per
         step: loss, gradient norm before clipping, clipped, nonfinite), the training curve
         ``curve.png`` and checkpoints (``checkpoints/``, every ``checkpoint_every`` steps and at
-        the end) go.
+        the end; the newest ``keep_checkpoints`` are kept) go.
       resume: continue from the newest good checkpoint in ``run_dir``.
       log: called with each report line (default: print to stdout).
       progress: show a live tqdm bar on stderr (default: when stderr is a terminal).
       config: JSON-serialisable settings stored in every checkpoint's metadata (how to rebuild
         the model), beside the seed.
+      time_limit: seconds of training (this call's) after which the run ends early, with a
+        final report and checkpoint, as if ``steps`` had been reached; ``None``: no limit.
 
     Returns:
       The final params and the list of the reported metric dicts.
     """
     sizes = {"steps": steps, "batch_size": batch_size, "eval_every": eval_every,
-             "checkpoint_every": checkpoint_every}  # fmt: skip
+             "checkpoint_every": checkpoint_every,
+             "keep_checkpoints": keep_checkpoints}  # fmt: skip
     for name, value in sizes.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"fit: {name} must be a positive integer; got {value!r}")
@@ -143,6 +148,10 @@ def fit(
         )
     if eval_data is not None:
         _num_examples(eval_data, "eval_data")
+    if time_limit is not None and not time_limit > 0:
+        raise ValueError(
+            f"fit: time_limit must be a positive number of seconds; got {time_limit!r}"
+        )
     if resume and run_dir is None:
         raise ValueError("fit: resume=True needs the run_dir of the run to continue")
     if progress is None:
@@ -190,8 +199,11 @@ def fit(
             unlogged.append((step + 1, step_metrics))
             bar.update(1)
             done = step + 1
-            report = done % eval_every == 0 or done == steps
-            save = run_dir is not None and (done % checkpoint_every == 0 or done == steps)
+            out_of_time = time_limit is not None and time.perf_counter() - start_time > time_limit
+            report = done % eval_every == 0 or done == steps or out_of_time
+            save = run_dir is not None and (
+                done % checkpoint_every == 0 or done == steps or out_of_time
+            )
             if run_dir is not None and (report or save):
                 _append_steps(run_dir / "steps.jsonl", unlogged)
                 unlogged = []
@@ -209,7 +221,16 @@ def fit(
                         f.write(json.dumps(record) + "\n")
                     plot_curve(history, run_dir / "curve.png")
             if save:
-                checkpoint.save(run_dir / "checkpoints", state, step=done, metadata=metadata)
+                checkpoint.save(
+                    run_dir / "checkpoints",
+                    state,
+                    step=done,
+                    metadata=metadata,
+                    keep=keep_checkpoints,
+                )
+            if out_of_time:
+                log(f"time limit of {time_limit:.0f} s reached: stopped at step {done}/{steps}")
+                break
     return state.params, history
 
 
