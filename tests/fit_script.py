@@ -27,7 +27,7 @@ def main(run_dir: str, steps: int, resume: bool) -> None:
         return losses.mse(predictions, batch["targets"])
 
     final, _ = train.fit(model, loss, params, train.optimizer(learning_rate=1e-2, clip_norm=1.0),
-                         data, steps=steps, batch_size=16, eval_every=50, checkpoint_every=10,
+                         data, steps=steps, batch_size=16, eval_every=500, checkpoint_every=10,
                          run_dir=run_dir, resume=resume, seed=3, log=lambda line: None)  # fmt: skip
     flat = {str(i): np.asarray(leaf) for i, leaf in enumerate(jax.tree.leaves(final))}
     np.savez(f"{run_dir}/final.npz", **flat)
