@@ -536,7 +536,11 @@ def _flow(
     def per_example(parts: list) -> Array:  # -> (batch, time)
         g = jnp.concatenate(parts, axis=-1)
         g = g.astype(jnp.promote_types(g.dtype, jnp.float32))
-        norms = jnp.sqrt(jnp.sum(g * g, axis=-1))
+        # Scaled by the largest entry before squaring: a vanished gradient of 1e-30 would
+        # underflow to 0 if squared as it is in float32.
+        scale = jnp.max(jnp.abs(g), axis=-1, keepdims=True)
+        safe = jnp.where(scale > 0, scale, 1.0)
+        norms = scale[..., 0] * jnp.sqrt(jnp.sum(jnp.square(g / safe), axis=-1))
         return norms.T if plan.time_major else norms
 
     h_rows, c_rows = [], []

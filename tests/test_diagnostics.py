@@ -439,3 +439,22 @@ def test_jacobian_norms_errors():
         run(seqjax.rnn(cell), params, inputs())
     with pytest.raises(ValueError, match="carry has a leaf of shape"):
         run(cell, params, inputs(), carry=cell.initial_carry(params, (2,)))
+
+
+def test_tiny_gradients_do_not_underflow_in_float32():
+    # A linear RNN shrinking by 0.3 per step: after 60 steps the gradient is ~4e-32, whose
+    # square underflows float32; the norm must still follow 0.3 ** (T - t).
+    hidden, steps = 4, 60
+    cell = seqjax.simple_rnn(hidden)
+    params = cell.init(jax.random.key(0), 1)
+    params = {**params, "w_hh": 0.3 * jnp.eye(hidden)}
+    xs = jnp.zeros((1, steps, 1))
+    v = jnp.ones(hidden) / 2.0  # |v| = 1
+
+    def loss_fn(ys, carry):
+        return jnp.sum(ys[:, -1] @ v)
+
+    # tanh'(0) = 1 along the zero trajectory, so the chain is exactly linear there.
+    flow = diagnostics.gradient_through_time(cell, params, xs, loss_fn)
+    expected = 0.3 ** np.arange(steps - 1, -1, -1, dtype=np.float64)
+    np.testing.assert_allclose(np.asarray(flow.norms, np.float64), expected, rtol=1e-4)
