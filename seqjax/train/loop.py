@@ -190,6 +190,7 @@ def fit(
         log(f"resumed from step {start_step}")
     # Device metrics are read only at report and checkpoint time: no host sync per step.
     pending: list[dict] = []  # since the last report
+    next_plot = time.perf_counter()
     unlogged: list[tuple[int, dict]] = []  # since the last write of steps.jsonl
     with bar:
         for step in range(start_step, steps):
@@ -219,7 +220,10 @@ def fit(
                 if run_dir is not None:
                     with open(run_dir / "metrics.jsonl", "a") as f:
                         f.write(json.dumps(record) + "\n")
-                    plot_curve(history, run_dir / "curve.png")
+                    # Redrawn at most every 20 s (and at the end): a PNG costs ~0.1 s.
+                    if done == steps or out_of_time or time.perf_counter() > next_plot:
+                        plot_curve(history, run_dir / "curve.png")
+                        next_plot = time.perf_counter() + 20.0
             if save:
                 checkpoint.save(
                     run_dir / "checkpoints",
