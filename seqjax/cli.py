@@ -151,6 +151,8 @@ class Model(NamedTuple):
     apply: Callable
     step: Callable
     stack: seqjax.Layer
+    encode: Callable  # batch["inputs"] -> what the stack reads (one-hot for token ids)
+    read_out: Callable  # (params, ys) -> predictions
 
 
 def build_model(
@@ -170,16 +172,19 @@ def build_model(
     def encode(inputs):
         return jax.nn.one_hot(inputs, task.input_size) if task.token_inputs else inputs
 
-    def apply(params, batch, key):
-        _, ys = stack.apply(params["rnn"], encode(batch["inputs"]), key=key)
+    def read_out(params, ys):
         features = ys if task.per_step else ys[:, -1]
         return features @ params["w_out"] + params["b_out"]
+
+    def apply(params, batch, key):
+        _, ys = stack.apply(params["rnn"], encode(batch["inputs"]), key=key)
+        return read_out(params, ys)
 
     def step(params, carry, ids):
         carry, ys = stack.apply(params["rnn"], encode(ids[:, None]), carry=carry)
         return carry, ys[:, 0] @ params["w_out"] + params["b_out"]
 
-    return Model(init, apply, step, stack)
+    return Model(init, apply, step, stack, encode, read_out)
 
 
 def _check_arguments(args: argparse.Namespace) -> pathlib.Path:
@@ -291,23 +296,26 @@ def _diagnose_cell(name: str, init: str, scale: float | None) -> Callable[[int],
     return lambda h: build(h, **options)
 
 
-def _flow_of(task, model: Model, params, batch: dict, diagnostics):
-    """``dL/dh_t`` of the task's loss through the model's read-out, for every step and layer.
-    The loss is summed over the batch, so each norm is one sequence's own gradient."""
-    inputs = (
-        jax.nn.one_hot(batch["inputs"], task.input_size) if task.token_inputs else batch["inputs"]
-    )
-    batch_size = inputs.shape[0]
+def _flow_fn(task, model: Model):
+    """``(params, batch) -> GradientFlow``: ``dL/dh_t`` of the task's loss through the model's
+    read-out, for every step and layer, compiled once for the model (every checkpoint of a run
+    reuses it). The loss is summed over the batch, so each norm is one sequence's own gradient."""
+    from seqjax import diagnostics
 
-    def loss_fn(ys, final_carry):
-        features = ys if task.per_step else ys[:, -1]
-        return batch_size * task.loss(features @ params["w_out"] + params["b_out"], batch)
+    @jax.jit
+    def flow(params, batch):
+        inputs = model.encode(batch["inputs"])
 
-    return diagnostics.gradient_through_time(model.stack, params["rnn"], inputs, loss_fn)
+        def loss_fn(ys, final_carry):
+            return inputs.shape[0] * task.loss(model.read_out(params, ys), batch)
+
+        return diagnostics.gradient_through_time(model.stack, params["rnn"], inputs, loss_fn)
+
+    return flow
 
 
 def diagnose_command(args: argparse.Namespace) -> int:
-    from seqjax import diagnostics, train
+    from seqjax import train
     from seqjax.tasks import registry
 
     for name in ("hidden", "layers", "batch_size", "seq_len"):
@@ -325,7 +333,10 @@ def diagnose_command(args: argparse.Namespace) -> int:
         files = sorted(checkpoints.glob("ckpt_*.msgpack")) if checkpoints.is_dir() else []
         if not files:
             raise UsageError(f"--run-dir {args.run_dir!r} has no checkpoints of seqjax train")
-        config = _peek_config(files[-1])  # the template to load into is built from it
+        try:  # the template to load into is built from the run's config
+            config = train.checkpoint.read_metadata(files[-1])[1].get("config")
+        except train.checkpoint.CheckpointError as err:
+            raise UsageError(str(err)) from err
         if not config:
             raise UsageError(f"{str(files[-1])!r} holds no run config; was it written by "
                              "`seqjax train`?")  # fmt: skip
@@ -335,13 +346,14 @@ def diagnose_command(args: argparse.Namespace) -> int:
         template = train.TrainState.create(model.init(jax.random.key(run.seed)), _optimizer(run))
         batch = train.batch_for_step(task.train, 0, min(args.batch_size, 256), args.seed)
         title = f"{task.name}, {run.cell} (hidden {run.hidden}), during training"
+        flow = _flow_fn(task, model)
         for path in files:
             try:
                 state, step, _ = train.checkpoint.load(path, template)
             except train.checkpoint.CheckpointError as err:
                 print(f"skipping {path.name}: {err}", file=sys.stderr)
                 continue
-            curves[f"step {step}"] = _flow_of(task, model, state.params, batch, diagnostics)
+            curves[f"step {step}"] = flow(state.params, batch)
     else:
         try:
             task = registry.get(args.task, args.seq_len, args.seed)
@@ -355,7 +367,7 @@ def diagnose_command(args: argparse.Namespace) -> int:
             make = _diagnose_cell(name, args.init, args.recurrent_scale)
             model = build_model(task, name, hidden, args.layers, 0.0, make_cell=make)
             params = model.init(jax.random.key(args.seed))
-            curves[name] = _flow_of(task, model, params, batch, diagnostics)
+            curves[name] = _flow_fn(task, model)(params, batch)
     print(f"Gradient of the loss with respect to the hidden state, |dL/dh_t|, {title}; "
           f"mean over {len(batch['targets'])} sequences:")  # fmt: skip
     print(f"  {'':<12}{'layer':>6}{'t=T':>12}{'t=T/2':>12}{'t=1':>12}{'per step':>10}")
@@ -369,21 +381,6 @@ def diagnose_command(args: argparse.Namespace) -> int:
     print(f"plot: {out}  (per step: the factor by which |dL/dh_t| changes per step back in "
           "time, from a log-linear fit; below 1 it vanishes, above 1 it explodes)")  # fmt: skip
     return 0
-
-
-def _peek_config(path: pathlib.Path) -> dict | None:
-    """A checkpoint's run config, read from its JSON header without restoring its arrays."""
-    import struct
-
-    from seqjax.train import checkpoint
-
-    data = path.read_bytes()
-    try:
-        (size,) = struct.unpack("<I", data[len(checkpoint.MAGIC) : len(checkpoint.MAGIC) + 4])
-        start = len(checkpoint.MAGIC) + 4
-        return json.loads(data[start : start + size])["metadata"].get("config")
-    except (struct.error, ValueError, KeyError) as err:
-        raise UsageError(f"{str(path)!r} is not a readable seqjax checkpoint: {err}") from err
 
 
 def _plot_flows(curves: dict, title: str, path: pathlib.Path) -> None:

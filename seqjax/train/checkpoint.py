@@ -103,6 +103,26 @@ def _fsync_directory(directory: pathlib.Path) -> None:
         os.close(fd)
 
 
+def _split(data: bytes, where: str) -> tuple[dict, bytes]:
+    """A checkpoint file's JSON header and its payload bytes (not yet verified)."""
+    if data[: len(MAGIC)] != MAGIC:
+        raise CheckpointError(f"{where} is not a seqjax checkpoint (bad magic bytes)")
+    try:
+        (size,) = struct.unpack("<I", data[len(MAGIC) : len(MAGIC) + 4])
+        start = len(MAGIC) + 4
+        return json.loads(data[start : start + size]), data[start + size :]
+    except (struct.error, ValueError) as err:
+        raise CheckpointError(f"{where} has a truncated or unreadable header") from err
+
+
+def read_metadata(path: str | os.PathLike) -> tuple[int, dict]:
+    """``(step, metadata)`` from a checkpoint's header, without restoring its arrays (to learn
+    how to rebuild the state it holds)."""
+    path = pathlib.Path(path)
+    header, _ = _split(path.read_bytes(), f"checkpoint {str(path)!r}")
+    return int(header["step"]), header["metadata"]
+
+
 def load(path: str | os.PathLike, target: Any) -> tuple[Any, int, dict]:
     """Reads one checkpoint into the structure of ``target`` (e.g. a freshly initialised state).
 
@@ -111,17 +131,8 @@ def load(path: str | os.PathLike, target: Any) -> tuple[Any, int, dict]:
     dtype than ``target``.
     """
     path = pathlib.Path(path)
-    data = path.read_bytes()
     where = f"checkpoint {str(path)!r}"
-    if data[: len(MAGIC)] != MAGIC:
-        raise CheckpointError(f"{where} is not a seqjax checkpoint (bad magic bytes)")
-    try:
-        (size,) = struct.unpack("<I", data[len(MAGIC) : len(MAGIC) + 4])
-        start = len(MAGIC) + 4
-        header = json.loads(data[start : start + size])
-        payload = data[start + size :]
-    except (struct.error, ValueError) as err:
-        raise CheckpointError(f"{where} has a truncated or unreadable header") from err
+    header, payload = _split(path.read_bytes(), where)
     if header.get("format") != FORMAT:
         raise CheckpointError(f"{where} has format {header.get('format')!r}; expected {FORMAT}")
     if len(payload) != header["payload_bytes"]:
