@@ -58,12 +58,9 @@ def _batch_source(data: Any, batch_size: int, seed: int, start_step: int) -> Ite
         return (batch_for_step(data, step, batch_size, seed) for step in steps)
     if callable(data):
         return (data(step) for step in itertools.count(start_step))
-    if isinstance(data, Iterable):
-        iterator = iter(data)
-        # Batches consumed before the checkpoint are skipped, so a re-created iterator that
-        # yields the same sequence resumes exactly.
-        return itertools.islice(iterator, start_step, None)
-    raise TypeError(f"fit: unsupported data {type(data).__name__}")
+    # An iterable (fit checked it): the batches consumed before the checkpoint are skipped,
+    # so a re-created iterator that yields the same sequence resumes exactly.
+    return itertools.islice(iter(data), start_step, None)
 
 
 def _next_batch(batches: Iterator[Batch], step: int) -> Batch:
@@ -188,16 +185,16 @@ def fit(
         log = bar.write if progress else (lambda line: print(line, flush=True))
     if resume:
         log(f"resumed from step {start_step}")
-    # Device metrics are read only at report and checkpoint time: no host sync per step.
-    pending: list[dict] = []  # since the last report
+    # Device metrics are read only at report and checkpoint time (one transfer for all the
+    # steps since the last one): no host sync per step.
+    unread: list[dict] = []  # on the device
+    since_report: list[dict] = []  # on the host
     next_plot = time.perf_counter()
-    unlogged: list[tuple[int, dict]] = []  # since the last write of steps.jsonl
     with bar:
         for step in range(start_step, steps):
             batch = _next_batch(batches, step)
             state, step_metrics = step_fn(state, batch, jax.random.fold_in(key, step))
-            pending.append(step_metrics)
-            unlogged.append((step + 1, step_metrics))
+            unread.append(step_metrics)
             bar.update(1)
             done = step + 1
             out_of_time = time_limit is not None and time.perf_counter() - start_time > time_limit
@@ -205,12 +202,15 @@ def fit(
             save = run_dir is not None and (
                 done % checkpoint_every == 0 or done == steps or out_of_time
             )
-            if run_dir is not None and (report or save):
-                _append_steps(run_dir / "steps.jsonl", unlogged)
-                unlogged = []
+            if report or save:
+                values = jax.device_get(unread)
+                if run_dir is not None:
+                    _append_steps(run_dir / "steps.jsonl", done - len(values) + 1, values)
+                since_report += values
+                unread = []
             if report:
-                record = _summarise(pending, done, start_step, start_time)
-                pending = []
+                record = _summarise(since_report, done, start_step, start_time)
+                since_report = []
                 if eval_data is not None:
                     evaluated = evaluate(state.params, eval_data)
                     record.update({f"eval_{k}": float(v) for k, v in evaluated.items()})
@@ -265,17 +265,16 @@ def plot_curve(history: list[dict], path: str | pathlib.Path) -> None:
     os.replace(temporary, path)
 
 
-def _append_steps(path: pathlib.Path, unlogged: list[tuple[int, dict]]) -> None:
+def _append_steps(path: pathlib.Path, first_step: int, values: list[dict]) -> None:
     """One JSON line per step: loss, gradient norm before clipping, clipped, nonfinite."""
-    values = jax.device_get([metrics for _, metrics in unlogged])
     with open(path, "a") as f:
-        for (step, _), metrics in zip(unlogged, values, strict=True):
+        for step, metrics in enumerate(values, start=first_step):
             line = {"step": step, **{k: v.item() for k, v in metrics.items()}}
             f.write(json.dumps(line) + "\n")
 
 
-def _summarise(pending: list[dict], done: int, start_step: int, start_time: float) -> dict:
-    stacked = jax.device_get(pending)
+def _summarise(stacked: list[dict], done: int, start_step: int, start_time: float) -> dict:
+    """The mean of each metric over the steps since the last report (host values)."""
     record = {"step": done}
     for name in stacked[0]:
         values = np.array([m[name] for m in stacked], np.float64)
