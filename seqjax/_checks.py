@@ -113,6 +113,21 @@ def check_step(cell: Any, params: Any, carry: Any, x: Any, fn: str) -> None:
         ) from err
 
 
+def checked_carry(
+    cell: Any, params: Any, carry: Any, xs: Any, batch_shape: tuple[int, ...], dtype: Any, fn: str
+) -> Any:
+    """The carry a run of ``cell`` over ``xs`` starts from (zeros when ``carry`` is None),
+    checked against the cell, and one abstract step traced: mis-sized params or a broken user
+    cell fail here with a named error, not inside a scan."""
+    if carry is None:
+        carry = cell.initial_carry(params, batch_shape)
+    else:
+        check_carry(cell, params, carry, batch_shape, fn)
+    x_t = jax.ShapeDtypeStruct((*batch_shape, xs.shape[-1]), dtype)
+    check_step(cell, params, carry, x_t, fn)
+    return carry
+
+
 def check_carry(cell: Any, params: Any, carry: Any, batch_shape: tuple[int, ...], fn: str) -> None:
     """The carry must have the structure, shapes and dtypes of ``cell.initial_carry``."""
     expected = jax.eval_shape(lambda p: cell.initial_carry(p, batch_shape), params)

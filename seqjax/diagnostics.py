@@ -658,12 +658,7 @@ def jacobian_norms(
     expected = _checks.expected_input_size(cell, params, fn)
     batch_shape = xs.shape[:-2]
     _checks.check_features(xs, expected, "xs", fn, "(batch, time, {d}) or (time, {d})")
-    if carry is None:
-        carry = cell.initial_carry(params, batch_shape)
-    else:
-        _checks.check_carry(cell, params, carry, batch_shape, fn)
-    x_t = jax.ShapeDtypeStruct((*batch_shape, xs.shape[-1]), dtype)
-    _checks.check_step(cell, params, carry, x_t, fn)
+    carry = _checks.checked_carry(cell, params, carry, xs, batch_shape, dtype, fn)
     state_size = sum(
         int(np.prod(np.shape(leaf)[len(batch_shape) :])) for leaf in jax.tree.leaves(carry)
     )

@@ -96,12 +96,7 @@ def unroll(
 
     batch_shape = xs.shape[1:-1] if time_major else xs.shape[:-2]
     lengths = _checks.check_lengths(lengths, batch_shape, num_steps, fn)
-    if carry is None:
-        carry = cell.initial_carry(params, batch_shape)
-    else:
-        _checks.check_carry(cell, params, carry, batch_shape, fn)
-    x_t = jax.ShapeDtypeStruct((*batch_shape, xs.shape[-1]), dtype)
-    _checks.check_step(cell, params, carry, x_t, fn)
+    carry = _checks.checked_carry(cell, params, carry, xs, batch_shape, dtype, fn)
 
     xs_tm = jnp.moveaxis(xs, time_axis, 0).astype(dtype)  # (time, batch..., features)
     if hoist_projection is None:
