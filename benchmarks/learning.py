@@ -25,6 +25,7 @@ import json
 import os
 import pathlib
 import platform
+import shutil
 import time
 
 import jax
@@ -112,9 +113,7 @@ def _record(group: str, config: dict) -> dict | None:
 def _run(group: str, config: dict) -> None:
     argv = _argv(config)
     run_dir = pathlib.Path(argv[2])
-    if run_dir.exists():  # a rerun starts afresh
-        for path in sorted(run_dir.rglob("*"), reverse=True):
-            path.rmdir() if path.is_dir() else path.unlink()
+    shutil.rmtree(run_dir, ignore_errors=True)  # a rerun starts afresh
     if cli.main(argv) != 0:
         raise RuntimeError(f"seqjax {' '.join(argv)} failed")
 
