@@ -56,6 +56,9 @@ class RecurSplit(NamedTuple):
       hidden_projection: ``(params, carry) -> hh``, affine in the params (for the built-in cells
         ``h @ W_hh + b_hh``), acting on the last axis so it also runs on all steps at once.
       combine: ``(carry, px, hh) -> (new_carry, y)``, elementwise arithmetic that uses no params.
+      additive: whether ``combine`` sees ``px`` and ``hh`` only through ``px + hh`` (the LSTM
+        and the Elman RNN; not the GRU, whose candidate gate scales ``hh`` alone). The backward
+        pass then keeps one gate gradient per step instead of two.
 
     The split lets the backward pass run only the cheap ``combine`` and ``dh = dhh @ W_hh^T``
     step by step, and compute ``dW_hh = sum_t h_(t-1)^T dhh_t`` as one large matmul afterwards.
@@ -63,6 +66,7 @@ class RecurSplit(NamedTuple):
 
     hidden_projection: Callable[[Params, Carry], Array]
     combine: Callable[[Carry, Array, Array], tuple[Carry, Array]]
+    additive: bool = False
 
 
 def split_recur(split: RecurSplit) -> RecurFn:

@@ -196,15 +196,17 @@ def _scan_custom_vjp(
     """``_scan`` with a backward pass of its own, for cells with a ``recur_split``.
 
     Autodiff of ``lax.scan`` accumulates each weight gradient inside the reverse loop as a thin
-    rank-batch update per step. Here the forward pass keeps each step's input carry, projected
-    input ``px_t`` and recurrent product ``hh_t``; the reverse loop runs only ``combine``'s VJP
-    and ``dh = dhh_t @ W_hh^T``, and emits ``dpx_t`` and ``dhh_t``. After it, the VJPs of
+    rank-batch update per step. Here the forward pass keeps each step's input carry and the
+    residuals of ``combine``'s VJP (its activations, so nothing is recomputed); the reverse loop
+    runs only that VJP and ``dh = dhh_t @ W_hh^T``, and emits ``dpx_t`` and ``dhh_t`` (one
+    array when the split is ``additive``: then they are equal). After it, the VJPs of
     ``hidden_projection`` and ``project`` over all steps at once give ``dW_hh``, ``dW_ih``, the
     biases and ``dxs`` as single large matmuls (a contraction over time and batch).
     """
     del remat  # unroll sends remat runs to _scan
     project = cell.project
-    hidden_projection, combine = cell.recur_split
+    hidden_projection, combine, additive = cell.recur_split
+    vjp_tree = [None]  # the structure of one step's VJP, set when the forward pass is traced
     steps = jnp.arange(xs.shape[0])
     has_lengths = lengths is not None
     if lengths is None:
@@ -220,8 +222,16 @@ def _scan_custom_vjp(
             t, x_t = inp
             px = x_t if hoist_projection else project(params, x_t)
             hh = hidden_projection(params, carry)
-            new_carry, y = masked_combine(carry, px, hh, t, lengths)
-            return new_carry, (y, (carry, px, hh))
+            if additive:
+                out, step_vjp = jax.vjp(
+                    lambda c, z: masked_combine(c, z, jnp.zeros_like(z), t, lengths), carry, px + hh
+                )
+            else:
+                out, step_vjp = jax.vjp(
+                    lambda c, p, h: masked_combine(c, p, h, t, lengths), carry, px, hh
+                )
+            residuals, vjp_tree[0] = jax.tree.flatten(step_vjp)
+            return out[0], (out[1], (carry, residuals))
 
         final, (ys, saved) = jax.lax.scan(
             body, carry, (steps, inputs), reverse=reverse, unroll=unroll
@@ -237,22 +247,26 @@ def _scan_custom_vjp(
         return out, (params, xs, lengths, saved)
 
     def run_bwd(residuals, cotangents):
-        params, xs, lengths, (carries, pxs, hhs) = residuals
+        params, xs, lengths, (carries, step_residuals) = residuals
         d_final, d_ys = cotangents
 
         def body(d_carry, inp):
-            t, carry, px, hh, dy = inp
-            _, combine_vjp = jax.vjp(
-                lambda c, p, h: masked_combine(c, p, h, t, lengths), carry, px, hh
-            )
-            d_carry_in, dpx, dhh = combine_vjp((d_carry, dy))
+            carry, step_residual, dy = inp
+            step_vjp = jax.tree.unflatten(vjp_tree[0], step_residual)
+            if additive:
+                d_carry_in, dhh = step_vjp((d_carry, dy))
+                d_gates = dhh
+            else:
+                d_carry_in, dpx, dhh = step_vjp((d_carry, dy))
+                d_gates = (dpx, dhh)
             _, hidden_vjp = jax.vjp(lambda c: hidden_projection(params, c), carry)
             (d_carry_via_hh,) = hidden_vjp(dhh)
-            return jax.tree.map(jnp.add, d_carry_in, d_carry_via_hh), (dpx, dhh)
+            return jax.tree.map(jnp.add, d_carry_in, d_carry_via_hh), d_gates
 
-        d_carry0, (dpxs, dhhs) = jax.lax.scan(
-            body, d_final, (steps, carries, pxs, hhs, d_ys), reverse=not reverse
+        d_carry0, d_gates = jax.lax.scan(
+            body, d_final, (carries, step_residuals, d_ys), reverse=not reverse
         )
+        dpxs, dhhs = (d_gates, d_gates) if additive else d_gates
         _, hidden_vjp = jax.vjp(lambda p: hidden_projection(p, carries), params)
         (d_params,) = hidden_vjp(dhhs)
         _, project_vjp = jax.vjp(project, params, xs)

@@ -242,6 +242,18 @@ def test_custom_vjp_equals_autodiff(x64, name, options):
     assert_close(grad(params, xs, carry, True), grad(params, xs, carry, False), tol=1e-12)
 
 
+@pytest.mark.parametrize("name", [n for n in SPLIT_CELLS if CELLS[n]().recur_split.additive])
+def test_additive_split_depends_on_the_sum_only(name):
+    """A split that declares ``additive`` must give the same step for (px, hh) as for
+    (px + hh, 0): the custom VJP relies on it to keep one gate gradient per step."""
+    cell, params, xs = setup(name, dtype=jnp.float64)
+    split = cell.recur_split
+    carry = jax.tree.map(lambda c: c + 0.3, cell.initial_carry(params, (3,)))
+    px = cell.project(params, xs[:, 0])
+    hh = split.hidden_projection(params, carry)
+    assert_close(split.combine(carry, px, hh), split.combine(carry, px + hh, jnp.zeros_like(hh)))
+
+
 def test_custom_vjp_needs_a_split_cell():
     cell = seqjax.gru(H, reset_after=False)
     params = cell.init(jax.random.key(0), D)

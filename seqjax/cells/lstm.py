@@ -85,7 +85,7 @@ def lstm(
             h = jax.nn.sigmoid(o) * jnp.tanh(c)
             return LSTMCarry(h, c), h
 
-    split = RecurSplit(hidden_projection, combine)
+    split = RecurSplit(hidden_projection, combine, additive=True)
 
     return Cell(
         init=init_fn,

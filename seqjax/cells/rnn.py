@@ -46,7 +46,7 @@ def simple_rnn(
             h = act(projected_x + hh)
             return h, h
 
-    split = RecurSplit(_common.hidden_projection, combine)
+    split = RecurSplit(_common.hidden_projection, combine, additive=True)
 
     return Cell(
         init=init_fn,
