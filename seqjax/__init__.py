@@ -5,8 +5,8 @@ Cells (one step) -> ``unroll`` (a whole sequence, one ``lax.scan``) -> layers (`
 """
 
 from seqjax import diagnostics, initializers, interop
-from seqjax.cell import Cell, step
-from seqjax.cells import LSTMCarry, gru, irnn, lstm, simple_rnn
+from seqjax.cell import Cell, LinearRecurrence, RecurSplit, step
+from seqjax.cells import LSTMCarry, gru, irnn, lru, lstm, min_gru, min_lstm, simple_rnn
 from seqjax.layers import Layer, bidirectional, reverse_sequences, rnn, stack
 from seqjax.unroll import unroll
 
@@ -16,13 +16,18 @@ __all__ = [
     "Cell",
     "LSTMCarry",
     "Layer",
+    "LinearRecurrence",
+    "RecurSplit",
     "bidirectional",
     "diagnostics",
     "gru",
     "initializers",
     "interop",
     "irnn",
+    "lru",
     "lstm",
+    "min_gru",
+    "min_lstm",
     "reverse_sequences",
     "rnn",
     "simple_rnn",

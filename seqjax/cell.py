@@ -78,6 +78,46 @@ def split_recur(split: RecurSplit) -> RecurFn:
     return recur
 
 
+class LinearRecurrence(NamedTuple):
+    """A recurrence linear in its state, ``h_t = a_t * h_(t-1) + b_t`` (elementwise), whose
+    coefficients depend on the step's projected input only, never on the state.
+
+    Such a recurrence composes associatively, ``(a1, b1) then (a2, b2) = (a1 a2, a2 b1 + b2)``,
+    so :func:`seqjax.unroll` with ``parallel=True`` runs it for all steps at once with
+    ``jax.lax.associative_scan`` (O(log T) depth) instead of step by step.
+
+    Attributes:
+      coefficients: ``(params, px) -> (a, b)``, each ``(..., N)`` (real or complex) for
+        ``px (..., P)``; ``a`` may also be ``(N,)``, the same at every step (the LRU).
+      read_out: ``(params, h, px) -> y``, the output from the new state and the step's input.
+      log_coefficients: optional ``(params, px) -> (log a, log b)`` for a cell that keeps
+        ``a, b > 0``; the parallel scan then runs in log space (``logaddexp``), which neither
+        underflows nor overflows over long sequences.
+      state_from_carry / carry_from_state: how the state ``h`` the coefficients act on is kept
+        in the carry (the LRU's complex state as a real ``[re, im]`` array); identity if None.
+    """
+
+    coefficients: Callable[[Params, Array], tuple[Array, Array]]
+    read_out: Callable[[Params, Array, Array], Array]
+    log_coefficients: Callable[[Params, Array], tuple[Array, Array]] | None = None
+    state_from_carry: Callable[[Carry], Array] | None = None
+    carry_from_state: Callable[[Array], Carry] | None = None
+
+
+def linear_recur(linear: LinearRecurrence) -> RecurFn:
+    """The sequential step that a ``LinearRecurrence`` defines."""
+    to_state = linear.state_from_carry or (lambda carry: carry)
+    to_carry = linear.carry_from_state or (lambda h: h)
+
+    def recur(params: Params, carry: Carry, projected_x: Array) -> tuple[Carry, Array]:
+        a, b = linear.coefficients(params, projected_x)
+        h = a * to_state(carry) + b
+        new_carry = jax.tree.map(lambda new, old: new.astype(old.dtype), to_carry(h), carry)
+        return new_carry, linear.read_out(params, h, projected_x)
+
+    return recur
+
+
 class Cell(NamedTuple):
     """A recurrent cell: configuration closed over, parameters and state passed in and out.
 
@@ -93,6 +133,8 @@ class Cell(NamedTuple):
       recur_split: optional ``RecurSplit``: ``recur`` written as an affine recurrent product
         followed by parameter-free arithmetic. When given, :func:`seqjax.unroll` differentiates
         the sequence with a custom VJP that takes every weight gradient out of the time loop.
+      linear: optional ``LinearRecurrence``: the cell's state evolves linearly, so it can also
+        be unrolled in parallel over time (``unroll(..., parallel=True)``).
     """
 
     init: InitFn
@@ -103,6 +145,7 @@ class Cell(NamedTuple):
     name: str = "cell"
     input_size: Callable[[Params], int] | None = None
     recur_split: RecurSplit | None = None
+    linear: LinearRecurrence | None = None
 
 
 def identity_projection(params: Params, xs: Array) -> Array:

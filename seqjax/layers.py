@@ -72,6 +72,8 @@ def rnn(
     unroll: int = 1,
     remat: bool = False,
     hoist_projection: bool | None = None,
+    parallel: bool = False,
+    chunk_size: int | None = None,
 ) -> Layer:
     """The layer that runs ``cell`` over a sequence with :func:`seqjax.unroll` and these options.
 
@@ -86,7 +88,16 @@ def rnn(
         hoist_projection=None
         if hoist_projection is None
         else _checks.check_bool(hoist_projection, "hoist_projection", "rnn"),
+        parallel=_checks.check_bool(parallel, "parallel", "rnn"),
+        chunk_size=None
+        if chunk_size is None
+        else _checks.check_positive_int(chunk_size, "chunk_size", "rnn"),
     )
+    if parallel and cell.linear is None:
+        raise ValueError(
+            f"rnn: parallel=True needs a cell whose state evolves linearly (min_gru, min_lstm, "
+            f"lru); cell {cell.name!r} is not. Pass parallel=False"
+        )
 
     def apply(params, xs, *, lengths=None, carry=None, key=None):
         del key  # a plain recurrent layer has no randomness

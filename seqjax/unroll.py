@@ -10,6 +10,7 @@ import numpy as np
 
 from seqjax import _checks
 from seqjax.cell import Carry, Cell, Params
+from seqjax.parallel import parallel_scan
 
 Array = jax.Array
 
@@ -26,6 +27,8 @@ def unroll(
     remat: bool = False,
     hoist_projection: bool | None = None,
     custom_vjp: bool | None = None,
+    parallel: bool = False,
+    chunk_size: int | None = None,
 ) -> tuple[Carry, Array]:
     """Runs ``cell`` over the time axis of ``xs``.
 
@@ -56,6 +59,13 @@ def unroll(
         uses it whenever the cell allows and ``remat`` is off. Its gradients equal plain
         autodiff's; like any ``jax.custom_vjp`` it supports reverse mode only, so pass
         ``custom_vjp=False`` for forward-mode derivatives (``jax.jvp``, ``jax.jacfwd``).
+      parallel: for a cell whose state evolves linearly (``cell.linear``: ``min_gru``,
+        ``min_lstm``, ``lru``), compute all steps at once with ``jax.lax.associative_scan``
+        (O(log T) depth; see :mod:`seqjax.parallel`). Same numbers as the sequential scan up
+        to float round-off, with ``lengths``, ``reverse`` and ``carry`` alike.
+      chunk_size: with ``parallel``, run the parallel scan on chunks of this many steps, one
+        chunk after another (memory per chunk instead of per sequence; with ``remat``, each
+        chunk is recomputed in the backward pass). ``None``: one chunk, or ~sqrt(T) with remat.
 
     Returns:
       ``(final_carry, ys)``: the carry after each sequence's last step (for ``reverse``, after
@@ -83,6 +93,19 @@ def unroll(
                 "of steps under autodiff. Pass custom_vjp=None (or False) with remat=True"
             )
 
+    parallel = _checks.check_bool(parallel, "parallel", fn)
+    if chunk_size is not None:
+        chunk_size = _checks.check_positive_int(chunk_size, "chunk_size", fn)
+        if not parallel:
+            raise ValueError(f"{fn}: chunk_size applies to parallel=True only; got parallel=False")
+    if parallel and cell.linear is None:
+        raise ValueError(
+            f"{fn}: parallel=True needs a cell whose state evolves linearly (cell.linear: "
+            f"min_gru, min_lstm, lru); cell {cell.name!r} is not. Pass parallel=False"
+        )
+    if parallel and custom_vjp:
+        raise ValueError(f"{fn}: custom_vjp=True does not apply to parallel=True")
+
     time_axis = 0 if time_major else xs.ndim - 2
     num_steps = xs.shape[time_axis]
     layout = "(time, batch..., {d})" if time_major else "(batch..., time, {d})"
@@ -99,6 +122,11 @@ def unroll(
     carry = _checks.checked_carry(cell, params, carry, xs, batch_shape, dtype, fn)
 
     xs_tm = jnp.moveaxis(xs, time_axis, 0).astype(dtype)  # (time, batch..., features)
+    if parallel:
+        if remat and chunk_size is None:
+            chunk_size = _chunk_size(num_steps)
+        carry, ys = parallel_scan(cell, params, xs_tm, carry, lengths, reverse, chunk_size, remat)
+        return carry, jnp.moveaxis(ys, 0, time_axis)
     if hoist_projection is None:
         hoist_projection = jax.default_backend() != "cpu"
     if custom_vjp is None:

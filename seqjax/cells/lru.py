@@ -1,0 +1,124 @@
+"""The Linear Recurrent Unit (Orvieto et al. 2023, "Resurrecting Recurrent Neural Networks for
+Long Sequences"): a complex diagonal linear recurrence,
+
+    h_t = lambda * h_(t-1) + gamma * (B x_t),      y_t = Re(C h_t) + D * x_t,
+
+with ``lambda = exp(-exp(nu_log) + i exp(theta_log))`` (so ``|lambda| < 1`` for any parameters),
+the normalisation ``gamma = sqrt(1 - |lambda|^2)`` kept as a parameter ``gamma_log``, and the
+eigenvalues initialised uniformly on a ring ``r_min <= |lambda| <= r_max`` with phases in
+``[0, max_phase]``. The state is linear in itself, so ``unroll(..., parallel=True)`` computes a
+whole sequence with a parallel scan. There is no nonlinearity inside the cell: the paper puts
+it between layers (an MLP or GLU on ``y``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from seqjax import _checks
+from seqjax.cell import Cell, LinearRecurrence, Params, default_float_dtype, linear_recur
+
+
+def _wide(x: jax.Array) -> jax.Array:
+    """At least float32: complex numbers need it (bfloat16/float16 models keep a complex64
+    state; the carry and outputs stay in the model's dtype)."""
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+def lru(
+    hidden_size: int,
+    model_size: int,
+    *,
+    r_min: float = 0.0,
+    r_max: float = 1.0,
+    max_phase: float = 2 * math.pi,
+) -> Cell:
+    """An LRU cell with a complex state of ``hidden_size`` (N) and inputs and outputs of
+    ``model_size`` (H): the skip term ``D * x_t`` is elementwise, so ``input_size`` must be H.
+
+    Params: ``nu_log, theta_log, gamma_log (N,)``, ``b_re, b_im (H, N)``, ``c_re, c_im (N, H)``,
+    ``d (H,)``. Carry: the complex state as real ``[re, im]``, ``(batch..., 2N)``.
+    """
+    fn = "lru"
+    N = _checks.check_positive_int(hidden_size, "hidden_size", fn)
+    H = _checks.check_positive_int(model_size, "model_size", fn)
+    if not 0.0 <= r_min < r_max <= 1.0:
+        raise ValueError(f"{fn}: need 0 <= r_min < r_max <= 1; got r_min={r_min}, r_max={r_max}")
+    if not max_phase > 0:
+        raise ValueError(f"{fn}: max_phase must be > 0; got {max_phase}")
+
+    def init_fn(key: jax.Array, input_size: int, dtype=None) -> Params:
+        input_size = _checks.check_positive_int(input_size, "input_size", fn)
+        if input_size != H:
+            raise ValueError(
+                f"{fn}: input_size must equal model_size={H} (the skip term D * x is "
+                f"elementwise); got input_size={input_size}. Put a linear layer in front, or "
+                f"build lru(hidden_size, model_size={input_size})"
+            )
+        dtype = default_float_dtype() if dtype is None else jnp.dtype(dtype)
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError(f"{fn}: dtype must be a floating dtype; got {dtype}")
+        k = jax.random.split(key, 7)
+        u1 = jax.random.uniform(k[0], (N,), jnp.float32)
+        u2 = jax.random.uniform(k[1], (N,), jnp.float32)
+        nu_log = jnp.log(-0.5 * jnp.log(u1 * (r_max**2 - r_min**2) + r_min**2))
+        theta_log = jnp.log(max_phase * u2)
+        magnitude = jnp.exp(-jnp.exp(nu_log))
+        gamma_log = jnp.log(jnp.sqrt(1.0 - magnitude**2))
+        params = {
+            "nu_log": nu_log,
+            "theta_log": theta_log,
+            "gamma_log": gamma_log,
+            "b_re": jax.random.normal(k[2], (H, N)) / math.sqrt(2 * H),
+            "b_im": jax.random.normal(k[3], (H, N)) / math.sqrt(2 * H),
+            "c_re": jax.random.normal(k[4], (N, H)) / math.sqrt(N),
+            "c_im": jax.random.normal(k[5], (N, H)) / math.sqrt(N),
+            "d": jax.random.normal(k[6], (H,)),
+        }
+        return jax.tree.map(lambda p: p.astype(dtype), params)
+
+    def initial_carry(params: Params, batch_shape: tuple[int, ...] = ()) -> jax.Array:
+        return jnp.zeros((*batch_shape, 2 * N), params["d"].dtype)
+
+    def project(params: Params, xs: jax.Array) -> jax.Array:
+        """``[Re(B x), Im(B x), x]``: the drive and, for the skip term, the input itself."""
+        bx = xs @ jnp.concatenate([params["b_re"], params["b_im"]], axis=-1)
+        return jnp.concatenate([bx, xs], axis=-1)
+
+    def eigenvalues(params: Params) -> jax.Array:
+        nu, theta = _wide(params["nu_log"]), _wide(params["theta_log"])
+        return jnp.exp(jax.lax.complex(-jnp.exp(nu), jnp.exp(theta)))
+
+    def coefficients(params: Params, px: jax.Array):
+        drive = jax.lax.complex(_wide(px[..., :N]), _wide(px[..., N : 2 * N]))
+        return eigenvalues(params), jnp.exp(_wide(params["gamma_log"])) * drive
+
+    def read_out(params: Params, h: jax.Array, px: jax.Array) -> jax.Array:
+        c_h = jnp.real(h) @ params["c_re"] - jnp.imag(h) @ params["c_im"]  # Re(C h)
+        return (c_h + params["d"] * px[..., 2 * N :]).astype(px.dtype)
+
+    def state_from_carry(carry: jax.Array) -> jax.Array:
+        return jax.lax.complex(_wide(carry[..., :N]), _wide(carry[..., N:]))
+
+    def carry_from_state(h: jax.Array) -> jax.Array:
+        return jnp.concatenate([jnp.real(h), jnp.imag(h)], axis=-1)
+
+    linear = LinearRecurrence(
+        coefficients,
+        read_out,
+        state_from_carry=state_from_carry,
+        carry_from_state=carry_from_state,
+    )
+    return Cell(
+        init=init_fn,
+        initial_carry=initial_carry,
+        project=project,
+        recur=linear_recur(linear),
+        output_size=H,
+        name="lru",
+        input_size=lambda params: params["b_re"].shape[0],
+        linear=linear,
+    )

@@ -1,0 +1,144 @@
+"""minGRU and minLSTM (Feng et al. 2024, "Were RNNs All We Needed?"): gates that see the input
+only, so the state evolves linearly, ``h_t = a_t * h_(t-1) + b_t``, and a whole sequence can be
+computed with a parallel scan (``seqjax.unroll(..., parallel=True)``).
+
+minGRU:  ``z = sigmoid(x W_z + b_z)``, ``h~ = x W_h + b_h``, ``h_t = (1 - z) h_(t-1) + z h~``.
+minLSTM: ``f = sigmoid(x W_f + b_f)``, ``i = sigmoid(x W_i + b_i)``, ``h~ = x W_h + b_h``,
+``h_t = f/(f+i) h_(t-1) + i/(f+i) h~`` (the paper's length-independent normalisation).
+
+With ``log_space=True`` the candidate goes through the paper's positive ``g(x) = x + 1/2`` for
+``x >= 0``, ``sigmoid(x)`` below, so ``b_t > 0`` and the parallel scan can run on ``log a`` and
+``log b`` (every gate's log is a softplus, exact far into saturation). The sequential step
+computes the same recurrence in ordinary arithmetic.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from seqjax import _checks
+from seqjax import initializers as inits
+from seqjax.cell import Cell, LinearRecurrence, Params, default_float_dtype, linear_recur
+from seqjax.cells import _common
+
+
+def _positive(x: jax.Array) -> jax.Array:
+    """The paper's ``g``: continuous, increasing and > 0, so its log exists."""
+    return jnp.where(x >= 0, x + 0.5, jax.nn.sigmoid(x))
+
+
+def _log_positive(x: jax.Array) -> jax.Array:
+    return jnp.where(x >= 0, jnp.log(jnp.maximum(x, 0.0) + 0.5), -jax.nn.softplus(-x))
+
+
+def _init(name: str, num_gates: int, hidden_size: int, config: _common.InitConfig):
+    def init_fn(key: jax.Array, input_size: int, dtype=None) -> Params:
+        input_size = _checks.check_positive_int(input_size, "input_size", name)
+        dtype = default_float_dtype() if dtype is None else jnp.dtype(dtype)
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError(f"{name}: dtype must be a floating dtype; got {dtype}")
+        k_w, k_b = jax.random.split(key)
+        w = inits.gate_blocks(k_w, config.input_init, input_size, hidden_size, num_gates, dtype)
+        b = inits.bias_blocks(k_b, [config.bias_init] * num_gates, hidden_size, dtype)
+        return {"w_ih": w, "b_ih": b}
+
+    return init_fn
+
+
+def _cell(name, hidden_size, num_gates, config, linear) -> Cell:
+    def initial_carry(params: Params, batch_shape: tuple[int, ...] = ()) -> jax.Array:
+        return jnp.zeros((*batch_shape, hidden_size), params["w_ih"].dtype)
+
+    return Cell(
+        init=_init(name, num_gates, hidden_size, config),
+        initial_carry=initial_carry,
+        project=_common.project,
+        recur=linear_recur(linear),
+        output_size=hidden_size,
+        name=name,
+        input_size=_common.input_size,
+        linear=linear,
+    )
+
+
+def _state_is_output(params: Params, h: jax.Array, projected_x: jax.Array) -> jax.Array:
+    del params, projected_x
+    return h
+
+
+def min_gru(
+    hidden_size: int,
+    *,
+    log_space: bool = False,
+    init: str = "default",
+    input_init: inits.Initializer | None = None,
+    bias_init: inits.Initializer | None = None,
+) -> Cell:
+    """A minGRU cell: ``h_t = (1 - z_t) h_(t-1) + z_t h~_t`` with ``z_t``, ``h~_t`` from ``x_t``.
+
+    Args:
+      hidden_size: H, the size of the state and of the output.
+      log_space: use the positive candidate ``g(h~)`` and run the parallel scan in log space.
+      init: ``"default"`` (Lecun-normal weights, zero biases) or ``"pytorch"``; explicit
+        initializers override it.
+
+    Params: ``w_ih (D, 2H)`` (blocks z, h~), ``b_ih (2H,)``. Carry: ``h (batch..., H)``.
+    """
+    fn = "min_gru"
+    hidden_size = _checks.check_positive_int(hidden_size, "hidden_size", fn)
+    log_space = _checks.check_bool(log_space, "log_space", fn)
+    config = _common.resolve_init(init, input_init, None, bias_init, fn)
+    candidate = _positive if log_space else (lambda x: x)
+
+    def coefficients(params: Params, px: jax.Array):
+        k, h_tilde = jnp.split(px, 2, axis=-1)
+        return jax.nn.sigmoid(-k), jax.nn.sigmoid(k) * candidate(h_tilde)
+
+    def log_coefficients(params: Params, px: jax.Array):
+        k, h_tilde = jnp.split(px, 2, axis=-1)
+        return -jax.nn.softplus(k), -jax.nn.softplus(-k) + _log_positive(h_tilde)
+
+    linear = LinearRecurrence(
+        coefficients, _state_is_output, log_coefficients if log_space else None
+    )
+    return _cell(fn, hidden_size, 2, config, linear)
+
+
+def min_lstm(
+    hidden_size: int,
+    *,
+    log_space: bool = False,
+    init: str = "default",
+    input_init: inits.Initializer | None = None,
+    bias_init: inits.Initializer | None = None,
+) -> Cell:
+    """A minLSTM cell: ``h_t = f'_t h_(t-1) + i'_t h~_t`` with ``f' = f/(f+i)``, ``i' = i/(f+i)``.
+
+    Args: as :func:`min_gru`.
+
+    Params: ``w_ih (D, 3H)`` (blocks f, i, h~), ``b_ih (3H,)``. Carry: ``h (batch..., H)``.
+    """
+    fn = "min_lstm"
+    hidden_size = _checks.check_positive_int(hidden_size, "hidden_size", fn)
+    log_space = _checks.check_bool(log_space, "log_space", fn)
+    config = _common.resolve_init(init, input_init, None, bias_init, fn)
+    candidate = _positive if log_space else (lambda x: x)
+
+    def log_odds(k_f, k_i):  # log(i/f), so that f' = sigmoid(-d) and i' = sigmoid(d)
+        return jax.nn.softplus(-k_f) - jax.nn.softplus(-k_i)
+
+    def coefficients(params: Params, px: jax.Array):
+        k_f, k_i, h_tilde = jnp.split(px, 3, axis=-1)
+        d = log_odds(k_f, k_i)
+        return jax.nn.sigmoid(-d), jax.nn.sigmoid(d) * candidate(h_tilde)
+
+    def log_coefficients(params: Params, px: jax.Array):
+        k_f, k_i, h_tilde = jnp.split(px, 3, axis=-1)
+        d = log_odds(k_f, k_i)
+        return -jax.nn.softplus(d), -jax.nn.softplus(-d) + _log_positive(h_tilde)
+
+    linear = LinearRecurrence(
+        coefficients, _state_is_output, log_coefficients if log_space else None
+    )
+    return _cell(fn, hidden_size, 3, config, linear)

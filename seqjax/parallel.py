@@ -1,0 +1,120 @@
+"""Running a linear recurrence over a whole sequence at once: ``jax.lax.associative_scan``.
+
+For a cell whose state evolves as ``h_t = a_t * h_(t-1) + b_t`` (a :class:`LinearRecurrence`),
+the pairs ``(a_t, b_t)`` compose associatively,
+
+    (a1, b1) then (a2, b2) = (a1 * a2, a2 * b1 + b2),
+
+so all prefixes come out of a parallel scan of depth O(log T) instead of T dependent steps. The
+initial state enters at the end: ``h_t = A_t * h_0 + B_t`` with ``(A_t, B_t)`` the prefix up to
+``t``. Steps past a sequence's length become the identity ``(1, 0)``, which freezes its state
+and, running in reverse, starts it at its own last valid step: the same semantics as the
+sequential scan in :mod:`seqjax.unroll`.
+
+``unroll(..., parallel=True)`` is the entry point; this module holds the scan itself.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from seqjax.cell import Carry, Cell, Params
+
+Array = jax.Array
+
+
+def parallel_scan(
+    cell: Cell,
+    params: Params,
+    xs: Array,
+    carry: Carry,
+    lengths: Array | None,
+    reverse: bool,
+    chunk_size: int | None,
+    remat: bool,
+) -> tuple[Carry, Array]:
+    """``(final_carry, ys)`` for time-major ``xs (time, batch..., features)``.
+
+    With ``chunk_size``, a sequential ``lax.scan`` over chunks of that many steps runs the
+    associative scan inside each chunk, so the scan's intermediates are per chunk rather than
+    for the whole sequence; ``remat`` also recomputes each chunk in the backward pass.
+    """
+    to_state = cell.linear.state_from_carry or (lambda c: c)
+    from_state = cell.linear.carry_from_state or (lambda h: h)
+
+    def to_carry(h):  # in the carry's own dtype (the LRU's complex state is wider)
+        return jax.tree.map(lambda new, old: new.astype(old.dtype), from_state(h), carry)
+
+    num_steps = xs.shape[0]
+    chunk = num_steps if chunk_size is None else min(chunk_size, num_steps)
+    h0 = to_state(carry)
+    if chunk == num_steps and not remat:
+        h_final, ys = _run_chunk(cell, params, h0, jnp.arange(num_steps), xs, lengths, reverse)
+        return to_carry(h_final), ys
+
+    num_chunks = -(-num_steps // chunk)
+    pad = num_chunks * chunk - num_steps
+    if pad:  # padding steps are masked like steps past every length: they change nothing
+        xs = jnp.pad(xs, [(0, pad)] + [(0, 0)] * (xs.ndim - 1))
+        if lengths is None:
+            lengths = jnp.full(xs.shape[1:-1], num_steps)
+
+    def body(h, inputs):
+        t, x = inputs
+        return _run_chunk(cell, params, h, t, x, lengths, reverse)
+
+    body = jax.checkpoint(body) if remat else body
+    split = lambda a: a.reshape((num_chunks, chunk, *a.shape[1:]))  # noqa: E731
+    steps = jnp.arange(num_chunks * chunk)
+    h_final, ys = jax.lax.scan(body, h0, (split(steps), split(xs)), reverse=reverse)
+    ys = ys.reshape((num_chunks * chunk, *ys.shape[2:]))[:num_steps]
+    return to_carry(h_final), ys
+
+
+def _run_chunk(cell, params, h0, t, xs, lengths, reverse):
+    """The final state and the outputs for the steps ``t`` with inputs ``xs (steps, ...)``."""
+    linear = cell.linear
+    px = cell.project(params, xs)
+    valid = None if lengths is None else t.reshape(t.shape + (1,) * lengths.ndim) < lengths
+    hs = _prefix_states(linear, params, px, h0, valid, reverse)
+    ys = linear.read_out(params, hs, px)
+    if valid is not None:
+        ys = jnp.where(valid[..., None], ys, jnp.zeros_like(ys))
+    return (hs[0] if reverse else hs[-1]), ys
+
+
+def _prefix_states(linear, params, px, h0, valid, reverse):
+    """Every step's state ``h_t`` for the steps in ``px (steps, batch..., P)`` from ``h0``."""
+    if linear.log_coefficients is None:
+        a, b = linear.coefficients(params, px)
+        a = jnp.broadcast_to(a, b.shape)
+        if valid is not None:
+            a = jnp.where(valid[..., None], a, jnp.ones_like(a))
+            b = jnp.where(valid[..., None], b, jnp.zeros_like(b))
+        prefix_a, prefix_b = jax.lax.associative_scan(_compose, (a, b), reverse=reverse)
+        return prefix_a * h0 + prefix_b
+    log_a, log_b = linear.log_coefficients(params, px)
+    log_a = jnp.broadcast_to(log_a, log_b.shape)
+    if valid is not None:
+        # log 0 would be -inf, whose logaddexp with itself has a NaN gradient; a very negative
+        # finite number is exactly 0 after exp and keeps every gradient finite.
+        nothing = jnp.asarray(jnp.finfo(log_b.dtype).min / 4, log_b.dtype)
+        log_a = jnp.where(valid[..., None], log_a, jnp.zeros_like(log_a))
+        log_b = jnp.where(valid[..., None], log_b, nothing)
+    prefix_log_a, prefix_log_b = jax.lax.associative_scan(
+        _compose_log, (log_a, log_b), reverse=reverse
+    )
+    return jnp.exp(prefix_log_a) * h0 + jnp.exp(prefix_log_b)
+
+
+def _compose(first, second):
+    a1, b1 = first
+    a2, b2 = second
+    return a1 * a2, a2 * b1 + b2
+
+
+def _compose_log(first, second):
+    log_a1, log_b1 = first
+    log_a2, log_b2 = second
+    return log_a1 + log_a2, jnp.logaddexp(log_a2 + log_b1, log_b2)
