@@ -6,7 +6,7 @@ Cells (one step) -> ``unroll`` (a whole sequence, one ``lax.scan``) -> layers (`
 
 from seqjax import diagnostics, initializers, interop
 from seqjax.cell import Cell, LinearRecurrence, RecurSplit, step
-from seqjax.cells import LSTMCarry, gru, irnn, lru, lstm, min_gru, min_lstm, simple_rnn
+from seqjax.cells import LSTMCarry, gru, indrnn, irnn, lru, lstm, min_gru, min_lstm, simple_rnn
 from seqjax.layers import Layer, bidirectional, reverse_sequences, rnn, stack
 from seqjax.unroll import unroll
 
@@ -21,6 +21,7 @@ __all__ = [
     "bidirectional",
     "diagnostics",
     "gru",
+    "indrnn",
     "initializers",
     "interop",
     "irnn",

@@ -32,8 +32,18 @@ CELLS: dict[str, Callable[[int], seqjax.Cell]] = {
     "gru": lambda h: seqjax.gru(h),
     "lstm": lambda h: seqjax.lstm(h),
 }
-# `seqjax train` also offers the IRNN (Le et al. 2015): relu, identity recurrent init.
-TRAIN_CELLS = {**CELLS, "irnn": lambda h: seqjax.irnn(h)}
+# `seqjax train` also offers the IRNN (Le et al. 2015): relu, identity recurrent init, the
+# IndRNN (Li et al. 2018), and recurrences linear in the state, trained with a parallel scan:
+# minGRU and minLSTM in log space (Feng et al. 2024), and the LRU (Orvieto et al. 2023) with a
+# GELU input layer in front (it is linear in its inputs otherwise).
+TRAIN_CELLS = {
+    **CELLS,
+    "irnn": lambda h: seqjax.irnn(h),
+    "indrnn": lambda h: seqjax.indrnn(h),
+    "min_gru": lambda h: seqjax.min_gru(h, log_space=True),
+    "min_lstm": lambda h: seqjax.min_lstm(h, log_space=True),
+    "lru": lambda h: seqjax.lru(h, h, r_min=0.4, r_max=0.99, input_layer=True),
+}
 
 
 def _median_ms(fn: Callable[[], object], repeats: int) -> float:
@@ -160,7 +170,8 @@ def build_model(
     make_cell: Callable[[int], seqjax.Cell] | None = None,
 ) -> Model:  # fmt: skip
     make_cell = make_cell or TRAIN_CELLS[cell_name]
-    stack = seqjax.stack(*[seqjax.rnn(make_cell(hidden)) for _ in range(layers)],
+    cells = [make_cell(hidden) for _ in range(layers)]
+    stack = seqjax.stack(*[seqjax.rnn(c, parallel=c.linear is not None) for c in cells],
                          dropout=dropout)  # fmt: skip
 
     def init(key):
@@ -289,6 +300,12 @@ def _diagnose_cell(name: str, init: str, scale: float | None) -> Callable[[int],
     """The cell ``name`` with the initialisation asked for on the command line."""
     if name == "irnn":
         return lambda h: seqjax.irnn(h, scale=1.0 if scale is None else scale)
+    if name not in ("rnn", "gru", "lstm"):
+        if init != "default" or scale is not None:
+            raise UsageError(
+                f"--init and --recurrent-scale apply to rnn, irnn, lstm, gru; not {name}"
+            )
+        return TRAIN_CELLS[name]
     build = {"rnn": seqjax.simple_rnn, "gru": seqjax.gru, "lstm": seqjax.lstm}[name]
     options = {"init": init}
     if scale is not None:  # every recurrent block orthogonal, all singular values = scale
@@ -438,7 +455,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--cell",
         default="lstm",
         choices=list(TRAIN_CELLS),
-        help="rnn (tanh), irnn (relu, identity init), lstm or gru (default lstm)",
+        help="rnn (tanh), irnn (relu, identity init), indrnn, lstm, gru, or the parallel-scan "
+        "min_gru, min_lstm, lru (default lstm)",
     )
     t.add_argument("--hidden", type=int, help="hidden size (task default: 64 for adding)")
     t.add_argument("--layers", type=int, default=1, help="stacked layers (default 1)")
@@ -473,7 +491,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         nargs="+",
         default=["rnn", "irnn", "lstm", "gru"],
         choices=list(TRAIN_CELLS),
-        help="one or more cells (default: all four)",
+        help="one or more cells (default: rnn irnn lstm gru)",
     )
     d.add_argument("--task", default="adding", help="a task of seqjax train (default adding)")
     d.add_argument("--seq-len", type=int, help="sequence length T (task default)")

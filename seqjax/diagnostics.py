@@ -427,7 +427,17 @@ def _perturbed_cell(cell: Cell, h_size: int, c_size: int, named: bool) -> Cell:
         return perturbed, (new_h if y is h else y)
 
     def recur(params: Params, carry: Carry, projected: Array) -> tuple[Carry, Array]:
+        if cell.linear is not None:  # the output is read from the (perturbed) state
+            return perturbed_linear_step(params, carry, projected)
         return perturb(cell.recur(params, carry, projected[..., :-k]), projected[..., -k:])
+
+    def perturbed_linear_step(params: Params, carry: Carry, projected: Array):
+        linear, px, eps = cell.linear, projected[..., :-k], projected[..., -k:]
+        to_state = linear.state_from_carry or (lambda c: c)
+        to_carry = linear.carry_from_state or (lambda h: h)
+        a, b = linear.coefficients(params, px)
+        new_carry = to_carry(a * to_state(carry) + b).astype(carry.dtype) + eps
+        return new_carry, linear.read_out(params, to_state(new_carry), px)
 
     split = None
     if cell.recur_split is not None:
@@ -507,7 +517,10 @@ def _flow(
         aug = jnp.concatenate([inputs.astype(dtype), *extra], axis=-1)
         if reverse_input:
             aug = reverse_sequences(aug, lengths, time_axis)
-        final, ys = unroll(cell, rp, aug, carry=rc, lengths=lengths, **dict(options))
+        # The perturbed cell runs step by step: a parallel (associative-scan) unroll would have
+        # no per-step state to perturb, and gives the same numbers.
+        sequential = {k: v for k, v in options if k not in ("parallel", "chunk_size")}
+        final, ys = unroll(cell, rp, aug, carry=rc, lengths=lengths, **sequential)
         if reverse_input:
             ys = reverse_sequences(ys, lengths, time_axis)
         return final, ys

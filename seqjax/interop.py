@@ -25,7 +25,7 @@ from seqjax.cells import LSTMCarry, gru, lstm, simple_rnn
 from seqjax.layers import Layer, bidirectional, rnn, stack
 
 MODES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
-_KEY = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh)_l(\d+)(_reverse)?$")
+_KEY = re.compile(r"^(weight_ih|weight_hh|weight_hr|bias_ih|bias_hh)_l(\d+)(_reverse)?$")
 
 
 def from_torch(
@@ -123,16 +123,22 @@ def from_torch(
             f"{fn}: source must hold weight_hh_l0 of shape (gates*H, H); got "
             + ("none" if w_hh0 is None else f"shape {w_hh0.shape}")
         )
-    hidden_size = w_hh0.shape[1]
-    if w_hh0.shape[0] != num_gates * hidden_size:
+    w_hr0 = state.get("weight_hr_l0")
+    proj_size = 0
+    if w_hr0 is not None:
+        if mode != "LSTM":
+            raise ValueError(f"{fn}: weight_hr (proj_size) exists only for LSTMs; mode is {mode}")
+        proj_size = w_hr0.shape[0]
+    hidden_size = w_hh0.shape[0] // num_gates if proj_size else w_hh0.shape[1]
+    if w_hh0.shape != (num_gates * hidden_size, proj_size or hidden_size):
         raise ValueError(
-            f"{fn}: mode {mode} needs weight_hh_l0 of shape ({num_gates}*H, H) = "
-            f"({num_gates * hidden_size}, {hidden_size}); got {w_hh0.shape}. Is the mode right?"
+            f"{fn}: mode {mode} needs weight_hh_l0 of shape ({num_gates}*H, "
+            f"{'P' if proj_size else 'H'}); got {w_hh0.shape}. Is the mode right?"
         )
 
     def make_cell():
         if mode == "LSTM":
-            return lstm(hidden_size)
+            return lstm(hidden_size, proj_size=proj_size)
         if mode == "GRU":
             return gru(hidden_size)
         return simple_rnn(hidden_size, activation="tanh" if mode == "RNN_TANH" else "relu")
@@ -140,7 +146,9 @@ def from_torch(
     suffixes = ["", "_reverse"] if bidirectional else [""]
     levels, params = [], []
     for k in range(num_layers):
-        directions = [_cell_params(state, k, s, num_gates, hidden_size, dtype) for s in suffixes]
+        directions = [
+            _cell_params(state, k, s, num_gates, hidden_size, proj_size, dtype) for s in suffixes
+        ]
         if bidirectional:
             levels.append(_bidirectional_layer(make_cell(), batch_first))
             params.append({"forward": directions[0], "backward": directions[1]})
@@ -174,6 +182,8 @@ def to_torch(layer: Layer, params: Any) -> dict[str, np.ndarray]:
             state[f"weight_hh_l{k}{suffix}"] = np.asarray(p["w_hh"]).T
             state[f"bias_ih_l{k}{suffix}"] = np.asarray(p["b_ih"])
             state[f"bias_hh_l{k}{suffix}"] = np.asarray(p["b_hh"])
+            if "w_hr" in p:
+                state[f"weight_hr_l{k}{suffix}"] = np.asarray(p["w_hr"]).T
     return state
 
 
@@ -187,8 +197,9 @@ def carry_from_torch(params: Any, h0: Any, c0: Any = None) -> tuple:
             f"{fn}: params must hold at least one layer, as from_torch returns; got none"
         )
     first = _directions(levels[0], fn, "params")[0]
-    hidden = first["w_hh"].shape[0]
-    is_lstm = first["w_hh"].shape[1] == 4 * hidden
+    hidden = first["w_hh"].shape[0]  # the size of h: P for an LSTM with a projection
+    is_lstm = "w_hr" in first or first["w_hh"].shape[1] == 4 * hidden
+    cell_size = first["w_hh"].shape[1] // 4  # the size of c, for an LSTM
     dtype = first["w_hh"].dtype
     num_dirs = len(_directions(levels[0], fn, "params"))
     h0 = jnp.asarray(h0, dtype)
@@ -204,9 +215,10 @@ def carry_from_torch(params: Any, h0: Any, c0: Any = None) -> tuple:
             f"got an array of shape {np.shape(c0)}"
         )
     if is_lstm:
-        c0 = jnp.zeros_like(h0) if c0 is None else jnp.asarray(c0, dtype)
-        if c0.shape != h0.shape:
-            raise ValueError(f"{fn}: c0 must have h0's shape {h0.shape}; got {c0.shape}")
+        c_shape = (*h0.shape[:-1], cell_size)
+        c0 = jnp.zeros(c_shape, dtype) if c0 is None else jnp.asarray(c0, dtype)
+        if c0.shape != c_shape:
+            raise ValueError(f"{fn}: c0 must have shape {c_shape}; got {c0.shape}")
     carries = []
     for k, level in enumerate(levels):
         per_dir = []
@@ -240,11 +252,6 @@ def carry_to_torch(carry: tuple) -> tuple[Any, Any]:
 
 
 def _module_config(module: Any) -> dict[str, Any]:
-    if getattr(module, "proj_size", 0):
-        raise ValueError(
-            "from_torch: LSTMs with proj_size > 0 are not supported yet; got proj_size="
-            f"{module.proj_size}"
-        )
     return {
         "mode": module.mode,
         "num_layers": module.num_layers,
@@ -261,7 +268,7 @@ def _layout_of(keys, fn: str) -> tuple[int, bool]:
         if match is None:
             raise ValueError(
                 f"{fn}: source has an unexpected state_dict key {key!r}; expected names like "
-                "weight_ih_l0, bias_hh_l1_reverse (proj_size weights are not supported yet)"
+                "weight_ih_l0, bias_hh_l1_reverse, weight_hr_l0"
             )
         layers.add(int(match.group(2)))
         reverse |= match.group(3) is not None
@@ -274,7 +281,7 @@ def _layout_of(keys, fn: str) -> tuple[int, bool]:
     return len(layers), reverse
 
 
-def _cell_params(state, k: int, suffix: str, num_gates: int, hidden: int, dtype) -> dict:
+def _cell_params(state, k: int, suffix: str, num_gates: int, hidden: int, proj: int, dtype) -> dict:
     def get(name: str, shape_hint: str):
         key = f"{name}_l{k}{suffix}"
         if key not in state:
@@ -284,22 +291,32 @@ def _cell_params(state, k: int, suffix: str, num_gates: int, hidden: int, dtype)
         return state[key]
 
     w_ih, w_hh = get("weight_ih", "(gates*H, input)"), get("weight_hh", "(gates*H, H)")
-    if w_hh.shape != (num_gates * hidden, hidden) or w_ih.shape[0] != num_gates * hidden:
+    recurrent = proj or hidden
+    if w_hh.shape != (num_gates * hidden, recurrent) or w_ih.shape[0] != num_gates * hidden:
         raise ValueError(
             f"from_torch: layer {k}{suffix} has weight_ih {w_ih.shape} and weight_hh "
             f"{w_hh.shape}; expected ({num_gates * hidden}, input) and "
-            f"({num_gates * hidden}, {hidden})"
+            f"({num_gates * hidden}, {recurrent})"
         )
     # Without x64 mode, float64 weights become float32, as every JAX array would.
     dtype = jax.dtypes.canonicalize_dtype(w_hh.dtype if dtype is None else dtype)
     zeros = np.zeros(num_gates * hidden, w_hh.dtype)
     b_ih, b_hh = get("bias_ih", ""), get("bias_hh", "")
-    return {
+    params = {
         "w_ih": jnp.asarray(w_ih.T, dtype),
         "w_hh": jnp.asarray(w_hh.T, dtype),
         "b_ih": jnp.asarray(zeros if b_ih is None else b_ih, dtype),
         "b_hh": jnp.asarray(zeros if b_hh is None else b_hh, dtype),
     }
+    if proj:
+        w_hr = get("weight_hr", "(P, H)")
+        if w_hr.shape != (proj, hidden):
+            raise ValueError(
+                f"from_torch: layer {k}{suffix} has weight_hr {w_hr.shape}; expected "
+                f"({proj}, {hidden})"
+            )
+        params["w_hr"] = jnp.asarray(w_hr.T, dtype)
+    return params
 
 
 def _directions(level: Any, fn: str, name: str) -> list:

@@ -19,6 +19,8 @@ CELLS = {
     "lstm": lambda: seqjax.lstm(H),
     "gru": lambda: seqjax.gru(H),
     "gru_reset_before": lambda: seqjax.gru(H, reset_after=False),
+    "min_gru": lambda: seqjax.min_gru(H, log_space=True),
+    "lru": lambda: seqjax.lru(H, H, input_layer=True),  # output read from a (2H) state
 }
 
 
@@ -52,6 +54,14 @@ def ref_run(cell, params, xs, lengths, reverse, bump):
         if isinstance(new, seqjax.LSTMCarry):
             new = seqjax.LSTMCarry(new.h + dh, new.c + dc)
             y = new.h
+        elif cell.name == "lru":  # the output is Re(C h) + D u of the perturbed state
+            new = new + dh
+            px = cell.project(params, xs[:, t])
+            state = new[:, :H] + 1j * new[:, H:]
+            y = (
+                jnp.real(state @ (params["c_re"] + 1j * params["c_im"]))
+                + params["d"] * px[:, 2 * H :]
+            )
         else:
             new = new + dh
             y = new
@@ -84,7 +94,7 @@ def ref_model(levels, params, xs, lengths, target, delta):
     return xs, finals
 
 
-def ref_norms(levels, params, xs, lengths, loss, stacked):
+def ref_norms(levels, params, xs, lengths, loss, stacked, width=H):
     """``(h, c)``, each ``(levels, batch, time)``: per-example norms of dL/dh_t and dL/dc_t, from
     one ``jax.grad`` per (level, direction, kind, step) with respect to a perturbation of the
     state at that one step (the grads vmapped over the targets, to compile once)."""
@@ -100,7 +110,7 @@ def ref_norms(levels, params, xs, lengths, loss, stacked):
         return loss(ys, tuple(finals) if stacked else finals[0])
 
     grads = jax.jit(jax.vmap(jax.grad(of_delta), in_axes=(None, 0)))(
-        jnp.zeros((batch, H)), jnp.asarray(targets)
+        jnp.zeros((batch, width)), jnp.asarray(targets)
     )
     squares = np.zeros((2, len(levels), batch, steps))
     for (i, _, kind, t), g in zip(targets, np.asarray(grads, np.float64), strict=True):
@@ -125,7 +135,7 @@ def assert_close(got, want, tol=2e-5):
 @pytest.mark.parametrize(
     "name, with_lengths",
     [("simple_rnn", True), ("irnn", False), ("lstm", True), ("gru", False),
-     ("gru_reset_before", True)],
+     ("gru_reset_before", True), ("min_gru", True), ("lru", True)],
 )  # fmt: skip
 def test_cell_matches_per_step_grad(name, with_lengths):
     cell = CELLS[name]()
@@ -133,7 +143,8 @@ def test_cell_matches_per_step_grad(name, with_lengths):
     xs, loss = inputs(), make_loss()
     lengths = jnp.asarray(LENGTHS) if with_lengths else None
     flow = diagnostics.gradient_through_time(cell, params, xs, loss, lengths=lengths)
-    want, want_c = ref_norms([[cell]], [params], xs, lengths, loss, stacked=False)[:, 0]
+    width = 2 * H if name == "lru" else H  # the LRU's complex state as [re, im]
+    want, want_c = ref_norms([[cell]], [params], xs, lengths, loss, False, width)[:, 0]
     assert flow.norms.shape == (T,) and flow.per_example.shape == (B, T)
     assert_close(flow.per_example, want)
     assert_close(flow.norms, batch_mean(want, lengths))

@@ -528,6 +528,15 @@ def test_from_torch_bidirectional_disagrees(held, given, has):
         interop.from_torch(torch_state("GRU", bidirectional=held), mode="GRU", bidirectional=given)
 
 
+def test_from_torch_projection_only_for_lstm_and_of_the_right_shape():
+    state = {**torch_state("GRU"), "weight_hr_l0": np.zeros((2, H), np.float32)}
+    with pytest.raises(ValueError, match=_msg("weight_hr (proj_size) exists only for LSTMs")):
+        interop.from_torch(state, mode="GRU")
+    state = {**torch_state("LSTM"), "weight_hr_l0": np.zeros((2, H + 1), np.float32)}
+    with pytest.raises(ValueError, match=_msg("from_torch: mode LSTM needs weight_hh_l0")):
+        interop.from_torch(state, mode="LSTM")
+
+
 def test_from_torch_bidirectional_not_bool():
     with pytest.raises(
         TypeError, match=_msg("from_torch: bidirectional must be True or False", "got 'yes'")
@@ -535,7 +544,7 @@ def test_from_torch_bidirectional_not_bool():
         interop.from_torch(torch_state("GRU"), mode="GRU", bidirectional="yes")
 
 
-@pytest.mark.parametrize("key", ["foo", "weight_hr_l0", "module.weight_ih_l0", "weight_ih_l0_rev"])
+@pytest.mark.parametrize("key", ["foo", "weight_xy_l0", "module.weight_ih_l0", "weight_ih_l0_rev"])
 def test_from_torch_unexpected_key(key):
     state = {**torch_state("LSTM"), key: np.zeros((4, 4), np.float32)}
     with pytest.raises(
@@ -627,7 +636,8 @@ def test_carry_from_torch_c0_for_a_gru(torch_params):
 def test_carry_from_torch_c0_wrong_shape(torch_params):
     h0, c0 = np.zeros((1, B, H), np.float32), np.zeros((1, B + 1, H), np.float32)
     with pytest.raises(
-        ValueError, match=_msg("carry_from_torch: c0 must have h0's shape", f"got {c0.shape}")
+        ValueError,
+        match=_msg(f"carry_from_torch: c0 must have shape {(1, B, H)}", f"got {c0.shape}"),
     ):
         interop.carry_from_torch(torch_params["LSTM"], h0, c0)
 

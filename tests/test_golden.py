@@ -62,7 +62,7 @@ def _with_hoist(config: dict, hoist: bool):
     def make_cell():
         H = config["hidden_size"]
         return {
-            "LSTM": lambda: seqjax.lstm(H),
+            "LSTM": lambda: seqjax.lstm(H, proj_size=config.get("proj_size", 0)),
             "GRU": lambda: seqjax.gru(H),
             "RNN": lambda: seqjax.simple_rnn(H, activation=config["nonlinearity"]),
         }[config["mode"]]()

@@ -22,6 +22,7 @@ CELLS = {
     "min_lstm": lambda: seqjax.min_lstm(H),
     "min_lstm_log": lambda: seqjax.min_lstm(H, log_space=True),
     "lru": lambda: seqjax.lru(H, D, r_min=0.5, r_max=0.99),
+    "lru_input_layer": lambda: seqjax.lru(H, 7, input_layer=True),
 }
 
 
@@ -49,6 +50,9 @@ def numpy_step(name, p, h, x):
         cand = g(cand) if name.endswith("log") else cand
         h = f / (f + i) * h + i / (f + i) * cand
         return h, h
+    if "w_in" in p:  # gelu, tanh form (jax.nn.gelu's default)
+        a = x @ p["w_in"] + p["b_in"]
+        x = 0.5 * a * (1 + np.tanh(np.sqrt(2 / np.pi) * (a + 0.044715 * a**3)))
     lam = np.exp(-np.exp(p["nu_log"]) + 1j * np.exp(p["theta_log"]))
     state = h[:, :H] + 1j * h[:, H:]
     state = lam * state + np.exp(p["gamma_log"]) * (x @ (p["b_re"] + 1j * p["b_im"]))

@@ -17,6 +17,9 @@ CELLS = {
     "lstm": lambda: seqjax.lstm(H),
     "gru": lambda: seqjax.gru(H),
     "gru_reset_before": lambda: seqjax.gru(H, reset_after=False),
+    "indrnn": lambda: seqjax.indrnn(H, activation="tanh"),
+    "lstm_variants": lambda: seqjax.lstm(H, proj_size=2, peephole=True, layer_norm=True),
+    "min_lstm_log": lambda: seqjax.min_lstm(H, log_space=True),
 }
 
 

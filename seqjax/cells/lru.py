@@ -35,12 +35,19 @@ def lru(
     r_min: float = 0.0,
     r_max: float = 1.0,
     max_phase: float = 2 * math.pi,
+    input_layer: bool = False,
 ) -> Cell:
     """An LRU cell with a complex state of ``hidden_size`` (N) and inputs and outputs of
     ``model_size`` (H): the skip term ``D * x_t`` is elementwise, so ``input_size`` must be H.
 
+    With ``input_layer=True``, inputs of any size first go through ``u_t = gelu(x_t W_in +
+    b_in)`` to H features, and the recurrence reads ``u_t``. The LRU itself is linear in its
+    inputs, so a model needs a nonlinearity somewhere before the recurrence to compute, say,
+    products of inputs (the paper puts MLPs between stacked LRU layers).
+
     Params: ``nu_log, theta_log, gamma_log (N,)``, ``b_re, b_im (H, N)``, ``c_re, c_im (N, H)``,
-    ``d (H,)``. Carry: the complex state as real ``[re, im]``, ``(batch..., 2N)``.
+    ``d (H,)``; with ``input_layer`` also ``w_in (D, H)``, ``b_in (H,)``. Carry: the complex
+    state as real ``[re, im]``, ``(batch..., 2N)``.
     """
     fn = "lru"
     N = _checks.check_positive_int(hidden_size, "hidden_size", fn)
@@ -49,19 +56,20 @@ def lru(
         raise ValueError(f"{fn}: need 0 <= r_min < r_max <= 1; got r_min={r_min}, r_max={r_max}")
     if not max_phase > 0:
         raise ValueError(f"{fn}: max_phase must be > 0; got {max_phase}")
+    input_layer = _checks.check_bool(input_layer, "input_layer", fn)
 
     def init_fn(key: jax.Array, input_size: int, dtype=None) -> Params:
         input_size = _checks.check_positive_int(input_size, "input_size", fn)
-        if input_size != H:
+        if input_size != H and not input_layer:
             raise ValueError(
                 f"{fn}: input_size must equal model_size={H} (the skip term D * x is "
                 f"elementwise); got input_size={input_size}. Put a linear layer in front, or "
-                f"build lru(hidden_size, model_size={input_size})"
+                f"build lru(hidden_size, model_size={input_size}), or pass input_layer=True"
             )
         dtype = default_float_dtype() if dtype is None else jnp.dtype(dtype)
         if not jnp.issubdtype(dtype, jnp.floating):
             raise TypeError(f"{fn}: dtype must be a floating dtype; got {dtype}")
-        k = jax.random.split(key, 7)
+        k = jax.random.split(key, 8)
         u1 = jax.random.uniform(k[0], (N,), jnp.float32)
         u2 = jax.random.uniform(k[1], (N,), jnp.float32)
         nu_log = jnp.log(-0.5 * jnp.log(u1 * (r_max**2 - r_min**2) + r_min**2))
@@ -78,13 +86,18 @@ def lru(
             "c_im": jax.random.normal(k[5], (N, H)) / math.sqrt(N),
             "d": jax.random.normal(k[6], (H,)),
         }
+        if input_layer:
+            params["w_in"] = jax.random.normal(k[7], (input_size, H)) / math.sqrt(input_size)
+            params["b_in"] = jnp.zeros((H,))
         return jax.tree.map(lambda p: p.astype(dtype), params)
 
     def initial_carry(params: Params, batch_shape: tuple[int, ...] = ()) -> jax.Array:
         return jnp.zeros((*batch_shape, 2 * N), params["d"].dtype)
 
     def project(params: Params, xs: jax.Array) -> jax.Array:
-        """``[Re(B x), Im(B x), x]``: the drive and, for the skip term, the input itself."""
+        """``[Re(B u), Im(B u), u]``: the drive and, for the skip term, the input itself."""
+        if input_layer:
+            xs = jax.nn.gelu(xs @ params["w_in"] + params["b_in"])
         bx = xs @ jnp.concatenate([params["b_re"], params["b_im"]], axis=-1)
         return jnp.concatenate([bx, xs], axis=-1)
 
@@ -119,6 +132,6 @@ def lru(
         recur=linear_recur(linear),
         output_size=H,
         name="lru",
-        input_size=lambda params: params["b_re"].shape[0],
+        input_size=lambda params: params["w_in" if input_layer else "b_re"].shape[0],
         linear=linear,
     )

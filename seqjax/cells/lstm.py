@@ -5,6 +5,20 @@ With gates stacked in PyTorch's order i, f, g, o:
     i, f, g, o = split(x_t W_ih + b_ih + h_(t-1) W_hh + b_hh)
     c_t = sigmoid(f) * c_(t-1) + sigmoid(i) * tanh(g)
     h_t = sigmoid(o) * tanh(c_t)
+
+Variants, combinable, as keyword options of :func:`lstm`:
+
+* ``proj_size=P`` (PyTorch's LSTMP, Sak et al. 2014): ``h_t = (sigmoid(o) * tanh(c_t)) W_hr``,
+  a ``(H, P)`` projection, so the state fed back and the output have size P.
+* ``peephole=True`` (Gers & Schmidhuber 2000): the gates also see the cell,
+  ``i += w_ci * c_(t-1)``, ``f += w_cf * c_(t-1)``, ``o += w_co * c_t``.
+* ``layer_norm=True`` (Ba et al. 2016): ``x W_ih`` and ``h W_hh`` are each layer-normalised
+  over all 4H gate pre-activations (with a learned scale; ``b_ih``/``b_hh`` are the shifts),
+  and so is ``c_t`` before the output ``tanh``.
+
+The plain LSTM splits into an affine recurrent product and parameter-free arithmetic, which
+``unroll``'s fast custom VJP uses; the variants put parameters inside the step and are
+differentiated by plain autodiff.
 """
 
 from __future__ import annotations
@@ -38,6 +52,9 @@ def lstm(
     input_init: inits.Initializer | None = None,
     recurrent_init: inits.Initializer | None = None,
     bias_init: inits.Initializer | None = None,
+    proj_size: int = 0,
+    peephole: bool = False,
+    layer_norm: bool = False,
 ) -> Cell:
     """An LSTM cell (PyTorch ``nn.LSTM``).
 
@@ -47,11 +64,24 @@ def lstm(
         starts at 0); ``None`` draws it like the other biases. Default 1.0, so the cell starts
         by keeping its memory; the ``"pytorch"`` scheme sets it to ``None`` unless given.
       init: ``"default"`` or ``"pytorch"``, as for :func:`seqjax.simple_rnn`.
+      proj_size: P > 0 projects the output (PyTorch ``proj_size``); 0, the default, does not.
+      peephole: add peephole connections from the cell to the gates.
+      layer_norm: layer-normalise the gate pre-activations and the cell (Ba et al. 2016).
 
-    Params: ``w_ih (D, 4H)``, ``w_hh (H, 4H)``, ``b_ih (4H,)``, ``b_hh (4H,)``.
-    Carry: ``LSTMCarry(h, c)``, each ``(batch..., H)``. Output: ``h``.
+    Params: ``w_ih (D, 4H)``, ``w_hh (R, 4H)``, ``b_ih (4H,)``, ``b_hh (4H,)`` with R = P if
+    ``proj_size`` else H; with ``proj_size`` also ``w_hr (H, P)``; with ``peephole`` also
+    ``w_ci, w_cf, w_co (H,)`` (zeros at init: the cell starts as a plain LSTM); with
+    ``layer_norm`` also ``ln_ih_scale, ln_hh_scale (4H,)``, ``ln_c_scale, ln_c_bias (H,)``.
+    Carry: ``LSTMCarry(h, c)``, ``h (batch..., R)``, ``c (batch..., H)``. Output: ``h``.
     """
     hidden_size = _checks.check_positive_int(hidden_size, "hidden_size", "lstm")
+    if isinstance(proj_size, bool) or not isinstance(proj_size, int | np.integer) or proj_size < 0:
+        raise ValueError(f"lstm: proj_size must be an integer >= 0; got {proj_size!r}")
+    peephole = _checks.check_bool(peephole, "peephole", "lstm")
+    layer_norm = _checks.check_bool(layer_norm, "layer_norm", "lstm")
+    if proj_size or peephole or layer_norm:
+        return _lstm_variant(hidden_size, int(proj_size), peephole, layer_norm, init,
+                             forget_bias, input_init, recurrent_init, bias_init)  # fmt: skip
     if forget_bias is not None and (
         isinstance(forget_bias, bool) or not isinstance(forget_bias, int | float | np.number)
     ):
@@ -96,4 +126,86 @@ def lstm(
         name="lstm",
         input_size=_common.input_size,
         recur_split=split,
+    )
+
+
+LN_EPSILON = 1e-5
+
+
+def _normalized(x: jax.Array) -> jax.Array:
+    """Zero mean, unit variance over the last axis (no scale or shift)."""
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+    return (x - mean) * jax.lax.rsqrt(var + LN_EPSILON)
+
+
+def _lstm_variant(
+    H, P, peephole, layer_norm, init, forget_bias, input_init, recurrent_init, bias_init
+) -> Cell:
+    """The LSTM with any of a projection, peepholes and layer normalisation."""
+    plain = lstm(H, forget_bias=forget_bias, init=init, input_init=input_init,
+                 recurrent_init=recurrent_init, bias_init=bias_init)  # fmt: skip
+    config = _common.resolve_init(init, input_init, recurrent_init, bias_init, "lstm")
+    R = P or H
+    name = "lstm" + "".join(
+        f"_{tag}" for tag, on in (("proj", P), ("peephole", peephole), ("ln", layer_norm)) if on
+    )
+
+    def init_fn(key: jax.Array, input_size: int, dtype=None) -> Params:
+        k_plain, k_hh, k_hr = jax.random.split(key, 3)
+        params = plain.init(k_plain, input_size, dtype)
+        dtype = params["w_ih"].dtype
+        if P:
+            params["w_hh"] = inits.gate_blocks(k_hh, config.recurrent_init, P, H, 4, dtype)
+            if init == "pytorch":  # PyTorch draws W_hr like every weight, from U(+-1/sqrt(H))
+                bound = 1.0 / np.sqrt(H)
+                params["w_hr"] = jax.random.uniform(k_hr, (H, P), dtype, -bound, bound)
+            else:
+                params["w_hr"] = inits.lecun_normal()(k_hr, (H, P), dtype)
+        if peephole:
+            params |= {k: jnp.zeros((H,), dtype) for k in ("w_ci", "w_cf", "w_co")}
+        if layer_norm:
+            params |= {
+                "ln_ih_scale": jnp.ones((4 * H,), dtype),
+                "ln_hh_scale": jnp.ones((4 * H,), dtype),
+                "ln_c_scale": jnp.ones((H,), dtype),
+                "ln_c_bias": jnp.zeros((H,), dtype),
+            }
+        return params
+
+    def initial_carry(params: Params, batch_shape: tuple[int, ...] = ()) -> LSTMCarry:
+        dtype = params["w_hh"].dtype
+        return LSTMCarry(jnp.zeros((*batch_shape, R), dtype), jnp.zeros((*batch_shape, H), dtype))
+
+    def project(params: Params, xs: jax.Array) -> jax.Array:
+        if not layer_norm:
+            return _common.project(params, xs)
+        return _normalized(xs @ params["w_ih"]) * params["ln_ih_scale"] + params["b_ih"]
+
+    def recur(params: Params, carry: LSTMCarry, projected_x: jax.Array):
+        with jax.named_scope(f"seqjax.{name}"):
+            hh = carry.h @ params["w_hh"]
+            if layer_norm:
+                hh = _normalized(hh) * params["ln_hh_scale"]
+            i, f, g, o = jnp.split(projected_x + hh + params["b_hh"], 4, axis=-1)
+            if peephole:
+                i = i + params["w_ci"] * carry.c
+                f = f + params["w_cf"] * carry.c
+            c = jax.nn.sigmoid(f) * carry.c + jax.nn.sigmoid(i) * jnp.tanh(g)
+            if peephole:
+                o = o + params["w_co"] * c
+            shown = _normalized(c) * params["ln_c_scale"] + params["ln_c_bias"] if layer_norm else c
+            h = jax.nn.sigmoid(o) * jnp.tanh(shown)
+            if P:
+                h = h @ params["w_hr"]
+            return LSTMCarry(h, c), h
+
+    return Cell(
+        init=init_fn,
+        initial_carry=initial_carry,
+        project=project,
+        recur=recur,
+        output_size=R,
+        name=name,
+        input_size=_common.input_size,
     )

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 
 from seqjax import _checks
 from seqjax import initializers as inits
-from seqjax.cell import Cell, Params, RecurSplit, split_recur
+from seqjax.cell import Cell, Params, RecurSplit, default_float_dtype, split_recur
 from seqjax.cells import _common
 
 ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu}
@@ -70,4 +70,80 @@ def irnn(hidden_size: int, *, scale: float = 1.0, input_std: float = 1e-3) -> Ce
         input_init=inits.normal(input_std),
         recurrent_init=inits.identity(scale),
         bias_init=inits.zeros,
+    )
+
+
+def indrnn(
+    hidden_size: int,
+    *,
+    activation: str = "relu",
+    recurrent_max: float | None = None,
+    recurrent_range: tuple[float, float] = (0.0, 1.0),
+    input_init: inits.Initializer | None = None,
+) -> Cell:
+    """The independently recurrent network of Li et al. (2018):
+    ``h_t = act(x_t W_ih + b_ih + u * h_(t-1))``, with a recurrent *vector* ``u``: each unit
+    feeds back only to itself, so its gradient through time is a product of scalars
+    ``u_j act'(.)`` that can be kept near 1 by bounding ``|u_j|``.
+
+    Args:
+      hidden_size: H.
+      activation: ``"relu"`` (default, as in the paper) or ``"tanh"``.
+      recurrent_max: if given, ``u`` is clipped to ``[-recurrent_max, recurrent_max]`` in the
+        step (the paper's constraint, for example ``2 ** (1 / T)`` for a length-T memory).
+      recurrent_range: ``u`` starts uniform in this range.
+      input_init: initializer of ``w_ih``; default Lecun normal.
+
+    Params: ``w_ih (D, H)``, ``b_ih (H,)``, ``u (H,)``. Carry: ``h (batch..., H)``.
+    """
+    fn = "indrnn"
+    hidden_size = _checks.check_positive_int(hidden_size, "hidden_size", fn)
+    _checks.check_choice(activation, tuple(ACTIVATIONS), "activation", fn)
+    if recurrent_max is not None and not recurrent_max > 0:
+        raise ValueError(f"{fn}: recurrent_max must be > 0 or None; got {recurrent_max!r}")
+    low, high = recurrent_range
+    if not low <= high:
+        raise ValueError(
+            f"{fn}: recurrent_range must be (low, high) with low <= high; got {recurrent_range}"
+        )
+    act = ACTIVATIONS[activation]
+    input_init = input_init or inits.lecun_normal()
+
+    def init_fn(key: jax.Array, input_size: int, dtype=None) -> Params:
+        input_size = _checks.check_positive_int(input_size, "input_size", fn)
+        dtype = default_float_dtype() if dtype is None else jnp.dtype(dtype)
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError(f"{fn}: dtype must be a floating dtype; got {dtype}")
+        k_w, k_u = jax.random.split(key)
+        return {
+            "w_ih": input_init(k_w, (input_size, hidden_size), dtype),
+            "b_ih": jnp.zeros((hidden_size,), dtype),
+            "u": jax.random.uniform(k_u, (hidden_size,), dtype, low, high),
+        }
+
+    def hidden_projection(params: Params, h: jax.Array) -> jax.Array:
+        u = params["u"]
+        if recurrent_max is not None:
+            u = jnp.clip(u, -recurrent_max, recurrent_max)
+        return u * h
+
+    def combine(h: jax.Array, projected_x: jax.Array, hh: jax.Array):
+        with jax.named_scope(f"seqjax.indrnn_{activation}"):
+            h = act(projected_x + hh)
+            return h, h
+
+    split = RecurSplit(hidden_projection, combine, additive=True)
+
+    def initial_carry(params: Params, batch_shape: tuple[int, ...] = ()) -> jax.Array:
+        return jnp.zeros((*batch_shape, hidden_size), params["u"].dtype)
+
+    return Cell(
+        init=init_fn,
+        initial_carry=initial_carry,
+        project=_common.project,
+        recur=split_recur(split),
+        output_size=hidden_size,
+        name=f"indrnn_{activation}",
+        input_size=_common.input_size,
+        recur_split=split,
     )
