@@ -16,6 +16,9 @@ Groups:
           64 sequences, hidden 64, Adam 3e-3, clip 1) on the adding problem at T = 10 ... 200.
   tasks   mnist1d (GRU, LSTM), digits (rows, pixels), sunspots and copy (LSTM, GRU).
   charlm  The character language model: the default run, and a run of about 15 minutes.
+  parallel  Parallel-scan recurrences (min_gru, min_lstm, lru) against lstm and gru with one
+          budget per task: adding T=100, copy T=20, charlm; final metric and the training
+          time to a target (first evaluation at or below it; evaluations every 10% of a run).
 """
 
 from __future__ import annotations
@@ -84,10 +87,36 @@ def _configs(group: str) -> list[dict]:
                 "label": "15 minutes",
             },
         ]
+    if group == "parallel":
+        budgets = [
+            {"task": "adding", "seq_len": 100, "steps": 1500, "hidden": 64},
+            {"task": "copy", "seq_len": 20, "steps": 1000, "hidden": 64},
+            {"task": "charlm", "steps": 400, "hidden": 128},
+        ]
+        return [
+            {"task": b["task"], "cell": cell, **{k: v for k, v in b.items() if k != "task"}}
+            for b in budgets
+            for cell in ("lstm", "gru", "min_gru", "min_lstm", "lru")
+        ]
     raise ValueError(f"unknown group {group!r}")
 
 
-GROUPS = ("adding", "cells", "tasks", "charlm")
+GROUPS = ("adding", "cells", "tasks", "charlm", "parallel")
+# The target of the time-to-target column of the parallel group, per task: (metric, value).
+TARGETS = {"adding": ("eval_mse", 0.01), "copy": ("eval_ce", 0.45), "charlm": ("eval_bpc", 3.0)}
+
+
+def _time_to_target(run_dir: pathlib.Path, task: str) -> tuple[int, float] | None:
+    """``(step, seconds of training)`` at the first evaluation at or below the task's target."""
+    key, target = TARGETS[task]
+    seconds, previous = 0.0, 0
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        report = json.loads(line)
+        seconds += (report["step"] - previous) / report["steps_per_s"]
+        previous = report["step"]
+        if report.get(key, float("inf")) <= target:
+            return report["step"], seconds
+    return None
 
 
 def _argv(config: dict) -> list[str]:
@@ -106,8 +135,11 @@ def _record(group: str, config: dict) -> dict | None:
     if not path.exists():
         return None
     result = json.loads(path.read_text())
-    return {"group": group, **result, "wall_s": result["seconds"],
-            "label": config.get("label", ""), "argv": "seqjax " + " ".join(argv)}  # fmt: skip
+    record = {"group": group, **result, "wall_s": result["seconds"],
+              "label": config.get("label", ""), "argv": "seqjax " + " ".join(argv)}  # fmt: skip
+    if group == "parallel":
+        record["to_target"] = _time_to_target(path.parent, config["task"])
+    return record
 
 
 def _run(group: str, config: dict) -> None:
@@ -148,6 +180,25 @@ def _markdown(records: list[dict], meta: dict) -> str:
             shown = [(f"**{row[t]:.4f}**" if row[t] < 0.01 else f"{row[t]:.4f}") if t in row
                      else "" for t in lengths]  # fmt: skip
             lines.append(f"| {cell} | " + " | ".join(shown) + " |")
+        lines.append("")
+    parallel = [r for r in records if r["group"] == "parallel"]
+    if parallel:
+        lines += ["### Parallel-scan recurrences against LSTM and GRU", "",
+                  "One budget per task (adding T=100: 1500 steps, hidden 64; copy T=20: 1000 "
+                  "steps, hidden 64; charlm: 400 steps, hidden 128). min_gru and min_lstm run in "
+                  "log space, the LRU with a GELU input layer; all three unrolled with "
+                  "`parallel=True`. Time to target: training seconds (without evaluation) to the "
+                  "first evaluation at or below " + ", ".join(
+                      f"{t} {k.removeprefix('eval_')} {v}" for t, (k, v) in TARGETS.items())
+                  + "; evaluations every 10% of the run.", "",
+                  "| task | cell | metric | final | baseline | time to target | wall time |",
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for r in parallel:
+            reached = r.get("to_target")
+            shown = f"step {reached[0]}, {reached[1]:.0f} s" if reached else "not reached"
+            lines.append(f"| {r['task']} | {r['cell']} | {r['metric']} | {r['value']:.4f} | "
+                         f"{r['baseline_name']} {r['baseline']:.4f} | {shown} | "
+                         f"{r['wall_s']:.0f} s |")  # fmt: skip
         lines.append("")
     others = [r for r in records if r["group"] in ("tasks", "charlm")]
     if others:

@@ -334,3 +334,177 @@ def _to_numpy(value: Any) -> np.ndarray:
     if hasattr(value, "detach"):  # a torch tensor
         value = value.detach().cpu().numpy()
     return np.asarray(value)
+
+
+# --- Flax ------------------------------------------------------------------------------------
+
+FLAX_KINDS = ("LSTMCell", "OptimizedLSTMCell", "GRUCell", "SimpleCell")
+_LSTM_GATES, _GRU_GATES = ("i", "f", "g", "o"), ("r", "z", "n")
+
+
+def from_flax(source: Any, kind: str | None = None, *, dtype: Any = None) -> tuple:
+    """A seqjax cell and params that compute what a Flax recurrent cell computes.
+
+    Args:
+      source: a ``flax.nnx`` ``LSTMCell``, ``OptimizedLSTMCell``, ``GRUCell`` or ``SimpleCell``
+        (its kind is read from its type), or the params of a ``flax.linen`` one (the dict from
+        ``cell.init``, with or without its ``{"params": ...}`` wrapper; then ``kind`` is required).
+      kind: ``"LSTMCell"``, ``"OptimizedLSTMCell"``, ``"GRUCell"`` or ``"SimpleCell"``.
+      dtype: the params' dtype; default: the source's.
+
+    Returns:
+      ``(cell, params)``. Flax's LSTM carry is ``(c, h)``; seqjax's is ``LSTMCarry(h, c)``.
+      Only Flax's default activations are supported (sigmoid gates, tanh), and for
+      ``SimpleCell`` not ``residual=True``: their functions are not in the params.
+    """
+    fn = "from_flax"
+    kind, tree = _flax_tree(source, kind, fn)
+    leaf = jax.tree.leaves(tree)
+    if not leaf:
+        raise ValueError(f"{fn}: source holds no parameters")
+    dtype = jnp.dtype(dtype or leaf[0].dtype)
+    get = lambda *path: _flax_leaf(tree, path, kind, fn)  # noqa: E731
+    if kind in ("LSTMCell", "OptimizedLSTMCell"):
+        if "dense_i" in tree:  # nnx OptimizedLSTMCell: the four gates already concatenated
+            w_ih, w_hh = get("dense_i", "kernel"), get("dense_h", "kernel")
+            b_hh = get("dense_h", "bias")
+        else:
+            w_ih = jnp.concatenate([get(f"i{g}", "kernel") for g in _LSTM_GATES], axis=-1)
+            w_hh = jnp.concatenate([get(f"h{g}", "kernel") for g in _LSTM_GATES], axis=-1)
+            b_hh = jnp.concatenate([get(f"h{g}", "bias") for g in _LSTM_GATES], axis=-1)
+        hidden = w_hh.shape[0]
+        b_ih = jnp.zeros_like(b_hh)
+        cell = lstm(hidden, forget_bias=None)
+    elif kind == "GRUCell":
+        if "dense_i" in tree:  # nnx GRUCell: r, z, n concatenated; no hidden bias at all
+            w_ih, b_ih = get("dense_i", "kernel"), get("dense_i", "bias")
+            w_hh = get("dense_h", "kernel")
+            b_hh = jnp.zeros_like(b_ih)
+        else:
+            w_ih = jnp.concatenate([get(f"i{g}", "kernel") for g in _GRU_GATES], axis=-1)
+            b_ih = jnp.concatenate([get(f"i{g}", "bias") for g in _GRU_GATES], axis=-1)
+            w_hh = jnp.concatenate([get(f"h{g}", "kernel") for g in _GRU_GATES], axis=-1)
+            b_hn = get("hn", "bias")
+            b_hh = jnp.concatenate([jnp.zeros_like(b_hn), jnp.zeros_like(b_hn), b_hn])
+        cell = gru(w_hh.shape[0])
+    else:
+        names = ("dense_i", "dense_h") if "dense_i" in tree else ("i", "h")
+        w_ih, b_ih = get(names[0], "kernel"), get(names[0], "bias")
+        w_hh = get(names[1], "kernel")
+        b_hh = jnp.zeros_like(b_ih)
+        cell = simple_rnn(w_hh.shape[0])
+    params = {"w_ih": w_ih, "w_hh": w_hh, "b_ih": b_ih, "b_hh": b_hh}
+    return cell, {k: jnp.asarray(v, dtype) for k, v in params.items()}
+
+
+def to_flax(params: Any, target: Any) -> Any:
+    """seqjax params in a Flax cell's layout.
+
+    Args:
+      params: the params of a built-in ``lstm``, ``gru`` or ``simple_rnn`` cell.
+      target: a ``flax.linen`` kind (``"LSTMCell"``, ``"OptimizedLSTMCell"``, ``"GRUCell"``,
+        ``"SimpleCell"``): returns ``{"params": ...}`` for the linen cell's ``apply``; or a
+        ``flax.nnx`` cell of the same sizes: its ``nnx.Param`` values are replaced in place and
+        the module is returned.
+
+    Flax keeps one bias per gate where seqjax keeps two (PyTorch's layout), so the LSTM's
+    ``b_ih + b_hh`` goes into Flax's hidden bias, and so on: the function computed is the same.
+    A GRU's candidate bias inside the reset product, ``b_hn``, has no place in ``nnx.GRUCell``
+    (which has no hidden bias): a nonzero one is refused.
+    """
+    fn = "to_flax"
+    p = {k: jnp.asarray(v) for k, v in _directions(params, fn, "params")[0].items()}
+    kind = target if isinstance(target, str) else type(target).__name__
+    _checks.check_choice(kind, FLAX_KINDS, "target kind", fn)
+    G = p["w_hh"].shape[1] // p["w_hh"].shape[0]
+    want = {"LSTMCell": 4, "OptimizedLSTMCell": 4, "GRUCell": 3, "SimpleCell": 1}[kind]
+    if G != want or "w_hr" in p:
+        raise ValueError(
+            f"{fn}: params have {G} gate blocks (w_hh {tuple(p['w_hh'].shape)}); a {kind} needs "
+            f"{want}" + (" and no projection (w_hr)" if "w_hr" in p else "")
+        )
+    split = lambda a: jnp.split(a, G, axis=-1)  # noqa: E731
+    if kind in ("LSTMCell", "OptimizedLSTMCell"):
+        bias = p["b_ih"] + p["b_hh"]
+        tree = {"dense_i": {"kernel": p["w_ih"]}, "dense_h": {"kernel": p["w_hh"], "bias": bias}}
+        per_gate = {}
+        for g, wi, wh, b in zip(_LSTM_GATES, split(p["w_ih"]), split(p["w_hh"]), split(bias),
+                                strict=True):  # fmt: skip
+            per_gate |= {f"i{g}": {"kernel": wi}, f"h{g}": {"kernel": wh, "bias": b}}
+    elif kind == "GRUCell":
+        (bi_r, bi_z, bi_n), (bh_r, bh_z, bh_n) = split(p["b_ih"]), split(p["b_hh"])
+        in_bias = jnp.concatenate([bi_r + bh_r, bi_z + bh_z, bi_n])
+        tree = {"dense_i": {"kernel": p["w_ih"], "bias": in_bias},
+                "dense_h": {"kernel": p["w_hh"]}}  # fmt: skip
+        per_gate = {}
+        for g, wi, wh, b in zip(_GRU_GATES, split(p["w_ih"]), split(p["w_hh"]), split(in_bias),
+                                strict=True):  # fmt: skip
+            per_gate |= {f"i{g}": {"kernel": wi, "bias": b}, f"h{g}": {"kernel": wh}}
+        per_gate["hn"]["bias"] = bh_n
+        if not isinstance(target, str) and bool(jnp.any(bh_n != 0)):
+            raise ValueError(
+                f"{fn}: nnx.GRUCell has no hidden bias, but these params have a nonzero b_hn "
+                "(the candidate's bias inside the reset product); use flax.linen's GRUCell"
+            )
+    else:
+        bias = p["b_ih"] + p["b_hh"]
+        tree = {"dense_i": {"kernel": p["w_ih"], "bias": bias}, "dense_h": {"kernel": p["w_hh"]}}
+        per_gate = {"i": {"kernel": p["w_ih"], "bias": bias}, "h": {"kernel": p["w_hh"]}}
+    if isinstance(target, str):
+        return {"params": per_gate}
+    module_tree = tree if hasattr(target, "dense_i") else per_gate
+    for name, leaves in module_tree.items():
+        for leaf_name, value in leaves.items():
+            param = getattr(getattr(target, _nnx_attr(name)), leaf_name)
+            current = param.get_value()
+            if tuple(current.shape) != tuple(value.shape):
+                raise ValueError(
+                    f"{fn}: the target's {name}.{leaf_name} has shape {tuple(current.shape)}; "
+                    f"these params give {tuple(value.shape)}. Build the Flax cell with the same "
+                    "input and hidden sizes"
+                )
+            param.set_value(value.astype(current.dtype))
+    return target
+
+
+def _nnx_attr(name: str) -> str:
+    return "if_" if name == "if" else name  # `if` is a Python keyword: nnx.LSTMCell uses if_
+
+
+def _flax_tree(source: Any, kind: str | None, fn: str) -> tuple[str, dict]:
+    """``(kind, nested dict of arrays)`` with linen's names (nnx's ``if_`` read as ``if``)."""
+    if isinstance(source, Mapping):
+        if kind is None:
+            raise ValueError(
+                f"{fn}: kind is required for linen params; expected one of {', '.join(FLAX_KINDS)}"
+            )
+        _checks.check_choice(kind, FLAX_KINDS, "kind", fn)
+        tree = source.get("params", source)
+        return kind, jax.tree.map(jnp.asarray, dict(tree))
+    found = type(source).__name__
+    if found not in FLAX_KINDS or not hasattr(source, "hidden_features"):
+        raise TypeError(
+            f"{fn}: source must be a flax.nnx LSTMCell, OptimizedLSTMCell, GRUCell or SimpleCell, "
+            f"or a flax.linen cell's params; got {found}"
+        )
+    if kind is not None and kind != found:
+        raise ValueError(f"{fn}: kind={kind!r} disagrees with the module, a {found}")
+    if getattr(source, "residual", False):
+        raise ValueError(f"{fn}: SimpleCell(residual=True) has no seqjax equivalent")
+    from flax import nnx
+
+    state = nnx.state(source, nnx.Param).to_pure_dict()
+    tree = {("if" if k == "if_" else k): v for k, v in state.items()}
+    return found, tree
+
+
+def _flax_leaf(tree: dict, path: tuple[str, str], kind: str, fn: str) -> jax.Array:
+    node: Any = tree
+    for part in path:
+        if not isinstance(node, Mapping) or part not in node:
+            raise ValueError(
+                f"{fn}: the {kind} params have no {'/'.join(path)}; got top-level keys "
+                f"{sorted(tree)}. Is kind right?"
+            )
+        node = node[part]
+    return jnp.asarray(node)
