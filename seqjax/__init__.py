@@ -12,6 +12,17 @@ from seqjax.unroll import unroll
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # seqjax.nn (the Flax NNX modules) is imported on first use: flax.nnx is not needed by the
+    # functional API and takes a moment to import.
+    if name == "nn":
+        import importlib
+
+        return importlib.import_module("seqjax.nn")
+    raise AttributeError(f"module 'seqjax' has no attribute {name!r}")
+
+
 __all__ = [
     "Cell",
     "LSTMCarry",
