@@ -34,10 +34,22 @@ class CheckpointError(ValueError):
 
 
 def _encode(state: Any) -> Any:
-    """Typed PRNG keys become their raw key data (msgpack knows only plain arrays)."""
-    return jax.tree.map(
-        lambda x: np.asarray(jax.random.key_data(x)) if _is_key(x) else np.asarray(x), state
-    )
+    """Plain host arrays: typed PRNG keys become their raw key data (msgpack knows only plain
+    arrays), and an array replicated over several hosts' devices is read from a local copy."""
+
+    def host(x: Any) -> np.ndarray:
+        if _is_key(x):
+            x = jax.random.key_data(x)
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            if not x.is_fully_replicated:
+                raise CheckpointError(
+                    "save: an array sharded across hosts cannot be written by one process; "
+                    "replicate the state (as fit does) before saving"
+                )
+            x = x.addressable_data(0)
+        return np.asarray(x)
+
+    return jax.tree.map(host, state)
 
 
 def _is_key(x: Any) -> bool:

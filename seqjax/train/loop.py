@@ -26,7 +26,7 @@ import numpy as np
 import optax
 import tqdm
 
-from seqjax.train import checkpoint
+from seqjax.train import checkpoint, sharding
 from seqjax.train.step import TrainState, make_train_step
 
 Batch = Mapping[str, Any]
@@ -100,6 +100,7 @@ def fit(
     progress: bool | None = None,
     config: dict | None = None,
     time_limit: float | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> tuple[Any, list[dict]]:
     """Trains ``params`` for ``steps`` optimizer steps and returns ``(params, history)``.
 
@@ -124,6 +125,11 @@ def fit(
         the model), beside the seed.
       time_limit: seconds of training (this call's) after which the run ends early, with a
         final report and checkpoint, as if ``steps`` had been reached; ``None``: no limit.
+      mesh: a ``jax.sharding.Mesh`` with a ``"data"`` axis (``seqjax.train.data_mesh()``):
+        data-parallel training. Each batch is split over that axis, parameters and optimizer
+        state are replicated, and XLA all-reduces the gradients. ``batch_size`` must be a
+        multiple of the number of devices on the axis. Checkpoints hold plain arrays, so a run
+        resumes on any number of devices.
 
     Returns:
       The final params and the list of the reported metric dicts.
@@ -145,6 +151,8 @@ def fit(
         )
     if eval_data is not None:
         _num_examples(eval_data, "eval_data")
+    if mesh is not None:
+        sharding.check_mesh(mesh, batch_size, "fit")
     if time_limit is not None and not time_limit > 0:
         raise ValueError(
             f"fit: time_limit must be a positive number of seconds; got {time_limit!r}"
@@ -167,6 +175,12 @@ def fit(
             raise ValueError(f"fit: nothing to resume in {str(run_dir)!r}: no checkpoint there")
         state, _, _ = found
         history = _read_history(run_dir, int(state.step))
+    if mesh is not None:
+        state = sharding.replicate(state, mesh)
+        if eval_data is not None:
+            eval_data = sharding.replicate(dict(eval_data), mesh)
+    if jax.process_index() != 0:
+        run_dir = None  # one writer: with several hosts, process 0 keeps the files
 
     metadata = {"seed": seed, **({"config": config} if config is not None else {})}
     json.dumps(metadata)  # fail now, not at the first checkpoint, if it cannot be stored
@@ -193,6 +207,8 @@ def fit(
     with bar:
         for step in range(start_step, steps):
             batch = _next_batch(batches, step)
+            if mesh is not None:
+                batch = sharding.shard_batch(batch, mesh)
             state, step_metrics = step_fn(state, batch, jax.random.fold_in(key, step))
             unread.append(step_metrics)
             bar.update(1)
