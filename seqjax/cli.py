@@ -228,6 +228,24 @@ def _sample_text(task, model: Model, params, seed: int, length: int = 400) -> st
                          jax.random.key(seed), temperature=0.8)  # fmt: skip
 
 
+def _mesh(args: argparse.Namespace):
+    """``--data-parallel``: every device on one ``data`` axis (``jax.devices()`` lists all
+    hosts' devices after ``jax.distributed.initialize()``)."""
+    if not args.data_parallel:
+        return None
+    from seqjax import train
+
+    mesh = train.data_mesh()
+    shards = mesh.shape["data"]
+    if (args.batch_size * jax.process_count()) % shards:
+        raise UsageError(
+            f"--data-parallel: --batch-size {args.batch_size} does not split over {shards} "
+            f"devices; pass a multiple of {shards}"
+        )
+    print(f"data parallel over {shards} device(s): {jax.devices()[0].device_kind}", flush=True)
+    return mesh
+
+
 def _optimizer(args: argparse.Namespace):
     from seqjax import train
 
@@ -279,6 +297,7 @@ def train_command(args: argparse.Namespace) -> int:
         keep_checkpoints=11,  # all of them: `seqjax diagnose --run-dir` draws each
         resume=args.resume, config=_config(args),
         time_limit=None if args.max_minutes is None else 60 * args.max_minutes,
+        mesh=_mesh(args),
     )  # fmt: skip
     value = float(history[-1][f"eval_{task.metric_key}"])
     args.steps_done = int(history[-1]["step"])
@@ -472,6 +491,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--max-minutes", type=float, help="end training after this many minutes, whatever --steps"
     )
     t.add_argument("--corpus", help="charlm: a UTF-8 text file to train on instead of Shakespeare")
+    t.add_argument("--data-parallel", action="store_true",
+                   help="split each batch over all devices (after jax.distributed.initialize() "
+                   "on several hosts: all of theirs)")  # fmt: skip
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--run-dir", default="runs/latest",
                    help="metrics.jsonl, curve.png, checkpoints/ and result.json (default "

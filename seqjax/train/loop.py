@@ -51,11 +51,23 @@ def batch_for_step(data: Batch, step: int, batch_size: int, seed: int) -> Batch:
     return {key: jnp.asarray(np.asarray(value)[rows]) for key, value in data.items()}
 
 
+def _process_batch(data: Batch, step: int, batch_size: int, seed: int) -> Batch:
+    """This process's share of step ``step``'s batch: the whole batch in one process; with
+    several (multi-host data parallelism), every process draws the same global batch of
+    ``batch_size * processes`` examples and keeps its own slice of it."""
+    processes = jax.process_count()
+    if processes == 1:
+        return batch_for_step(data, step, batch_size, seed)
+    whole = batch_for_step(data, step, batch_size * processes, seed)
+    mine = slice(jax.process_index() * batch_size, (jax.process_index() + 1) * batch_size)
+    return {key: value[mine] for key, value in whole.items()}
+
+
 def _batch_source(data: Any, batch_size: int, seed: int, start_step: int) -> Iterator[Batch]:
     """The batches of steps ``start_step, start_step + 1, ...`` from any accepted ``data``."""
     if isinstance(data, Mapping):
         steps = itertools.count(start_step)
-        return (batch_for_step(data, step, batch_size, seed) for step in steps)
+        return (_process_batch(data, step, batch_size, seed) for step in steps)
     if callable(data):
         return (data(step) for step in itertools.count(start_step))
     # An iterable (fit checked it): the batches consumed before the checkpoint are skipped,
