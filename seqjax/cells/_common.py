@@ -47,6 +47,17 @@ def resolve_init(
     )
 
 
+def float_dtype(dtype: Any, fn: str) -> Any:
+    """``dtype`` as a floating dtype (None: float32, or float64 in x64 mode), or a clear error."""
+    try:
+        dtype = default_float_dtype() if dtype is None else jnp.dtype(dtype)
+    except TypeError as err:
+        raise TypeError(f"{fn}: dtype must be a floating dtype; got {dtype!r}") from err
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"{fn}: dtype must be a floating dtype; got {dtype}")
+    return dtype
+
+
 def init_params(
     key: jax.Array,
     input_size: int,
@@ -62,12 +73,7 @@ def init_params(
     """Parameters in the shared layout; ``bias_*_overrides`` maps a gate index to its own
     initializer (the LSTM forget-gate bias)."""
     input_size = _checks.check_positive_int(input_size, "input_size", fn)
-    try:
-        dtype = default_float_dtype() if dtype is None else jnp.dtype(dtype)
-    except TypeError as err:
-        raise TypeError(f"{fn}: dtype must be a floating dtype; got {dtype!r}") from err
-    if not jnp.issubdtype(dtype, jnp.floating):
-        raise TypeError(f"{fn}: dtype must be a floating dtype; got {dtype}")
+    dtype = float_dtype(dtype, fn)
     k_ih, k_hh, k_bih, k_bhh = jax.random.split(key, 4)
 
     def biases(k: jax.Array, overrides: dict[int, inits.Initializer] | None) -> jax.Array:

@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 
 from seqjax import _checks
-from seqjax.cell import Cell, LinearRecurrence, Params, default_float_dtype, linear_recur
+from seqjax.cell import Cell, LinearRecurrence, Params, linear_recur
+from seqjax.cells import _common
 
 
 def _wide(x: jax.Array) -> jax.Array:
@@ -66,9 +67,7 @@ def lru(
                 f"elementwise); got input_size={input_size}. Put a linear layer in front, or "
                 f"build lru(hidden_size, model_size={input_size}), or pass input_layer=True"
             )
-        dtype = default_float_dtype() if dtype is None else jnp.dtype(dtype)
-        if not jnp.issubdtype(dtype, jnp.floating):
-            raise TypeError(f"{fn}: dtype must be a floating dtype; got {dtype}")
+        dtype = _common.float_dtype(dtype, fn)
         k = jax.random.split(key, 8)
         u1 = jax.random.uniform(k[0], (N,), jnp.float32)
         u2 = jax.random.uniform(k[1], (N,), jnp.float32)

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 from seqjax import _checks
 from seqjax import initializers as inits
-from seqjax.cell import Cell, LinearRecurrence, Params, default_float_dtype, linear_recur
+from seqjax.cell import Cell, LinearRecurrence, Params, linear_recur
 from seqjax.cells import _common
 
 
@@ -35,9 +35,7 @@ def _log_positive(x: jax.Array) -> jax.Array:
 def _init(name: str, num_gates: int, hidden_size: int, config: _common.InitConfig):
     def init_fn(key: jax.Array, input_size: int, dtype=None) -> Params:
         input_size = _checks.check_positive_int(input_size, "input_size", name)
-        dtype = default_float_dtype() if dtype is None else jnp.dtype(dtype)
-        if not jnp.issubdtype(dtype, jnp.floating):
-            raise TypeError(f"{name}: dtype must be a floating dtype; got {dtype}")
+        dtype = _common.float_dtype(dtype, name)
         k_w, k_b = jax.random.split(key)
         w = inits.gate_blocks(k_w, config.input_init, input_size, hidden_size, num_gates, dtype)
         b = inits.bias_blocks(k_b, [config.bias_init] * num_gates, hidden_size, dtype)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 
 from seqjax import _checks
 from seqjax import initializers as inits
-from seqjax.cell import Cell, Params, RecurSplit, default_float_dtype, split_recur
+from seqjax.cell import Cell, Params, RecurSplit, split_recur
 from seqjax.cells import _common
 
 ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu}
@@ -111,9 +111,7 @@ def indrnn(
 
     def init_fn(key: jax.Array, input_size: int, dtype=None) -> Params:
         input_size = _checks.check_positive_int(input_size, "input_size", fn)
-        dtype = default_float_dtype() if dtype is None else jnp.dtype(dtype)
-        if not jnp.issubdtype(dtype, jnp.floating):
-            raise TypeError(f"{fn}: dtype must be a floating dtype; got {dtype}")
+        dtype = _common.float_dtype(dtype, fn)
         k_w, k_u = jax.random.split(key)
         return {
             "w_ih": input_init(k_w, (input_size, hidden_size), dtype),
