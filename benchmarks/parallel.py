@@ -27,6 +27,7 @@ import time
 import jax
 
 import seqjax
+from benchmarks.memory import peak_bytes
 from benchmarks.rnn import RESULTS, Contender, _block, _jax_pair, flax_nnx_contenders
 
 LENGTHS = [128, 256, 512, 1024, 2048, 4096, 8192, 16384]
@@ -61,6 +62,30 @@ def contenders(B: int, T: int, H: int, xs, peers: bool, notes: list[str]) -> lis
         note = f"pytorch skipped: not installed ({err.name})"
         if note not in notes:
             notes.append(note)
+    return out
+
+
+MEMORY_RUNS = {
+    "min_gru parallel": {"parallel": True},
+    "min_gru parallel, chunks of 512": {"parallel": True, "chunk_size": 512},
+    "min_gru parallel, chunks of 512, remat": {"parallel": True, "chunk_size": 512, "remat": True},
+    "min_gru sequential": {},
+}
+
+
+def memory_mib(B: int, T: int, H: int) -> dict[str, float]:
+    """Peak memory of forward+backward (XLA's memory analysis of the compiled gradient)."""
+    cell = seqjax.min_gru(H)
+    params = cell.init(jax.random.key(1), H)
+    xs = jax.ShapeDtypeStruct((B, T, H), params["w_ih"].dtype)
+    out = {}
+    for label, options in MEMORY_RUNS.items():
+
+        def loss(p, x, options=options):
+            return (seqjax.unroll(cell, p, x, **options)[1] ** 2).sum()
+
+        compiled = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(params, xs).compile()
+        out[label] = peak_bytes(compiled) / 2**20
     return out
 
 
@@ -109,7 +134,7 @@ def crossing(speedup: dict[int, float]) -> str:
     return f"parallel is faster at T in {above}"
 
 
-def markdown(results: list[dict], machine: str, B: int, H: int) -> str:
+def markdown(results: list[dict], machine: str, B: int, H: int, memory: dict) -> str:
     lengths = sorted({r["time"] for r in results})
     names = list(dict.fromkeys(r["contender"] for r in results))
     by = {(r["time"], r["contender"]): r["fwd_bwd_ms"] for r in results}
@@ -125,6 +150,12 @@ def markdown(results: list[dict], machine: str, B: int, H: int) -> str:
         cells = [f"{by[T, n]:.1f}" if (T, n) in by else "-" for n in names]
         lines.append(f"| {T} | " + " | ".join(cells) + f" | {speedup[T]:.2f} |")
     lines += ["", crossing(speedup) + "."]
+    if memory:
+        kinds = list(next(iter(memory.values())))
+        lines += ["", "Peak memory of forward+backward, MiB (XLA's memory analysis):", "",
+                  "| T | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]  # fmt: skip
+        for T, row in memory.items():
+            lines.append(f"| {T} | " + " | ".join(f"{row[k]:.1f}" for k in kinds) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -163,6 +194,7 @@ def main(argv=None) -> None:
     )
     notes: list[str] = []
     results = []
+    memory = {T: memory_mib(args.batch, T, args.hidden) for T in args.lengths}
     for T in args.lengths:
         rounds = args.rounds if T <= 4096 else max(2, args.rounds // 2)
         rows = time_length(args.batch, T, args.hidden, rounds, not args.no_peers, notes)
@@ -174,9 +206,11 @@ def main(argv=None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "parallel" if device.platform == "cpu" else f"parallel_{device.platform}"
     payload = {"machine": machine, "batch": args.batch, "hidden": args.hidden, "notes": notes}
-    payload |= {"results": results, "speedup": speedups(results)}
+    payload |= {"results": results, "speedup": speedups(results), "memory_mib": memory}
     (args.out / f"{stem}.json").write_text(json.dumps(payload, indent=1))
-    (args.out / f"{stem}.md").write_text(markdown(results, machine, args.batch, args.hidden))
+    (args.out / f"{stem}.md").write_text(
+        markdown(results, machine, args.batch, args.hidden, memory)
+    )
     chart(results, args.out / f"{stem}.png", machine)
     print(crossing(speedups(results)))
     print(f"wrote {args.out}/{stem}.json, .md, .png")
