@@ -15,7 +15,7 @@ SEQ_LEN = {"mnist1d": "40", "digits": "8"}
 @pytest.mark.parametrize(
     "task, cell", [("adding", "irnn"), ("copy", "gru"), ("sunspots", "lstm"),
                    ("charlm", "lstm"), ("mnist1d", "gru"), ("digits", "rnn"),
-                   ("charlm", "min_lstm"), ("copy", "lru"), ("adding", "indrnn")],
+                   ("charlm", "min_lstm"), ("copy", "lru")],
 )  # fmt: skip
 def test_train_writes_result_and_verdict(tmp_path, capsys, task, cell):
     run_dir = tmp_path / "run"
