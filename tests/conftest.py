@@ -3,7 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import pathlib
+
+# The suite is compile-bound (hundreds of small programs) and checks numbers, not speed: XLA's
+# backend optimisation level 0 compiles about 30% faster and gives the same results within
+# every tolerance here. Set before JAX starts its backend (and inherited by the notebook kernels
+# and subprocesses the tests start); a user's own XLA_FLAGS keep precedence.
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
+    ).strip()
 
 import numpy as np
 import pytest

@@ -12,8 +12,8 @@ SCRIPT = pathlib.Path(__file__).parent / "data_parallel_script.py"
 
 
 def test_data_parallel_on_four_simulated_devices(tmp_path):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
-           "JAX_PLATFORMS": "cpu"}  # fmt: skip
+    flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+    env = {**os.environ, "XLA_FLAGS": flags.strip(), "JAX_PLATFORMS": "cpu"}
     done = subprocess.run(
         [sys.executable, str(SCRIPT), str(tmp_path)], env=env, capture_output=True, text=True,
         timeout=600,
