@@ -188,3 +188,12 @@ def check_lengths(
                 f"got a length of {bad}"
             )
     return jnp.asarray(lengths)
+
+
+def check_parallel(cell: Any, fn: str) -> None:
+    """``parallel=True`` needs a cell whose state evolves linearly (``cell.linear``)."""
+    if cell.linear is None:
+        raise ValueError(
+            f"{fn}: parallel=True needs a cell whose state evolves linearly (cell.linear: "
+            f"min_gru, min_lstm, lru); cell {cell.name!r} is not. Pass parallel=False"
+        )

@@ -103,17 +103,23 @@ class LinearRecurrence(NamedTuple):
     state_from_carry: Callable[[Carry], Array] | None = None
     carry_from_state: Callable[[Array], Carry] | None = None
 
+    def state(self, carry: Carry) -> Array:
+        """The state ``h`` the coefficients act on, read from ``carry``."""
+        return carry if self.state_from_carry is None else self.state_from_carry(carry)
+
+    def carry(self, h: Array, like: Carry) -> Carry:
+        """``h`` kept as a carry in the dtypes of ``like`` (the LRU's complex state is wider)."""
+        new = h if self.carry_from_state is None else self.carry_from_state(h)
+        return jax.tree.map(lambda leaf, old: leaf.astype(old.dtype), new, like)
+
 
 def linear_recur(linear: LinearRecurrence) -> RecurFn:
     """The sequential step that a ``LinearRecurrence`` defines."""
-    to_state = linear.state_from_carry or (lambda carry: carry)
-    to_carry = linear.carry_from_state or (lambda h: h)
 
     def recur(params: Params, carry: Carry, projected_x: Array) -> tuple[Carry, Array]:
         a, b = linear.coefficients(params, projected_x)
-        h = a * to_state(carry) + b
-        new_carry = jax.tree.map(lambda new, old: new.astype(old.dtype), to_carry(h), carry)
-        return new_carry, linear.read_out(params, h, projected_x)
+        h = a * linear.state(carry) + b
+        return linear.carry(h, carry), linear.read_out(params, h, projected_x)
 
     return recur
 

@@ -236,12 +236,10 @@ def _mesh(args: argparse.Namespace):
     from seqjax import train
 
     mesh = train.data_mesh()
-    shards = mesh.shape["data"]
-    if (args.batch_size * jax.process_count()) % shards:
-        raise UsageError(
-            f"--data-parallel: --batch-size {args.batch_size} does not split over {shards} "
-            f"devices; pass a multiple of {shards}"
-        )
+    try:
+        shards = train.sharding.check_mesh(mesh, args.batch_size, "--data-parallel")
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     print(f"data parallel over {shards} device(s): {jax.devices()[0].device_kind}", flush=True)
     return mesh
 

@@ -433,11 +433,9 @@ def _perturbed_cell(cell: Cell, h_size: int, c_size: int, named: bool) -> Cell:
 
     def perturbed_linear_step(params: Params, carry: Carry, projected: Array):
         linear, px, eps = cell.linear, projected[..., :-k], projected[..., -k:]
-        to_state = linear.state_from_carry or (lambda c: c)
-        to_carry = linear.carry_from_state or (lambda h: h)
         a, b = linear.coefficients(params, px)
-        new_carry = to_carry(a * to_state(carry) + b).astype(carry.dtype) + eps
-        return new_carry, linear.read_out(params, to_state(new_carry), px)
+        new_carry = linear.carry(a * linear.state(carry) + b, carry) + eps
+        return new_carry, linear.read_out(params, linear.state(new_carry), px)
 
     split = None
     if cell.recur_split is not None:

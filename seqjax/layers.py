@@ -93,11 +93,8 @@ def rnn(
         if chunk_size is None
         else _checks.check_positive_int(chunk_size, "chunk_size", "rnn"),
     )
-    if parallel and cell.linear is None:
-        raise ValueError(
-            f"rnn: parallel=True needs a cell whose state evolves linearly (min_gru, min_lstm, "
-            f"lru); cell {cell.name!r} is not. Pass parallel=False"
-        )
+    if parallel:
+        _checks.check_parallel(cell, "rnn")
 
     def apply(params, xs, *, lengths=None, carry=None, key=None):
         del key  # a plain recurrent layer has no randomness

@@ -40,18 +40,13 @@ def parallel_scan(
     associative scan inside each chunk, so the scan's intermediates are per chunk rather than
     for the whole sequence; ``remat`` also recomputes each chunk in the backward pass.
     """
-    to_state = cell.linear.state_from_carry or (lambda c: c)
-    from_state = cell.linear.carry_from_state or (lambda h: h)
-
-    def to_carry(h):  # in the carry's own dtype (the LRU's complex state is wider)
-        return jax.tree.map(lambda new, old: new.astype(old.dtype), from_state(h), carry)
-
+    linear = cell.linear
     num_steps = xs.shape[0]
     chunk = num_steps if chunk_size is None else min(chunk_size, num_steps)
-    h0 = to_state(carry)
+    h0 = linear.state(carry)
     if chunk == num_steps and not remat:
         h_final, ys = _run_chunk(cell, params, h0, jnp.arange(num_steps), xs, lengths, reverse)
-        return to_carry(h_final), ys
+        return linear.carry(h_final, carry), ys
 
     num_chunks = -(-num_steps // chunk)
     pad = num_chunks * chunk - num_steps
@@ -69,7 +64,7 @@ def parallel_scan(
     steps = jnp.arange(num_chunks * chunk)
     h_final, ys = jax.lax.scan(body, h0, (split(steps), split(xs)), reverse=reverse)
     ys = ys.reshape((num_chunks * chunk, *ys.shape[2:]))[:num_steps]
-    return to_carry(h_final), ys
+    return linear.carry(h_final, carry), ys
 
 
 def _run_chunk(cell, params, h0, t, xs, lengths, reverse):

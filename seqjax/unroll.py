@@ -98,11 +98,8 @@ def unroll(
         chunk_size = _checks.check_positive_int(chunk_size, "chunk_size", fn)
         if not parallel:
             raise ValueError(f"{fn}: chunk_size applies to parallel=True only; got parallel=False")
-    if parallel and cell.linear is None:
-        raise ValueError(
-            f"{fn}: parallel=True needs a cell whose state evolves linearly (cell.linear: "
-            f"min_gru, min_lstm, lru); cell {cell.name!r} is not. Pass parallel=False"
-        )
+    if parallel:
+        _checks.check_parallel(cell, fn)
     if parallel and custom_vjp:
         raise ValueError(f"{fn}: custom_vjp=True does not apply to parallel=True")
 
