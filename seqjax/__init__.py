@@ -5,7 +5,7 @@ Cells (one step) -> ``unroll`` (a whole sequence, one ``lax.scan``) -> layers (`
 """
 
 from seqjax import diagnostics, initializers, interop
-from seqjax.cell import Cell, LinearRecurrence, RecurSplit, step
+from seqjax.cell import Cell, CombineVJP, LinearRecurrence, RecurSplit, step
 from seqjax.cells import LSTMCarry, gru, indrnn, irnn, lru, lstm, min_gru, min_lstm, simple_rnn
 from seqjax.layers import Layer, bidirectional, reverse_sequences, rnn, stack
 from seqjax.unroll import unroll
@@ -25,6 +25,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "Cell",
+    "CombineVJP",
     "LSTMCarry",
     "Layer",
     "LinearRecurrence",

@@ -49,6 +49,26 @@ class RecurFn(Protocol):
         Returns ``(new_carry, y)`` with ``y`` of shape ``(batch..., output_size)``."""
 
 
+class CombineVJP(NamedTuple):
+    """A hand-written reverse-mode derivative of a ``RecurSplit``'s ``combine``.
+
+    ``unroll``'s custom VJP calls ``forward`` at every step and keeps its residuals for the
+    backward loop. Without one it keeps what ``jax.vjp`` of ``combine`` keeps, which for an LSTM
+    is thirteen ``(batch, H)`` arrays per step instead of one ``(batch, 5H)``: the stores
+    alone cost more than the step's arithmetic.
+
+    Attributes:
+      forward: ``(carry, px, hh) -> ((new_carry, y), residuals)``, the step's outputs (equal to
+        ``combine``'s) and a pytree of arrays with leading batch axes to keep for ``backward``.
+      backward: ``(carry, residuals, (d_new_carry, dy)) -> (d_carry, d_px, d_hh)``, the
+        cotangents of ``combine``'s inputs for those of its outputs. An ``additive`` split
+        returns the same array as ``d_px`` and ``d_hh``.
+    """
+
+    forward: Callable[[Carry, Array, Array], tuple[tuple[Carry, Array], Any]]
+    backward: Callable[[Carry, Any, tuple[Carry, Array]], tuple[Carry, Array, Array]]
+
+
 class RecurSplit(NamedTuple):
     """``recur(params, carry, px) == combine(carry, px, hidden_projection(params, carry))``.
 
@@ -59,6 +79,8 @@ class RecurSplit(NamedTuple):
       additive: whether ``combine`` sees ``px`` and ``hh`` only through ``px + hh`` (the LSTM
         and the Elman RNN; not the GRU, whose candidate gate scales ``hh`` alone). The backward
         pass then keeps one gate gradient per step instead of two.
+      combine_vjp: optional ``CombineVJP``, ``combine``'s derivative written out; ``None``
+        uses ``jax.vjp`` of ``combine``.
 
     The split lets the backward pass run only the cheap ``combine`` and ``dh = dhh @ W_hh^T``
     step by step, and compute ``dW_hh = sum_t h_(t-1)^T dhh_t`` as one large matmul afterwards.
@@ -67,6 +89,7 @@ class RecurSplit(NamedTuple):
     hidden_projection: Callable[[Params, Carry], Array]
     combine: Callable[[Carry, Array, Array], tuple[Carry, Array]]
     additive: bool = False
+    combine_vjp: CombineVJP | None = None
 
 
 def split_recur(split: RecurSplit) -> RecurFn:

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from seqjax import _checks
-from seqjax.cell import Carry, Cell, Params
+from seqjax.cell import Carry, Cell, CombineVJP, Params, RecurSplit
 from seqjax.parallel import parallel_scan
 
 Array = jax.Array
@@ -150,7 +150,7 @@ def _scan(
     Running forward, that freezes each sequence at its end; running in reverse, it makes each
     sequence start from its own last valid step, with no flipping of the data.
     """
-    inputs = cell.project(params, xs) if hoist_projection else xs
+    inputs = _project_all(cell.project, params, xs) if hoist_projection else xs
     steps = jnp.arange(xs.shape[0])
 
     def body(carry: Carry, inp: tuple[Array, Array]) -> tuple[Carry, Array]:
@@ -230,32 +230,24 @@ def _scan_custom_vjp(
     """
     del remat  # unroll sends remat runs to _scan
     project = cell.project
-    hidden_projection, combine, additive = cell.recur_split
-    vjp_tree = [None]  # the structure of one step's VJP, set when the forward pass is traced
-    steps = jnp.arange(xs.shape[0])
+    split = cell.recur_split
+    hidden_projection, additive = split.hidden_projection, split.additive
+    combine_forward, combine_backward = split.combine_vjp or _autodiff_combine_vjp(split)
+    num_steps = xs.shape[0]
     has_lengths = lengths is not None
     if lengths is None:
         lengths = jnp.zeros((), jnp.int32)  # unused; keeps one signature for custom_vjp
 
-    def masked_combine(carry, px, hh, t, lengths):
-        return _mask(combine(carry, px, hh), carry, t, lengths if has_lengths else None)
-
     def forward(params, xs, carry, lengths):
-        inputs = project(params, xs) if hoist_projection else xs
+        inputs = _project_all(project, params, xs) if hoist_projection else xs
+        steps = jnp.arange(num_steps)
 
         def body(carry, inp):
             t, x_t = inp
             px = x_t if hoist_projection else project(params, x_t)
             hh = hidden_projection(params, carry)
-            if additive:
-                out, step_vjp = jax.vjp(
-                    lambda c, z: masked_combine(c, z, jnp.zeros_like(z), t, lengths), carry, px + hh
-                )
-            else:
-                out, step_vjp = jax.vjp(
-                    lambda c, p, h: masked_combine(c, p, h, t, lengths), carry, px, hh
-                )
-            residuals, vjp_tree[0] = jax.tree.flatten(step_vjp)
+            out, residuals = combine_forward(carry, px, hh)
+            out = _mask(out, carry, t, lengths if has_lengths else None)
             return out[0], (out[1], (carry, residuals))
 
         final, (ys, saved) = jax.lax.scan(
@@ -274,34 +266,65 @@ def _scan_custom_vjp(
     def run_bwd(residuals, cotangents):
         params, xs, lengths, (carries, step_residuals) = residuals
         d_final, d_ys = cotangents
+        steps = jnp.arange(num_steps)  # made here: the backward pass must close over no tracer
 
         def body(d_carry, inp):
-            carry, step_residual, dy = inp
-            step_vjp = jax.tree.unflatten(vjp_tree[0], step_residual)
-            if additive:
-                d_carry_in, dhh = step_vjp((d_carry, dy))
-                d_gates = dhh
-            else:
-                d_carry_in, dpx, dhh = step_vjp((d_carry, dy))
-                d_gates = (dpx, dhh)
+            t, carry, step_residuals, dy = inp
+            d_carry_in, dpx, dhh = combine_backward(carry, step_residuals, (d_carry, dy))
+            if has_lengths:  # a masked step passed its carry through and emitted a constant
+                valid = t < lengths
+                d_carry_in = jax.tree.map(lambda a, b: _where(valid, a, b), d_carry_in, d_carry)
+                dpx, dhh = (_where(valid, d, jnp.zeros_like(d)) for d in (dpx, dhh))
             _, hidden_vjp = jax.vjp(lambda c: hidden_projection(params, c), carry)
             (d_carry_via_hh,) = hidden_vjp(dhh)
-            return jax.tree.map(jnp.add, d_carry_in, d_carry_via_hh), d_gates
+            d_carry_in = jax.tree.map(jnp.add, d_carry_in, d_carry_via_hh)
+            return d_carry_in, (dhh if additive else (dpx, dhh))
 
         d_carry0, d_gates = jax.lax.scan(
-            body, d_final, (carries, step_residuals, d_ys), reverse=not reverse
+            body, d_final, (steps, carries, step_residuals, d_ys), reverse=not reverse
         )
         dpxs, dhhs = (d_gates, d_gates) if additive else d_gates
-        _, hidden_vjp = jax.vjp(lambda p: hidden_projection(p, carries), params)
-        (d_params,) = hidden_vjp(dhhs)
-        _, project_vjp = jax.vjp(project, params, xs)
-        d_params_proj, d_xs = project_vjp(dpxs)
+        # The weight gradients as 2-D matmuls over (time x batch) rows: XLA:CPU runs those
+        # faster than the same contraction written over separate time and batch axes.
+        rows = jax.tree.map(_as_rows, carries)
+        _, hidden_vjp = jax.vjp(lambda p: hidden_projection(p, rows), params)
+        (d_params,) = hidden_vjp(_as_rows(dhhs))
+        _, project_vjp = jax.vjp(project, params, _as_rows(xs))
+        d_params_proj, d_xs = project_vjp(_as_rows(dpxs))
         d_params = jax.tree.map(jnp.add, d_params, d_params_proj)
         d_lengths = np.zeros(np.shape(lengths), jax.dtypes.float0)
-        return d_params, d_xs, d_carry0, d_lengths
+        return d_params, d_xs.reshape(xs.shape), d_carry0, d_lengths
 
     run.defvjp(run_fwd, run_bwd)
     return run(params, xs, carry, lengths)
+
+
+def _project_all(project, params: Params, xs: Array) -> Array:
+    """``project`` on every step at once, as one 2-D matmul over (time x batch) rows."""
+    projected = project(params, _as_rows(xs))
+    return projected.reshape(*xs.shape[:-1], projected.shape[-1])
+
+
+def _as_rows(x: Array) -> Array:
+    """``(time, batch..., k) -> (time * batch, k)``."""
+    return x.reshape(-1, x.shape[-1])
+
+
+def _autodiff_combine_vjp(split: RecurSplit) -> CombineVJP:
+    """A ``CombineVJP`` from ``jax.vjp`` of ``combine``, for splits that bring none: the
+    residuals are the leaves of the VJP closure."""
+    tree = [None]  # the closure's structure, set when the forward pass is traced
+
+    def forward(carry, px, hh):
+        out, step_vjp = jax.vjp(split.combine, carry, px, hh)
+        residuals, tree[0] = jax.tree.flatten(step_vjp)
+        return out, residuals
+
+    def backward(carry, residuals, d_out):
+        del carry
+        return jax.tree.unflatten(tree[0], residuals)(d_out)
+
+    return CombineVJP(forward, backward)
 
 
 def _mask(step_out: tuple[Carry, Array], carry: Carry, t: Array, lengths: Array | None):

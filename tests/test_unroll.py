@@ -219,7 +219,18 @@ def test_inputs_are_cast_to_the_params_dtype():
 
 SPLIT_CELLS = [name for name in CELLS if CELLS[name]().recur_split is not None]
 SPLIT_CELLS.append("indrnn")  # its recurrent product is elementwise (u * h)
-CELLS_AND_INDRNN = {**CELLS, "indrnn": lambda: seqjax.indrnn(H, activation="tanh")}
+SPLIT_CELLS.append("lstm_autodiff_combine")  # a split without a hand-written combine VJP
+
+
+def _without_combine_vjp(cell: seqjax.Cell) -> seqjax.Cell:
+    return cell._replace(recur_split=cell.recur_split._replace(combine_vjp=None))
+
+
+CELLS_AND_INDRNN = {
+    **CELLS,
+    "indrnn": lambda: seqjax.indrnn(H, activation="tanh"),
+    "lstm_autodiff_combine": lambda: _without_combine_vjp(seqjax.lstm(H)),
+}
 
 
 @pytest.mark.parametrize("name", SPLIT_CELLS)
@@ -256,6 +267,54 @@ def test_additive_split_depends_on_the_sum_only(name):
     px = cell.project(params, xs[:, 0])
     hh = split.hidden_projection(params, carry)
     assert_close(split.combine(carry, px, hh), split.combine(carry, px + hh, jnp.zeros_like(hh)))
+
+
+HAND_WRITTEN_VJP_CELLS = {
+    "simple_rnn": lambda: seqjax.simple_rnn(H),
+    "relu_rnn": lambda: seqjax.simple_rnn(H, activation="relu"),
+    "lstm": lambda: seqjax.lstm(H),
+    "gru": lambda: seqjax.gru(H),
+    "indrnn_relu": lambda: seqjax.indrnn(H),
+    "indrnn_tanh": lambda: seqjax.indrnn(H, activation="tanh"),
+}
+
+
+@pytest.mark.parametrize("name", HAND_WRITTEN_VJP_CELLS)
+def test_hand_written_combine_vjp_equals_autodiff_of_combine(x64, name):
+    """Each built-in ``CombineVJP`` gives ``combine``'s outputs and ``jax.vjp``'s cotangents."""
+    cell = HAND_WRITTEN_VJP_CELLS[name]()
+    split = cell.recur_split
+    assert split.combine_vjp is not None
+    params = cell.init(jax.random.key(0), D, jnp.float64)
+    keys = iter(jax.random.split(jax.random.key(1), 8))
+
+    def noise(like):
+        return jax.tree.map(lambda x: jax.random.normal(next(keys), x.shape, x.dtype), like)
+
+    carry = noise(cell.initial_carry(params, (3,)))
+    px = cell.project(params, jax.random.normal(next(keys), (3, D), jnp.float64))
+    hh = split.hidden_projection(params, carry)
+    out, residuals = split.combine_vjp.forward(carry, px, hh)
+    assert_close(out, split.combine(carry, px, hh), tol=1e-14)
+    d_out = noise(out)
+    expected = jax.vjp(split.combine, carry, px, hh)[1](d_out)
+    assert_close(split.combine_vjp.backward(carry, residuals, d_out), expected, tol=1e-12)
+
+
+def test_custom_vjp_pullback_can_leave_the_jit_that_made_it():
+    """``jax.vjp`` under one jit, the pullback applied under another: the backward pass must
+    close over no value traced in the first."""
+    cell, params, xs = setup("lstm")
+    lengths = jnp.array([7, 2, 5])
+
+    def run(params, xs):
+        return seqjax.unroll(cell, params, xs, lengths=lengths)[1]
+
+    ys, pullback = jax.jit(lambda p, x: jax.vjp(run, p, x))(params, xs)
+    got = jax.jit(lambda pb, ct: pb(ct))(pullback, ys)
+    expected = jax.vjp(lambda p, x: seqjax.unroll(cell, p, x, lengths=lengths,
+                                                  custom_vjp=False)[1], params, xs)[1](ys)  # fmt: skip
+    assert_close(got, expected, tol=1e-5)
 
 
 def test_custom_vjp_needs_a_split_cell():

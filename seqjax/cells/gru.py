@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 from seqjax import _checks
 from seqjax import initializers as inits
-from seqjax.cell import Cell, Params, RecurSplit, split_recur
+from seqjax.cell import Cell, CombineVJP, Params, RecurSplit, split_recur
 from seqjax.cells import _common
 
 
@@ -72,7 +72,32 @@ def gru(
             h = (1.0 - z) * n + z * h
             return h, h
 
-    split = RecurSplit(_common.hidden_projection, combine) if reset_after else None
+    def combine_forward(h_prev: jax.Array, projected_x: jax.Array, hh: jax.Array):
+        with jax.named_scope("seqjax.gru"):
+            r, z = jnp.split(jax.nn.sigmoid(projected_x[..., : 2 * H] + hh[..., : 2 * H]), 2, -1)
+            hh_n = hh[..., 2 * H :]
+            n = jnp.tanh(projected_x[..., 2 * H :] + r * hh_n)
+            h = (1.0 - z) * n + z * h_prev
+            return (h, h), jnp.concatenate([r, z, n, hh_n], axis=-1)
+
+    def combine_backward(h_prev: jax.Array, residuals: jax.Array, d_out):
+        with jax.named_scope("seqjax.gru_backward"):
+            d_new, dy = d_out
+            r, z, n, hh_n = jnp.split(residuals, 4, axis=-1)
+            dh = d_new + dy
+            dn = dh * (1.0 - z) * (1.0 - n * n)
+            dr = dn * hh_n * r * (1.0 - r)
+            dz = dh * (h_prev - n) * z * (1.0 - z)
+            d_px = jnp.concatenate([dr, dz, dn], axis=-1)
+            d_hh = jnp.concatenate([dr, dz, dn * r], axis=-1)
+            return dh * z, d_px, d_hh
+
+    split = None
+    if reset_after:
+        split = RecurSplit(
+            _common.hidden_projection, combine,
+            combine_vjp=CombineVJP(combine_forward, combine_backward),
+        )  # fmt: skip
 
     return Cell(
         init=init_fn,

@@ -31,7 +31,7 @@ import numpy as np
 
 from seqjax import _checks
 from seqjax import initializers as inits
-from seqjax.cell import Cell, Params, RecurSplit, split_recur
+from seqjax.cell import Cell, CombineVJP, Params, RecurSplit, split_recur
 from seqjax.cells import _common
 
 FORGET_GATE = 1  # index in the i, f, g, o stacking
@@ -115,7 +115,37 @@ def lstm(
             h = jax.nn.sigmoid(o) * jnp.tanh(c)
             return LSTMCarry(h, c), h
 
-    split = RecurSplit(hidden_projection, combine, additive=True)
+    def combine_forward(carry: LSTMCarry, projected_x: jax.Array, hh: jax.Array):
+        with jax.named_scope("seqjax.lstm"):
+            i, f, g, o = jnp.split(projected_x + hh, 4, axis=-1)
+            i, f, g, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
+            c = f * carry.c + i * g
+            tanh_c = jnp.tanh(c)
+            h = o * tanh_c
+            # One array per step: the backward loop reads one slice instead of five.
+            return (LSTMCarry(h, c), h), jnp.concatenate([i, f, g, o, tanh_c], axis=-1)
+
+    def combine_backward(carry: LSTMCarry, residuals: jax.Array, d_out):
+        with jax.named_scope("seqjax.lstm_backward"):
+            d_new, dy = d_out
+            i, f, g, o, tanh_c = jnp.split(residuals, 5, axis=-1)
+            dh = d_new.h + dy
+            dc = d_new.c + dh * o * (1.0 - tanh_c * tanh_c)
+            d_gates = jnp.concatenate(
+                [
+                    dc * g * i * (1.0 - i),
+                    dc * carry.c * f * (1.0 - f),
+                    dc * i * (1.0 - g * g),
+                    dh * tanh_c * o * (1.0 - o),
+                ],
+                axis=-1,
+            )
+            return LSTMCarry(jnp.zeros_like(dh), dc * f), d_gates, d_gates
+
+    split = RecurSplit(
+        hidden_projection, combine, additive=True,
+        combine_vjp=CombineVJP(combine_forward, combine_backward),
+    )  # fmt: skip
 
     return Cell(
         init=init_fn,

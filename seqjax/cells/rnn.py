@@ -7,10 +7,34 @@ import jax.numpy as jnp
 
 from seqjax import _checks
 from seqjax import initializers as inits
-from seqjax.cell import Cell, Params, RecurSplit, split_recur
+from seqjax.cell import Cell, CombineVJP, Params, RecurSplit, split_recur
 from seqjax.cells import _common
 
 ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu}
+# d act(z) / dz from the output h = act(z): what the backward pass keeps is h alone.
+DERIVATIVES = {"tanh": lambda h: 1.0 - h * h, "relu": lambda h: (h > 0).astype(h.dtype)}
+
+
+def _activation_split(hidden_projection, activation: str, name: str) -> RecurSplit:
+    """The split ``h = act(px + hh)`` of the Elman RNN and the IndRNN."""
+    act, derivative = ACTIVATIONS[activation], DERIVATIVES[activation]
+
+    def combine(h: jax.Array, projected_x: jax.Array, hh: jax.Array):
+        with jax.named_scope(name):
+            h = act(projected_x + hh)
+            return h, h
+
+    def combine_forward(h: jax.Array, projected_x: jax.Array, hh: jax.Array):
+        new_h, y = combine(h, projected_x, hh)
+        return (new_h, y), new_h
+
+    def combine_backward(h: jax.Array, new_h: jax.Array, d_out):
+        d_new, dy = d_out
+        d_z = (d_new + dy) * derivative(new_h)
+        return jnp.zeros_like(h), d_z, d_z
+
+    vjp = CombineVJP(combine_forward, combine_backward)
+    return RecurSplit(hidden_projection, combine, additive=True, combine_vjp=vjp)
 
 
 def simple_rnn(
@@ -35,18 +59,14 @@ def simple_rnn(
     """
     hidden_size = _checks.check_positive_int(hidden_size, "hidden_size", "simple_rnn")
     _checks.check_choice(activation, tuple(ACTIVATIONS), "activation", "simple_rnn")
-    act = ACTIVATIONS[activation]
     config = _common.resolve_init(init, input_init, recurrent_init, bias_init, "simple_rnn")
 
     def init_fn(key: jax.Array, input_size: int, dtype=None) -> Params:
         return _common.init_params(key, input_size, hidden_size, 1, config, dtype, "simple_rnn")
 
-    def combine(h: jax.Array, projected_x: jax.Array, hh: jax.Array):
-        with jax.named_scope(f"seqjax.simple_rnn_{activation}"):
-            h = act(projected_x + hh)
-            return h, h
-
-    split = RecurSplit(_common.hidden_projection, combine, additive=True)
+    split = _activation_split(
+        _common.hidden_projection, activation, f"seqjax.simple_rnn_{activation}"
+    )
 
     return Cell(
         init=init_fn,
@@ -106,7 +126,6 @@ def indrnn(
         raise ValueError(
             f"{fn}: recurrent_range must be (low, high) with low <= high; got {recurrent_range}"
         )
-    act = ACTIVATIONS[activation]
     input_init = input_init or inits.lecun_normal()
 
     def init_fn(key: jax.Array, input_size: int, dtype=None) -> Params:
@@ -125,12 +144,7 @@ def indrnn(
             u = jnp.clip(u, -recurrent_max, recurrent_max)
         return u * h
 
-    def combine(h: jax.Array, projected_x: jax.Array, hh: jax.Array):
-        with jax.named_scope(f"seqjax.indrnn_{activation}"):
-            h = act(projected_x + hh)
-            return h, h
-
-    split = RecurSplit(hidden_projection, combine, additive=True)
+    split = _activation_split(hidden_projection, activation, f"seqjax.indrnn_{activation}")
 
     def initial_carry(params: Params, batch_shape: tuple[int, ...] = ()) -> jax.Array:
         return jnp.zeros((*batch_shape, hidden_size), params["u"].dtype)
