@@ -312,8 +312,11 @@ def test_custom_vjp_pullback_can_leave_the_jit_that_made_it():
 
     ys, pullback = jax.jit(lambda p, x: jax.vjp(run, p, x))(params, xs)
     got = jax.jit(lambda pb, ct: pb(ct))(pullback, ys)
-    expected = jax.vjp(lambda p, x: seqjax.unroll(cell, p, x, lengths=lengths,
-                                                  custom_vjp=False)[1], params, xs)[1](ys)  # fmt: skip
+
+    def autodiff_run(params, xs):
+        return seqjax.unroll(cell, params, xs, lengths=lengths, custom_vjp=False)[1]
+
+    expected = jax.vjp(autodiff_run, params, xs)[1](ys)
     assert_close(got, expected, tol=1e-5)
 
 
