@@ -47,17 +47,18 @@ def unroll(
       time_major: whether time is the first axis of ``xs`` and of the outputs.
       unroll: how many steps one iteration of the scan loop runs (``lax.scan``'s ``unroll``).
       remat: keep the carry only every ~sqrt(time) steps for the backward pass and recompute
-        the steps in between (``jax.checkpoint`` over chunks): memory grows with sqrt(time)
-        instead of time, for about one more forward pass.
+        the steps in between (with ``custom_vjp``, chunk by chunk in seqjax's own backward
+        pass; otherwise ``jax.checkpoint`` over chunks): memory grows with sqrt(time) instead of
+        time, for about one more forward pass.
       hoist_projection: apply ``cell.project`` to all steps at once before the scan (one large
         matmul, a ``(time, batch..., P)`` buffer) instead of inside each step. ``None`` picks per
         backend: hoisted on GPU/TPU, inside the step on CPU, where it measured faster and lighter.
         Both give the same numbers up to float round-off.
       custom_vjp: differentiate with seqjax's own backward pass, which runs only the cheap
         part of each step in the reverse loop and computes the weight gradients as a few large
-        matmuls after it (cells with a ``recur_split``: the built-in RNN, LSTM and GRU). ``None``
-        uses it whenever the cell allows and ``remat`` is off. Its gradients equal plain
-        autodiff's; like any ``jax.custom_vjp`` it supports reverse mode only, so pass
+        matmuls after it (cells with a ``recur_split``: the built-in RNN, LSTM and GRU); with
+        ``remat``, chunk by chunk. ``None`` uses it whenever the cell allows. Its gradients
+        equal plain autodiff's; like any ``jax.custom_vjp`` it supports reverse mode only, so pass
         ``custom_vjp=False`` for forward-mode derivatives (``jax.jvp``, ``jax.jacfwd``).
       parallel: for a cell whose state evolves linearly (``cell.linear``: ``min_gru``,
         ``min_lstm``, ``lru``), compute all steps at once with ``jax.lax.associative_scan``
@@ -86,11 +87,6 @@ def unroll(
             raise ValueError(
                 f"{fn}: custom_vjp=True needs a cell with a recur_split; cell {cell.name!r} has "
                 "none. Pass custom_vjp=None to use plain autodiff for it"
-            )
-        if custom_vjp and remat:
-            raise ValueError(
-                f"{fn}: custom_vjp=True and remat=True do not combine: remat recomputes chunks "
-                "of steps under autodiff. Pass custom_vjp=None (or False) with remat=True"
             )
 
     parallel = _checks.check_bool(parallel, "parallel", fn)
@@ -127,7 +123,7 @@ def unroll(
     if hoist_projection is None:
         hoist_projection = jax.default_backend() != "cpu"
     if custom_vjp is None:
-        custom_vjp = cell.recur_split is not None and not remat
+        custom_vjp = cell.recur_split is not None
     scan = _scan_custom_vjp if custom_vjp else _scan
     carry, ys = scan(cell, params, xs_tm, carry, lengths, reverse, unroll, remat, hoist_projection)
     return carry, jnp.moveaxis(ys, 0, time_axis)
@@ -227,61 +223,63 @@ def _scan_custom_vjp(
     array when the split is ``additive``: then they are equal). After it, the VJPs of
     ``hidden_projection`` and ``project`` over all steps at once give ``dW_hh``, ``dW_ih``, the
     biases and ``dxs`` as single large matmuls (a contraction over time and batch).
+
+    With ``remat``, the forward pass keeps only the carry at the start of each chunk of ~sqrt(T)
+    steps. The backward pass takes the chunks last to first: it reruns a chunk's forward steps
+    (keeping their residuals), runs the reverse loop over it, and adds the chunk's weight
+    gradients as matmuls over its (chunk x batch) rows; memory holds one chunk's residuals.
     """
-    del remat  # unroll sends remat runs to _scan
     project = cell.project
     split = cell.recur_split
     hidden_projection, additive = split.hidden_projection, split.additive
     combine_forward, combine_backward = split.combine_vjp or _autodiff_combine_vjp(split)
     num_steps = xs.shape[0]
+    chunk = _chunk_size(num_steps) if remat else num_steps
+    num_chunks = -(-num_steps // chunk)
+    pad = num_chunks * chunk - num_steps  # padding steps at the end, masked out
     has_lengths = lengths is not None
     if lengths is None:
         lengths = jnp.zeros((), jnp.int32)  # unused; keeps one signature for custom_vjp
 
-    def forward(params, xs, carry, lengths):
+    def valid(t, lengths):
+        """Whether step ``t`` runs (``None``: every step does)."""
+        ok = t < lengths if has_lengths else None
+        if pad:
+            ok = t < num_steps if ok is None else ok & (t < num_steps)
+        return ok
+
+    def run_steps(params, xs, carry, steps, lengths, keep):
+        """The forward loop over ``steps``; with ``keep``, also each step's input carry and
+        residuals."""
         inputs = _project_all(project, params, xs) if hoist_projection else xs
-        steps = jnp.arange(num_steps)
 
         def body(carry, inp):
             t, x_t = inp
             px = x_t if hoist_projection else project(params, x_t)
-            hh = hidden_projection(params, carry)
-            out, residuals = combine_forward(carry, px, hh)
-            out = _mask(out, carry, t, lengths if has_lengths else None)
-            return out[0], (out[1], (carry, residuals))
+            out, residuals = combine_forward(carry, px, split.hidden_projection(params, carry))
+            out = _keep_valid(out, carry, valid(t, lengths))
+            return out[0], (out[1], (carry, residuals) if keep else None)
 
-        final, (ys, saved) = jax.lax.scan(
-            body, carry, (steps, inputs), reverse=reverse, unroll=unroll
-        )
-        return (final, ys), saved
+        return jax.lax.scan(body, carry, (steps, inputs), reverse=reverse, unroll=unroll)
 
-    @jax.custom_vjp
-    def run(params, xs, carry, lengths):
-        return forward(params, xs, carry, lengths)[0]
-
-    def run_fwd(params, xs, carry, lengths):
-        out, saved = forward(params, xs, carry, lengths)
-        return out, (params, xs, lengths, saved)
-
-    def run_bwd(residuals, cotangents):
-        params, xs, lengths, (carries, step_residuals) = residuals
-        d_final, d_ys = cotangents
-        steps = jnp.arange(num_steps)  # made here: the backward pass must close over no tracer
+    def backward_steps(params, xs, d_carry, steps, lengths, saved, d_ys):
+        """The reverse loop over ``steps``, then their weight and input gradients."""
+        carries, step_residuals = saved
 
         def body(d_carry, inp):
             t, carry, step_residuals, dy = inp
             d_carry_in, dpx, dhh = combine_backward(carry, step_residuals, (d_carry, dy))
-            if has_lengths:  # a masked step passed its carry through and emitted a constant
-                valid = t < lengths
-                d_carry_in = jax.tree.map(lambda a, b: _where(valid, a, b), d_carry_in, d_carry)
-                dpx, dhh = (_where(valid, d, jnp.zeros_like(d)) for d in (dpx, dhh))
+            ok = valid(t, lengths)
+            if ok is not None:  # a masked step passed its carry through and emitted a constant
+                d_carry_in = jax.tree.map(lambda a, b: _where(ok, a, b), d_carry_in, d_carry)
+                dpx, dhh = (_where(ok, d, jnp.zeros_like(d)) for d in (dpx, dhh))
             _, hidden_vjp = jax.vjp(lambda c: hidden_projection(params, c), carry)
             (d_carry_via_hh,) = hidden_vjp(dhh)
             d_carry_in = jax.tree.map(jnp.add, d_carry_in, d_carry_via_hh)
             return d_carry_in, (dhh if additive else (dpx, dhh))
 
-        d_carry0, d_gates = jax.lax.scan(
-            body, d_final, (steps, carries, step_residuals, d_ys), reverse=not reverse
+        d_carry, d_gates = jax.lax.scan(
+            body, d_carry, (steps, carries, step_residuals, d_ys), reverse=not reverse
         )
         dpxs, dhhs = (d_gates, d_gates) if additive else d_gates
         # The weight gradients as 2-D matmuls over (time x batch) rows: XLA:CPU runs those
@@ -292,8 +290,68 @@ def _scan_custom_vjp(
         _, project_vjp = jax.vjp(project, params, _as_rows(xs))
         d_params_proj, d_xs = project_vjp(_as_rows(dpxs))
         d_params = jax.tree.map(jnp.add, d_params, d_params_proj)
+        return d_carry, d_params, d_xs.reshape(xs.shape)
+
+    def chunked(x):  # (time, ...) -> (num_chunks, chunk, ...), padded at the end
+        x = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)) if pad else x
+        return x.reshape((num_chunks, chunk, *x.shape[1:]))
+
+    def forward(params, xs, carry, lengths):
+        """``((final_carry, ys), saved)``: every step's residuals, or with ``remat`` only the
+        carry at the start of each chunk."""
+        if not remat:
+            final, (ys, saved) = run_steps(
+                params, xs, carry, jnp.arange(num_steps), lengths, keep=True
+            )
+            return (final, ys), saved
+
+        def chunk_body(carry, inp):
+            steps, chunk_xs = inp
+            new_carry, (ys, _) = run_steps(params, chunk_xs, carry, steps, lengths, keep=False)
+            return new_carry, (ys, carry)
+
+        steps = jnp.arange(num_chunks * chunk).reshape(num_chunks, chunk)
+        final, (ys, starts) = jax.lax.scan(chunk_body, carry, (steps, chunked(xs)), reverse=reverse)
+        return (final, ys.reshape(num_chunks * chunk, *ys.shape[2:])[:num_steps]), starts
+
+    @jax.custom_vjp
+    def run(params, xs, carry, lengths):
+        return forward(params, xs, carry, lengths)[0]
+
+    def run_fwd(params, xs, carry, lengths):
+        out, saved = forward(params, xs, carry, lengths)
+        return out, (params, xs, lengths, saved)
+
+    def run_bwd(residuals, cotangents):
+        params, xs, lengths, saved = residuals
+        d_final, d_ys = cotangents
         d_lengths = np.zeros(np.shape(lengths), jax.dtypes.float0)
-        return d_params, d_xs.reshape(xs.shape), d_carry0, d_lengths
+        if not remat:  # steps made here: the backward pass must close over no tracer
+            steps = jnp.arange(num_steps)
+            d_carry0, d_params, d_xs = backward_steps(
+                params, xs, d_final, steps, lengths, saved, d_ys
+            )
+            return d_params, d_xs, d_carry0, d_lengths
+
+        def chunk_body(acc, inp):
+            d_carry, d_params = acc
+            steps, chunk_xs, start, chunk_d_ys = inp
+            _, (_, chunk_saved) = run_steps(params, chunk_xs, start, steps, lengths, keep=True)
+            d_carry, chunk_d_params, chunk_d_xs = backward_steps(
+                params, chunk_xs, d_carry, steps, lengths, chunk_saved, chunk_d_ys
+            )
+            return (d_carry, jax.tree.map(jnp.add, d_params, chunk_d_params)), chunk_d_xs
+
+        steps = jnp.arange(num_chunks * chunk).reshape(num_chunks, chunk)
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        (d_carry0, d_params), d_xs = jax.lax.scan(
+            chunk_body,
+            (d_final, zeros),
+            (steps, chunked(xs), saved, chunked(d_ys)),
+            reverse=not reverse,
+        )
+        d_xs = d_xs.reshape(num_chunks * chunk, *d_xs.shape[2:])[:num_steps]
+        return d_params, d_xs, d_carry0, d_lengths
 
     run.defvjp(run_fwd, run_bwd)
     return run(params, xs, carry, lengths)
@@ -330,10 +388,14 @@ def _autodiff_combine_vjp(split: RecurSplit) -> CombineVJP:
 def _mask(step_out: tuple[Carry, Array], carry: Carry, t: Array, lengths: Array | None):
     """Past a sequence's length (``t >= length``) a step keeps the old carry and emits zeros.
     ``t`` is a step index, or an array of them that broadcasts against ``lengths``."""
+    return _keep_valid(step_out, carry, None if lengths is None else t < lengths)
+
+
+def _keep_valid(step_out: tuple[Carry, Array], carry: Carry, valid: Array | None):
+    """Where ``valid`` is false, the step keeps the old carry and emits zeros."""
     new_carry, y = step_out
-    if lengths is None:
+    if valid is None:
         return new_carry, y
-    valid = t < lengths
     new_carry = jax.tree.map(lambda new, old: _where(valid, new, old), new_carry, carry)
     return new_carry, _where(valid, y, jnp.zeros_like(y))
 

@@ -327,10 +327,31 @@ def test_custom_vjp_needs_a_split_cell():
         seqjax.unroll(cell, params, jnp.ones((2, 3, D)), custom_vjp=True)
 
 
-def test_custom_vjp_and_remat_do_not_combine_silently():
-    cell, params, xs = setup("lstm")
-    with pytest.raises(ValueError, match="custom_vjp=True and remat=True"):
-        seqjax.unroll(cell, params, xs, custom_vjp=True, remat=True)
+@pytest.mark.parametrize("name", ["lstm", "gru", "simple_rnn", "lstm_autodiff_combine"])
+@pytest.mark.parametrize(
+    "steps, options",
+    [(37, {}), (37, {"reverse": True}), (16, {"hoist_projection": True}), (5, {"unroll": 2})],
+    ids=["padded_chunks", "padded_reverse", "even_chunks_hoisted", "short_unroll2"],
+)
+def test_remat_custom_vjp_equals_autodiff(x64, name, steps, options):
+    """With ``remat`` the custom VJP reruns chunk after chunk (T = 37 needs padding steps) and
+    still gives plain autodiff's gradients for params, inputs and carry, with lengths."""
+    cell, params, xs = setup(name, steps=steps, dtype=jnp.float64)
+    lengths = jnp.array([steps, steps // 2, 1])
+    carry = jax.tree.map(lambda c: c + 0.3, cell.initial_carry(params, (3,)))
+
+    def loss(params, xs, carry, custom_vjp):
+        final, ys = seqjax.unroll(cell, params, xs, carry=carry, lengths=lengths, remat=True,
+                                  custom_vjp=custom_vjp, **options)  # fmt: skip
+        return jnp.sum(jnp.cos(ys)) + sum(jnp.sum(leaf**3) for leaf in jax.tree.leaves(final))
+
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2)), static_argnums=3)
+    assert_close(grad(params, xs, carry, True), grad(params, xs, carry, False), tol=1e-12)
+    plain = jax.grad(lambda p: seqjax.unroll(cell, p, xs, lengths=lengths, **options)[1].sum())
+    remat = jax.grad(
+        lambda p: seqjax.unroll(cell, p, xs, lengths=lengths, remat=True, **options)[1].sum()
+    )
+    assert_close(remat(params), plain(params), tol=1e-12)
 
 
 def test_forward_mode_with_custom_vjp_off():
