@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -168,32 +169,23 @@ def _chunked_remat_scan(body, carry, steps, inputs, reverse, unroll):
     of every step's, at the price of one more forward pass. Padding steps added to make whole
     chunks are masked out like steps past a sequence's length.
     """
-    num_steps = steps.shape[0]
-    chunk = _chunk_size(num_steps)
-    num_chunks = -(-num_steps // chunk)
-    pad = num_chunks * chunk - num_steps
-
-    def split(x):  # (time, ...) -> (num_chunks, chunk, ...), padded at the end
-        x = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)) if pad else x
-        return x.reshape((num_chunks, chunk, *x.shape[1:]))
+    chunks = _Chunks.for_remat(steps.shape[0])
 
     def padded_body(carry, inp):
         new_carry, y = body(carry, inp)
-        if not pad:
+        if not chunks.pad:
             return new_carry, y
         t = inp[0]
-        return _mask((new_carry, y), carry, t, num_steps)  # padding steps change nothing
+        return _mask((new_carry, y), carry, t, chunks.num_steps)  # padding steps change nothing
 
     @jax.checkpoint
     def run_chunk(carry, chunk_inputs):
         return jax.lax.scan(padded_body, carry, chunk_inputs, reverse=reverse, unroll=unroll)
 
-    padded_steps = jnp.arange(num_chunks * chunk).reshape(num_chunks, chunk)
     carry, ys = jax.lax.scan(
-        run_chunk, carry, (padded_steps, jax.tree.map(split, inputs)), reverse=reverse
+        run_chunk, carry, (chunks.steps(), jax.tree.map(chunks.split, inputs)), reverse=reverse
     )
-    ys = ys.reshape((num_chunks * chunk, *ys.shape[2:]))
-    return carry, ys[:num_steps]
+    return carry, chunks.join(ys)
 
 
 def _chunk_size(num_steps: int) -> int:
@@ -201,6 +193,40 @@ def _chunk_size(num_steps: int) -> int:
     root = math.sqrt(num_steps)
     divisors = [d for d in range(max(1, int(root / 2)), int(2 * root) + 1) if num_steps % d == 0]
     return min(divisors, key=lambda d: abs(d - root)) if divisors else max(1, round(root))
+
+
+class _Chunks(NamedTuple):
+    """``num_steps`` steps cut into ``count`` chunks of ``size``, the last padded by ``pad``
+    steps (which the scans mask out)."""
+
+    num_steps: int
+    size: int
+
+    @classmethod
+    def for_remat(cls, num_steps: int) -> _Chunks:
+        return cls(num_steps, _chunk_size(num_steps))
+
+    @property
+    def count(self) -> int:
+        return -(-self.num_steps // self.size)
+
+    @property
+    def pad(self) -> int:
+        return self.count * self.size - self.num_steps
+
+    def steps(self) -> Array:
+        """The step indices, ``(count, size)``."""
+        return jnp.arange(self.count * self.size).reshape(self.count, self.size)
+
+    def split(self, x: Array) -> Array:
+        """``(time, ...) -> (count, size, ...)``, padded with zeros at the end."""
+        if self.pad:
+            x = jnp.pad(x, [(0, self.pad)] + [(0, 0)] * (x.ndim - 1))
+        return x.reshape((self.count, self.size, *x.shape[1:]))
+
+    def join(self, x: Array) -> Array:
+        """``(count, size, ...) -> (time, ...)``, the padding dropped."""
+        return x.reshape((self.count * self.size, *x.shape[2:]))[: self.num_steps]
 
 
 def _scan_custom_vjp(
@@ -234,9 +260,7 @@ def _scan_custom_vjp(
     hidden_projection, additive = split.hidden_projection, split.additive
     combine_forward, combine_backward = split.combine_vjp or _autodiff_combine_vjp(split)
     num_steps = xs.shape[0]
-    chunk = _chunk_size(num_steps) if remat else num_steps
-    num_chunks = -(-num_steps // chunk)
-    pad = num_chunks * chunk - num_steps  # padding steps at the end, masked out
+    chunks = _Chunks.for_remat(num_steps) if remat else _Chunks(num_steps, num_steps)
     has_lengths = lengths is not None
     if lengths is None:
         lengths = jnp.zeros((), jnp.int32)  # unused; keeps one signature for custom_vjp
@@ -244,7 +268,7 @@ def _scan_custom_vjp(
     def valid(t, lengths):
         """Whether step ``t`` runs (``None``: every step does)."""
         ok = t < lengths if has_lengths else None
-        if pad:
+        if chunks.pad:
             ok = t < num_steps if ok is None else ok & (t < num_steps)
         return ok
 
@@ -256,7 +280,7 @@ def _scan_custom_vjp(
         def body(carry, inp):
             t, x_t = inp
             px = x_t if hoist_projection else project(params, x_t)
-            out, residuals = combine_forward(carry, px, split.hidden_projection(params, carry))
+            out, residuals = combine_forward(carry, px, hidden_projection(params, carry))
             out = _keep_valid(out, carry, valid(t, lengths))
             return out[0], (out[1], (carry, residuals) if keep else None)
 
@@ -292,10 +316,6 @@ def _scan_custom_vjp(
         d_params = jax.tree.map(jnp.add, d_params, d_params_proj)
         return d_carry, d_params, d_xs.reshape(xs.shape)
 
-    def chunked(x):  # (time, ...) -> (num_chunks, chunk, ...), padded at the end
-        x = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)) if pad else x
-        return x.reshape((num_chunks, chunk, *x.shape[1:]))
-
     def forward(params, xs, carry, lengths):
         """``((final_carry, ys), saved)``: every step's residuals, or with ``remat`` only the
         carry at the start of each chunk."""
@@ -310,9 +330,10 @@ def _scan_custom_vjp(
             new_carry, (ys, _) = run_steps(params, chunk_xs, carry, steps, lengths, keep=False)
             return new_carry, (ys, carry)
 
-        steps = jnp.arange(num_chunks * chunk).reshape(num_chunks, chunk)
-        final, (ys, starts) = jax.lax.scan(chunk_body, carry, (steps, chunked(xs)), reverse=reverse)
-        return (final, ys.reshape(num_chunks * chunk, *ys.shape[2:])[:num_steps]), starts
+        final, (ys, starts) = jax.lax.scan(
+            chunk_body, carry, (chunks.steps(), chunks.split(xs)), reverse=reverse
+        )
+        return (final, chunks.join(ys)), starts
 
     @jax.custom_vjp
     def run(params, xs, carry, lengths):
@@ -342,16 +363,14 @@ def _scan_custom_vjp(
             )
             return (d_carry, jax.tree.map(jnp.add, d_params, chunk_d_params)), chunk_d_xs
 
-        steps = jnp.arange(num_chunks * chunk).reshape(num_chunks, chunk)
         zeros = jax.tree.map(jnp.zeros_like, params)
         (d_carry0, d_params), d_xs = jax.lax.scan(
             chunk_body,
             (d_final, zeros),
-            (steps, chunked(xs), saved, chunked(d_ys)),
+            (chunks.steps(), chunks.split(xs), saved, chunks.split(d_ys)),
             reverse=not reverse,
         )
-        d_xs = d_xs.reshape(num_chunks * chunk, *d_xs.shape[2:])[:num_steps]
-        return d_params, d_xs, d_carry0, d_lengths
+        return d_params, chunks.join(d_xs), d_carry0, d_lengths
 
     run.defvjp(run_fwd, run_bwd)
     return run(params, xs, carry, lengths)

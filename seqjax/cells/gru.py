@@ -54,13 +54,6 @@ def gru(
     def init_fn(key: jax.Array, input_size: int, dtype=None) -> Params:
         return _common.init_params(key, input_size, H, 3, config, dtype, "gru")
 
-    def combine(h: jax.Array, projected_x: jax.Array, hh: jax.Array):
-        with jax.named_scope("seqjax.gru"):
-            r, z = jnp.split(jax.nn.sigmoid(projected_x[..., : 2 * H] + hh[..., : 2 * H]), 2, -1)
-            n = jnp.tanh(projected_x[..., 2 * H :] + r * hh[..., 2 * H :])
-            h = (1.0 - z) * n + z * h
-            return h, h
-
     def recur_reset_before(params: Params, h: jax.Array, projected_x: jax.Array):
         # The reset gate enters before the second matmul, so the step has two matmuls in
         # sequence and no parameter-free tail: it is differentiated by plain autodiff.
@@ -79,6 +72,9 @@ def gru(
             n = jnp.tanh(projected_x[..., 2 * H :] + r * hh_n)
             h = (1.0 - z) * n + z * h_prev
             return (h, h), jnp.concatenate([r, z, n, hh_n], axis=-1)
+
+    def combine(h_prev: jax.Array, projected_x: jax.Array, hh: jax.Array):
+        return combine_forward(h_prev, projected_x, hh)[0]  # unused residuals: dropped by XLA
 
     def combine_backward(h_prev: jax.Array, residuals: jax.Array, d_out):
         with jax.named_scope("seqjax.gru_backward"):

@@ -108,13 +108,6 @@ def lstm(
     def hidden_projection(params: Params, carry: LSTMCarry) -> jax.Array:
         return _common.hidden_projection(params, carry.h)
 
-    def combine(carry: LSTMCarry, projected_x: jax.Array, hh: jax.Array):
-        with jax.named_scope("seqjax.lstm"):
-            i, f, g, o = jnp.split(projected_x + hh, 4, axis=-1)
-            c = jax.nn.sigmoid(f) * carry.c + jax.nn.sigmoid(i) * jnp.tanh(g)
-            h = jax.nn.sigmoid(o) * jnp.tanh(c)
-            return LSTMCarry(h, c), h
-
     def combine_forward(carry: LSTMCarry, projected_x: jax.Array, hh: jax.Array):
         with jax.named_scope("seqjax.lstm"):
             i, f, g, o = jnp.split(projected_x + hh, 4, axis=-1)
@@ -124,6 +117,9 @@ def lstm(
             h = o * tanh_c
             # One array per step: the backward loop reads one slice instead of five.
             return (LSTMCarry(h, c), h), jnp.concatenate([i, f, g, o, tanh_c], axis=-1)
+
+    def combine(carry: LSTMCarry, projected_x: jax.Array, hh: jax.Array):
+        return combine_forward(carry, projected_x, hh)[0]  # unused residuals: dropped by XLA
 
     def combine_backward(carry: LSTMCarry, residuals: jax.Array, d_out):
         with jax.named_scope("seqjax.lstm_backward"):
