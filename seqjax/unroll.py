@@ -115,18 +115,24 @@ def unroll(
     lengths = _checks.check_lengths(lengths, batch_shape, num_steps, fn)
     carry = _checks.checked_carry(cell, params, carry, xs, batch_shape, dtype, fn)
 
-    xs_tm = jnp.moveaxis(xs, time_axis, 0).astype(dtype)  # (time, batch..., features)
+    xs = xs.astype(dtype)
+    if hoist_projection is None:
+        hoist_projection = jax.default_backend() != "cpu"
+    if custom_vjp is None:
+        custom_vjp = cell.recur_split is not None and not parallel
+    if custom_vjp:  # works in the caller's layout: no time-major copies of long sequences
+        return _scan_custom_vjp(
+            cell, params, xs, time_axis, carry, lengths, reverse, unroll, remat, hoist_projection
+        )
+    xs_tm = jnp.moveaxis(xs, time_axis, 0)  # (time, batch..., features)
     if parallel:
         if remat and chunk_size is None:
             chunk_size = _chunk_size(num_steps)
         carry, ys = parallel_scan(cell, params, xs_tm, carry, lengths, reverse, chunk_size, remat)
-        return carry, jnp.moveaxis(ys, 0, time_axis)
-    if hoist_projection is None:
-        hoist_projection = jax.default_backend() != "cpu"
-    if custom_vjp is None:
-        custom_vjp = cell.recur_split is not None
-    scan = _scan_custom_vjp if custom_vjp else _scan
-    carry, ys = scan(cell, params, xs_tm, carry, lengths, reverse, unroll, remat, hoist_projection)
+    else:
+        carry, ys = _scan(
+            cell, params, xs_tm, carry, lengths, reverse, unroll, remat, hoist_projection
+        )
     return carry, jnp.moveaxis(ys, 0, time_axis)
 
 
@@ -233,6 +239,7 @@ def _scan_custom_vjp(
     cell: Cell,
     params: Params,
     xs: Array,
+    time_axis: int,
     carry: Carry,
     lengths: Array | None,
     reverse: bool,
@@ -240,7 +247,8 @@ def _scan_custom_vjp(
     remat: bool,
     hoist_projection: bool,
 ) -> tuple[Carry, Array]:
-    """``_scan`` with a backward pass of its own, for cells with a ``recur_split``.
+    """``_scan`` with a backward pass of its own, for cells with a ``recur_split``. ``xs`` and
+    the outputs are in the caller's layout, with time on ``time_axis``.
 
     Autodiff of ``lax.scan`` accumulates each weight gradient inside the reverse loop as a thin
     rank-batch update per step. Here the forward pass keeps each step's input carry and the
@@ -254,27 +262,25 @@ def _scan_custom_vjp(
     steps. The backward pass takes the chunks last to first: it reruns a chunk's forward steps
     (keeping their residuals), runs the reverse loop over it, and adds the chunk's weight
     gradients as matmuls over its (chunk x batch) rows; memory holds one chunk's residuals.
+    Chunks are sliced from, and written into, arrays in the caller's layout, so no whole
+    sequence is ever copied to time-major: a chunk of ~sqrt(T) steps at a time is.
     """
     project = cell.project
     split = cell.recur_split
     hidden_projection, additive = split.hidden_projection, split.additive
     combine_forward, combine_backward = split.combine_vjp or _autodiff_combine_vjp(split)
-    num_steps = xs.shape[0]
-    chunks = _Chunks.for_remat(num_steps) if remat else _Chunks(num_steps, num_steps)
+    num_steps = xs.shape[time_axis]
     has_lengths = lengths is not None
     if lengths is None:
         lengths = jnp.zeros((), jnp.int32)  # unused; keeps one signature for custom_vjp
 
     def valid(t, lengths):
         """Whether step ``t`` runs (``None``: every step does)."""
-        ok = t < lengths if has_lengths else None
-        if chunks.pad:
-            ok = t < num_steps if ok is None else ok & (t < num_steps)
-        return ok
+        return t < lengths if has_lengths else None
 
     def run_steps(params, xs, carry, steps, lengths, keep):
-        """The forward loop over ``steps``; with ``keep``, also each step's input carry and
-        residuals."""
+        """The forward loop over ``steps`` (``xs`` time-major); with ``keep``, also each step's
+        input carry and residuals."""
         inputs = _project_all(project, params, xs) if hoist_projection else xs
 
         def body(carry, inp):
@@ -287,7 +293,8 @@ def _scan_custom_vjp(
         return jax.lax.scan(body, carry, (steps, inputs), reverse=reverse, unroll=unroll)
 
     def backward_steps(params, xs, d_carry, steps, lengths, saved, d_ys):
-        """The reverse loop over ``steps``, then their weight and input gradients."""
+        """The reverse loop over ``steps`` (all time-major), then their weight and input
+        gradients."""
         carries, step_residuals = saved
 
         def body(d_carry, inp):
@@ -316,31 +323,38 @@ def _scan_custom_vjp(
         d_params = jax.tree.map(jnp.add, d_params, d_params_proj)
         return d_carry, d_params, d_xs.reshape(xs.shape)
 
-    def forward(params, xs, carry, lengths):
-        """``((final_carry, ys), saved)``: every step's residuals, or with ``remat`` only the
-        carry at the start of each chunk."""
-        if not remat:
+    chunks = _Segments(num_steps, _chunk_size(num_steps), time_axis, reverse)
+
+    def forward(params, xs, carry, lengths, keep):
+        """``((final_carry, ys), saved)``: with ``keep``, every step's residuals, or with
+        ``remat`` only the carry at the start of each chunk; without, nothing."""
+        if not (keep and remat):
             final, (ys, saved) = run_steps(
-                params, xs, carry, jnp.arange(num_steps), lengths, keep=True
+                params, _time_major(xs, time_axis), carry, jnp.arange(num_steps), lengths, keep
             )
-            return (final, ys), saved
+            return (final, jnp.moveaxis(ys, 0, time_axis)), saved
 
-        def chunk_body(carry, inp):
-            steps, chunk_xs = inp
-            new_carry, (ys, _) = run_steps(params, chunk_xs, carry, steps, lengths, keep=False)
-            return new_carry, (ys, carry)
+        def forward_chunk(state, start, size):
+            carry, ys = state
+            steps = start + jnp.arange(size)
+            new_carry, (ys_chunk, _) = run_steps(
+                params, chunks.take(xs, start, size), carry, steps, lengths, keep=False
+            )
+            return (new_carry, chunks.put(ys, ys_chunk, start)), carry
 
-        final, (ys, starts) = jax.lax.scan(
-            chunk_body, carry, (chunks.steps(), chunks.split(xs)), reverse=reverse
-        )
-        return (final, chunks.join(ys)), starts
+        first_y = jax.eval_shape(
+            lambda: run_steps(params, chunks.take(xs, 0, 1), carry, jnp.arange(1), lengths, False)
+        )[1][0]
+        ys = jnp.zeros((*xs.shape[:-1], first_y.shape[-1]), first_y.dtype)
+        (final, ys), starts = chunks.run(forward_chunk, (carry, ys))
+        return (final, ys), starts
 
     @jax.custom_vjp
     def run(params, xs, carry, lengths):
-        return forward(params, xs, carry, lengths)[0]
+        return forward(params, xs, carry, lengths, keep=False)[0]  # not differentiated
 
     def run_fwd(params, xs, carry, lengths):
-        out, saved = forward(params, xs, carry, lengths)
+        out, saved = forward(params, xs, carry, lengths, keep=True)
         return out, (params, xs, lengths, saved)
 
     def run_bwd(residuals, cotangents):
@@ -349,31 +363,115 @@ def _scan_custom_vjp(
         d_lengths = np.zeros(np.shape(lengths), jax.dtypes.float0)
         if not remat:  # steps made here: the backward pass must close over no tracer
             steps = jnp.arange(num_steps)
+            xs_tm, d_ys_tm = (_time_major(a, time_axis) for a in (xs, d_ys))
             d_carry0, d_params, d_xs = backward_steps(
-                params, xs, d_final, steps, lengths, saved, d_ys
+                params, xs_tm, d_final, steps, lengths, saved, d_ys_tm
             )
-            return d_params, d_xs, d_carry0, d_lengths
+            return d_params, jnp.moveaxis(d_xs, 0, time_axis), d_carry0, d_lengths
 
-        def chunk_body(acc, inp):
-            d_carry, d_params = acc
-            steps, chunk_xs, start, chunk_d_ys = inp
-            _, (_, chunk_saved) = run_steps(params, chunk_xs, start, steps, lengths, keep=True)
-            d_carry, chunk_d_params, chunk_d_xs = backward_steps(
-                params, chunk_xs, d_carry, steps, lengths, chunk_saved, chunk_d_ys
+        def backward_chunk(state, start, size, start_carry):
+            d_carry, d_params, d_xs = state
+            steps = start + jnp.arange(size)
+            xs_chunk = chunks.take(xs, start, size)
+            _, (_, chunk_saved) = run_steps(
+                params, xs_chunk, start_carry, steps, lengths, keep=True
             )
-            return (d_carry, jax.tree.map(jnp.add, d_params, chunk_d_params)), chunk_d_xs
+            d_carry, chunk_d_params, d_xs_chunk = backward_steps(
+                params, xs_chunk, d_carry, steps, lengths, chunk_saved,
+                chunks.take(d_ys, start, size),
+            )  # fmt: skip
+            d_params = jax.tree.map(jnp.add, d_params, chunk_d_params)
+            return d_carry, d_params, chunks.put(d_xs, d_xs_chunk, start)
 
-        zeros = jax.tree.map(jnp.zeros_like, params)
-        (d_carry0, d_params), d_xs = jax.lax.scan(
-            chunk_body,
-            (d_final, zeros),
-            (chunks.steps(), chunks.split(xs), saved, chunks.split(d_ys)),
-            reverse=not reverse,
-        )
-        return d_params, chunks.join(d_xs), d_carry0, d_lengths
+        # Every chunk reads its d_ys before it writes its d_xs, and the chunks cover every
+        # step once: when the shapes agree (stacked layers: input size = hidden size), d_xs
+        # can fill d_ys's buffer in place, one whole sequence less in memory.
+        reuse = d_ys.shape == xs.shape and d_ys.dtype == xs.dtype
+        d_xs = d_ys if reuse else jnp.zeros_like(xs)
+        start = (d_final, jax.tree.map(jnp.zeros_like, params), d_xs)
+        d_carry0, d_params, d_xs = chunks.run_back(backward_chunk, start, saved)
+        return d_params, d_xs, d_carry0, d_lengths
 
     run.defvjp(run_fwd, run_bwd)
     return run(params, xs, carry, lengths)
+
+
+class _Segments(NamedTuple):
+    """The steps ``0 .. num_steps - 1`` as ``num_steps // size`` whole chunks (one scan) and a
+    shorter tail chunk (run on its own), in the order a recurrence visits them: last to first
+    when ``reverse``. Arrays keep the caller's layout, time on ``time_axis``; ``take`` and
+    ``put`` move one chunk, time-major, out of and into them."""
+
+    num_steps: int
+    size: int
+    time_axis: int
+    reverse: bool
+
+    @property
+    def count(self) -> int:
+        return self.num_steps // self.size
+
+    @property
+    def tail(self) -> int:
+        return self.num_steps - self.count * self.size
+
+    def take(self, x: Array, start: Array | int, size: int) -> Array:
+        """Steps ``start .. start + size - 1`` of ``x``, time-major."""
+        return _time_major(
+            jax.lax.dynamic_slice_in_dim(x, start, size, self.time_axis), self.time_axis
+        )
+
+    def put(self, x: Array, chunk: Array, start: Array | int) -> Array:
+        """``x`` with the time-major ``chunk`` written at steps ``start ..``."""
+        chunk = jnp.moveaxis(chunk, 0, self.time_axis)
+        return jax.lax.dynamic_update_slice_in_dim(x, chunk, start, self.time_axis)
+
+    def run(self, chunk_fn, state):
+        """Applies ``chunk_fn(state, start, size) -> (state, kept)`` to every chunk in the
+        recurrence's order; returns the state and what each chunk kept (``(whole, tail)``)."""
+
+        def body(state, index):
+            return chunk_fn(state, index * self.size, self.size)
+
+        def run_tail(state):
+            if not self.tail:
+                return state, None
+            return chunk_fn(state, self.count * self.size, self.tail)
+
+        indices = jnp.arange(self.count)
+        if self.reverse:
+            state, tail_kept = run_tail(state)
+            state, kept = jax.lax.scan(body, state, indices, reverse=True)
+        else:
+            state, kept = jax.lax.scan(body, state, indices)
+            state, tail_kept = run_tail(state)
+        return state, (kept, tail_kept)
+
+    def run_back(self, chunk_fn, state, kept):
+        """Applies ``chunk_fn(state, start, size, kept) -> state`` to every chunk in the
+        opposite order to ``run``, each with what ``run`` kept for it."""
+        whole_kept, tail_kept = kept
+
+        def body(state, inp):
+            index, chunk_kept = inp
+            return chunk_fn(state, index * self.size, self.size, chunk_kept), None
+
+        def run_tail(state):
+            if not self.tail:
+                return state
+            return chunk_fn(state, self.count * self.size, self.tail, tail_kept)
+
+        inputs = (jnp.arange(self.count), whole_kept)
+        if self.reverse:
+            state, _ = jax.lax.scan(body, state, inputs)
+            return run_tail(state)
+        state = run_tail(state)
+        state, _ = jax.lax.scan(body, state, inputs, reverse=True)
+        return state
+
+
+def _time_major(x: Array, time_axis: int) -> Array:
+    return jnp.moveaxis(x, time_axis, 0)
 
 
 def _project_all(project, params: Params, xs: Array) -> Array:

@@ -331,11 +331,12 @@ def test_custom_vjp_needs_a_split_cell():
 @pytest.mark.parametrize(
     "steps, options",
     [(37, {}), (37, {"reverse": True}), (16, {"hoist_projection": True}), (5, {"unroll": 2})],
-    ids=["padded_chunks", "padded_reverse", "even_chunks_hoisted", "short_unroll2"],
+    ids=["tail_chunk", "tail_chunk_reverse", "even_chunks_hoisted", "short_unroll2"],
 )
 def test_remat_custom_vjp_equals_autodiff(x64, name, steps, options):
-    """With ``remat`` the custom VJP reruns chunk after chunk (T = 37 needs padding steps) and
-    still gives plain autodiff's gradients for params, inputs and carry, with lengths."""
+    """With ``remat`` the custom VJP reruns chunk after chunk (T = 37: six chunks of 6 and a
+    tail of 1) and still gives plain autodiff's gradients for params, inputs and carry, with
+    lengths."""
     cell, params, xs = setup(name, steps=steps, dtype=jnp.float64)
     lengths = jnp.array([steps, steps // 2, 1])
     carry = jax.tree.map(lambda c: c + 0.3, cell.initial_carry(params, (3,)))
@@ -352,6 +353,60 @@ def test_remat_custom_vjp_equals_autodiff(x64, name, steps, options):
         lambda p: seqjax.unroll(cell, p, xs, lengths=lengths, remat=True, **options)[1].sum()
     )
     assert_close(remat(params), plain(params), tol=1e-12)
+
+
+@pytest.mark.parametrize("remat", [False, True], ids=["plain", "remat"])
+@pytest.mark.parametrize(
+    "batch, time_major",
+    [((), False), ((2, 3), False), ((3,), True)],
+    ids=["no_batch", "two_batch_axes", "time_major"],
+)
+def test_custom_vjp_in_every_layout(x64, batch, time_major, remat):
+    """The custom VJP slices chunks out of the caller's layout and writes them back: outputs
+    and gradients equal autodiff's for any batch axes and for time-major input."""
+    cell, params, xs = setup("lstm", batch=batch, steps=11, dtype=jnp.float64)
+    if time_major:
+        xs = jnp.moveaxis(xs, -2, 0)
+    lengths = jnp.array([11, 6, 1][: batch[-1]]) if batch else None
+    if len(batch) == 2:
+        lengths = jnp.array([[11, 6, 1], [3, 11, 9]])
+
+    def loss(params, xs, custom_vjp):
+        final, ys = seqjax.unroll(cell, params, xs, lengths=lengths, time_major=time_major,
+                                  remat=remat, custom_vjp=custom_vjp)  # fmt: skip
+        chex.assert_shape(ys, (*xs.shape[:-1], H))
+        return jnp.sum(jnp.sin(ys)) + jnp.sum(final[1] ** 2)
+
+    assert_close(loss(params, xs, True), loss(params, xs, False), tol=1e-12)
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1)), static_argnums=2)
+    assert_close(grad(params, xs, True), grad(params, xs, False), tol=1e-12)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_remat_input_gradient_in_the_output_cotangents_buffer(x64, reverse):
+    """With input size = hidden size, remat writes d_xs chunk by chunk over the buffer of the
+    outputs' cotangent: the gradient is still autodiff's, and the caller's cotangent array is
+    left as it was (the pullback applied twice gives the same answer)."""
+    cell = seqjax.lstm(H)
+    params = cell.init(jax.random.key(0), H, jnp.float64)
+    xs = jax.random.normal(jax.random.key(1), (3, 23, H), jnp.float64)
+    lengths = jnp.array([23, 9, 1])
+
+    def run(params, xs, remat, custom_vjp):
+        return seqjax.unroll(cell, params, xs, lengths=lengths, reverse=reverse, remat=remat,
+                             custom_vjp=custom_vjp)[1]  # fmt: skip
+
+    cotangent = jax.random.normal(jax.random.key(2), (*xs.shape[:-1], H), jnp.float64)
+    kept = np.asarray(cotangent)
+    _, pullback = jax.vjp(lambda p, x: run(p, x, True, True), params, xs)
+    first, second = pullback(cotangent), pullback(cotangent)
+    np.testing.assert_array_equal(np.asarray(cotangent), kept)
+    assert_close(first, second, tol=0)
+    expected = jax.vjp(lambda p, x: run(p, x, False, False), params, xs)[1](cotangent)
+    assert_close(first, expected, tol=1e-12)
+    grad = jax.jit(jax.grad(lambda p, x: jnp.sum(run(p, x, True, True) ** 2), argnums=(0, 1)))
+    plain = jax.grad(lambda p, x: jnp.sum(run(p, x, False, False) ** 2), argnums=(0, 1))
+    assert_close(grad(params, xs), plain(params, xs), tol=1e-12)
 
 
 def test_forward_mode_with_custom_vjp_off():
