@@ -326,13 +326,15 @@ def _scan_custom_vjp(
     chunks = _Segments(num_steps, _chunk_size(num_steps), time_axis, reverse)
 
     def forward(params, xs, carry, lengths, keep):
-        """``((final_carry, ys), saved)``: with ``keep``, every step's residuals, or with
-        ``remat`` only the carry at the start of each chunk; without, nothing."""
+        """``((final_carry, ys), saved)``: with ``keep``, the time-major inputs and every
+        step's residuals, or with ``remat`` only the carry at the start of each chunk;
+        without ``keep``, nothing."""
         if not (keep and remat):
+            xs_tm = _time_major(xs, time_axis)
             final, (ys, saved) = run_steps(
-                params, _time_major(xs, time_axis), carry, jnp.arange(num_steps), lengths, keep
+                params, xs_tm, carry, jnp.arange(num_steps), lengths, keep
             )
-            return (final, jnp.moveaxis(ys, 0, time_axis)), saved
+            return (final, jnp.moveaxis(ys, 0, time_axis)), (xs_tm, saved) if keep else None
 
         def forward_chunk(state, start, size):
             carry, ys = state
@@ -355,7 +357,7 @@ def _scan_custom_vjp(
 
     def run_fwd(params, xs, carry, lengths):
         out, saved = forward(params, xs, carry, lengths, keep=True)
-        return out, (params, xs, lengths, saved)
+        return out, (params, xs if remat else None, lengths, saved)
 
     def run_bwd(residuals, cotangents):
         params, xs, lengths, saved = residuals
@@ -363,9 +365,9 @@ def _scan_custom_vjp(
         d_lengths = np.zeros(np.shape(lengths), jax.dtypes.float0)
         if not remat:  # steps made here: the backward pass must close over no tracer
             steps = jnp.arange(num_steps)
-            xs_tm, d_ys_tm = (_time_major(a, time_axis) for a in (xs, d_ys))
+            xs_tm, step_saved = saved  # the forward pass's time-major copy, not a second one
             d_carry0, d_params, d_xs = backward_steps(
-                params, xs_tm, d_final, steps, lengths, saved, d_ys_tm
+                params, xs_tm, d_final, steps, lengths, step_saved, _time_major(d_ys, time_axis)
             )
             return d_params, jnp.moveaxis(d_xs, 0, time_axis), d_carry0, d_lengths
 

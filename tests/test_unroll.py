@@ -435,3 +435,25 @@ def test_remat_keeps_memory_sublinear_in_time():
         return stats.temp_size_in_bytes
 
     assert peak(True) < 0.25 * peak(False)
+
+
+@pytest.mark.parametrize("time_major", [False, True])
+def test_remat_holds_one_sequence_of_outputs_and_no_copies(time_major):
+    """The remat gradient's temporaries at T=1024, input size = hidden size: the outputs (one
+    (batch, T, H) array), ~sqrt(T) chunk carries and one chunk's residuals. A time-major copy
+    of the inputs, of the outputs' cotangent or of the input gradient would add a whole array
+    each (the input gradient fills the cotangent's buffer)."""
+    cell = seqjax.lstm(32)
+    params = cell.init(jax.random.key(0), 32)
+    shape = (1024, 4, 32) if time_major else (4, 1024, 32)
+    one_sequence = 4 * 1024 * 32 * 4  # bytes of one (batch, T, H) float32 array
+
+    def loss(params, xs):
+        return jnp.sum(seqjax.unroll(cell, params, xs, remat=True, time_major=time_major)[1] ** 2)
+
+    compiled = (
+        jax.jit(jax.grad(loss, argnums=(0, 1)))
+        .lower(params, jax.ShapeDtypeStruct(shape, jnp.float32))
+        .compile()
+    )
+    assert compiled.memory_analysis().temp_size_in_bytes < 2 * one_sequence
