@@ -195,9 +195,10 @@ def _chunked_remat_scan(body, carry, steps, inputs, reverse, unroll):
 
 
 def _chunk_size(num_steps: int) -> int:
-    """A chunk length near sqrt(T), preferring one that divides T (no padding copies)."""
+    """A chunk length near sqrt(T), preferring one that divides T (no padding steps, no tail
+    chunk) but never 1 for T > 1 (one step a chunk would store every carry)."""
     root = math.sqrt(num_steps)
-    divisors = [d for d in range(max(1, int(root / 2)), int(2 * root) + 1) if num_steps % d == 0]
+    divisors = [d for d in range(max(2, int(root / 2)), int(2 * root) + 1) if num_steps % d == 0]
     return min(divisors, key=lambda d: abs(d - root)) if divisors else max(1, round(root))
 
 
@@ -259,9 +260,10 @@ def _scan_custom_vjp(
     biases and ``dxs`` as single large matmuls (a contraction over time and batch).
 
     With ``remat``, the forward pass keeps only the carry at the start of each chunk of ~sqrt(T)
-    steps. The backward pass takes the chunks last to first: it reruns a chunk's forward steps
-    (keeping their residuals), runs the reverse loop over it, and adds the chunk's weight
-    gradients as matmuls over its (chunk x batch) rows; memory holds one chunk's residuals.
+    steps. The backward pass takes the chunks in the opposite order to the recurrence: it
+    reruns a chunk's forward steps (keeping their residuals), runs the reverse loop over it, and
+    adds the chunk's weight gradients as matmuls over its (chunk x batch) rows; memory holds
+    one chunk's residuals.
     Chunks are sliced from, and written into, arrays in the caller's layout, so no whole
     sequence is ever copied to time-major: a chunk of ~sqrt(T) steps at a time is.
     """
@@ -371,6 +373,13 @@ def _scan_custom_vjp(
             )
             return d_params, jnp.moveaxis(d_xs, 0, time_axis), d_carry0, d_lengths
 
+        # Every chunk reads its d_ys before it writes its d_xs, and the chunks cover every
+        # step once: when the shapes agree (stacked layers: input size = hidden size), the
+        # loop state starts as d_ys and each chunk swaps its d_ys for its d_xs in place, so
+        # the backward pass holds one such sequence instead of two (d_ys is read from the
+        # state, never from the original, which would force XLA to keep a copy).
+        reuse = d_ys.shape == xs.shape and d_ys.dtype == xs.dtype
+
         def backward_chunk(state, start, size, start_carry):
             d_carry, d_params, d_xs = state
             steps = start + jnp.arange(size)
@@ -378,17 +387,14 @@ def _scan_custom_vjp(
             _, (_, chunk_saved) = run_steps(
                 params, xs_chunk, start_carry, steps, lengths, keep=True
             )
+            # With reuse, this chunk's d_ys is still in the state: no earlier chunk wrote here.
+            d_ys_chunk = chunks.take(d_xs if reuse else d_ys, start, size)
             d_carry, chunk_d_params, d_xs_chunk = backward_steps(
-                params, xs_chunk, d_carry, steps, lengths, chunk_saved,
-                chunks.take(d_ys, start, size),
-            )  # fmt: skip
+                params, xs_chunk, d_carry, steps, lengths, chunk_saved, d_ys_chunk
+            )
             d_params = jax.tree.map(jnp.add, d_params, chunk_d_params)
             return d_carry, d_params, chunks.put(d_xs, d_xs_chunk, start)
 
-        # Every chunk reads its d_ys before it writes its d_xs, and the chunks cover every
-        # step once: when the shapes agree (stacked layers: input size = hidden size), d_xs
-        # can fill d_ys's buffer in place, one whole sequence less in memory.
-        reuse = d_ys.shape == xs.shape and d_ys.dtype == xs.dtype
         d_xs = d_ys if reuse else jnp.zeros_like(xs)
         start = (d_final, jax.tree.map(jnp.zeros_like, params), d_xs)
         d_carry0, d_params, d_xs = chunks.run_back(backward_chunk, start, saved)
