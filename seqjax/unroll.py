@@ -170,27 +170,20 @@ def _chunked_remat_scan(body, carry, steps, inputs, reverse, unroll):
     """``lax.scan(body, ...)`` that keeps the carry only every ~sqrt(T) steps for the backward
     pass, and recomputes each chunk of steps from its first carry when it is needed.
 
-    A scan over chunks whose body, a scan over the steps of one chunk, is ``jax.checkpoint``-ed:
-    the backward pass then holds ~sqrt(T) chunk carries plus one chunk's intermediates, instead
-    of every step's, at the price of one more forward pass. Padding steps added to make whole
-    chunks are masked out like steps past a sequence's length.
+    Each chunk, a scan over its steps, is ``jax.checkpoint``-ed: the backward pass then holds
+    ~sqrt(T) chunk carries plus one chunk's intermediates, instead of every step's, at the
+    price of one more forward pass.
     """
-    chunks = _Chunks.for_remat(steps.shape[0])
-
-    def padded_body(carry, inp):
-        new_carry, y = body(carry, inp)
-        if not chunks.pad:
-            return new_carry, y
-        t = inp[0]
-        return _mask((new_carry, y), carry, t, chunks.num_steps)  # padding steps change nothing
+    chunks = _Segments(steps.shape[0], _chunk_size(steps.shape[0]), 0, reverse)
 
     @jax.checkpoint
     def run_chunk(carry, chunk_inputs):
-        return jax.lax.scan(padded_body, carry, chunk_inputs, reverse=reverse, unroll=unroll)
+        return jax.lax.scan(body, carry, chunk_inputs, reverse=reverse, unroll=unroll)
 
-    carry, ys = jax.lax.scan(
-        run_chunk, carry, (chunks.steps(), jax.tree.map(chunks.split, inputs)), reverse=reverse
-    )
+    carry, ys = chunks.visit(
+        lambda carry, start, size, chunk_inputs: run_chunk(carry, chunk_inputs),
+        carry, chunks.split((steps, inputs)),
+    )  # fmt: skip
     return carry, chunks.join(ys)
 
 
@@ -200,40 +193,6 @@ def _chunk_size(num_steps: int) -> int:
     root = math.sqrt(num_steps)
     divisors = [d for d in range(max(2, int(root / 2)), int(2 * root) + 1) if num_steps % d == 0]
     return min(divisors, key=lambda d: abs(d - root)) if divisors else max(1, round(root))
-
-
-class _Chunks(NamedTuple):
-    """``num_steps`` steps cut into ``count`` chunks of ``size``, the last padded by ``pad``
-    steps (which the scans mask out)."""
-
-    num_steps: int
-    size: int
-
-    @classmethod
-    def for_remat(cls, num_steps: int) -> _Chunks:
-        return cls(num_steps, _chunk_size(num_steps))
-
-    @property
-    def count(self) -> int:
-        return -(-self.num_steps // self.size)
-
-    @property
-    def pad(self) -> int:
-        return self.count * self.size - self.num_steps
-
-    def steps(self) -> Array:
-        """The step indices, ``(count, size)``."""
-        return jnp.arange(self.count * self.size).reshape(self.count, self.size)
-
-    def split(self, x: Array) -> Array:
-        """``(time, ...) -> (count, size, ...)``, padded with zeros at the end."""
-        if self.pad:
-            x = jnp.pad(x, [(0, self.pad)] + [(0, 0)] * (x.ndim - 1))
-        return x.reshape((self.count, self.size, *x.shape[1:]))
-
-    def join(self, x: Array) -> Array:
-        """``(count, size, ...) -> (time, ...)``, the padding dropped."""
-        return x.reshape((self.count * self.size, *x.shape[2:]))[: self.num_steps]
 
 
 def _scan_custom_vjp(
@@ -338,7 +297,7 @@ def _scan_custom_vjp(
             )
             return (final, jnp.moveaxis(ys, 0, time_axis)), (xs_tm, saved) if keep else None
 
-        def forward_chunk(state, start, size):
+        def forward_chunk(state, start, size, _):
             carry, ys = state
             steps = start + jnp.arange(size)
             new_carry, (ys_chunk, _) = run_steps(
@@ -350,7 +309,7 @@ def _scan_custom_vjp(
             lambda: run_steps(params, chunks.take(xs, 0, 1), carry, jnp.arange(1), lengths, False)
         )[1][0]
         ys = jnp.zeros((*xs.shape[:-1], first_y.shape[-1]), first_y.dtype)
-        (final, ys), starts = chunks.run(forward_chunk, (carry, ys))
+        (final, ys), starts = chunks.visit(forward_chunk, (carry, ys))
         return (final, ys), starts
 
     @jax.custom_vjp
@@ -393,11 +352,11 @@ def _scan_custom_vjp(
                 params, xs_chunk, d_carry, steps, lengths, chunk_saved, d_ys_chunk
             )
             d_params = jax.tree.map(jnp.add, d_params, chunk_d_params)
-            return d_carry, d_params, chunks.put(d_xs, d_xs_chunk, start)
+            return (d_carry, d_params, chunks.put(d_xs, d_xs_chunk, start)), None
 
         d_xs = d_ys if reuse else jnp.zeros_like(xs)
         start = (d_final, jax.tree.map(jnp.zeros_like, params), d_xs)
-        d_carry0, d_params, d_xs = chunks.run_back(backward_chunk, start, saved)
+        (d_carry0, d_params, d_xs), _ = chunks.visit(backward_chunk, start, saved, backward=True)
         return d_params, d_xs, d_carry0, d_lengths
 
     run.defvjp(run_fwd, run_bwd)
@@ -406,9 +365,10 @@ def _scan_custom_vjp(
 
 class _Segments(NamedTuple):
     """The steps ``0 .. num_steps - 1`` as ``num_steps // size`` whole chunks (one scan) and a
-    shorter tail chunk (run on its own), in the order a recurrence visits them: last to first
-    when ``reverse``. Arrays keep the caller's layout, time on ``time_axis``; ``take`` and
-    ``put`` move one chunk, time-major, out of and into them."""
+    shorter tail chunk (run on its own); ``reverse``: the recurrence visits them last to first.
+    ``take`` and ``put`` move one chunk, time-major, out of and into an array in the caller's
+    layout (time on ``time_axis``); ``split`` and ``join`` cut time-major arrays into, and
+    glue them back from, (whole chunks, tail)."""
 
     num_steps: int
     size: int
@@ -434,48 +394,47 @@ class _Segments(NamedTuple):
         chunk = jnp.moveaxis(chunk, 0, self.time_axis)
         return jax.lax.dynamic_update_slice_in_dim(x, chunk, start, self.time_axis)
 
-    def run(self, chunk_fn, state):
-        """Applies ``chunk_fn(state, start, size) -> (state, kept)`` to every chunk in the
-        recurrence's order; returns the state and what each chunk kept (``(whole, tail)``)."""
+    def split(self, tree):
+        """Time-major leaves ``(time, ...) -> ((count, size, ...), (tail, ...))``."""
+        whole = self.count * self.size
+        return (
+            jax.tree.map(lambda x: x[:whole].reshape(self.count, self.size, *x.shape[1:]), tree),
+            jax.tree.map(lambda x: x[whole:], tree),
+        )
 
-        def body(state, index):
-            return chunk_fn(state, index * self.size, self.size)
+    def join(self, parts):
+        """``split`` undone: ``((count, size, ...), (tail, ...)) -> (time, ...)``."""
+        whole, tail = parts
+        glued = jax.tree.map(lambda w: w.reshape(self.count * self.size, *w.shape[2:]), whole)
+        if not self.tail:
+            return glued
+        return jax.tree.map(lambda w, t: jnp.concatenate([w, t]), glued, tail)
+
+    def visit(self, chunk_fn, state, per_chunk=(None, None), backward=False):
+        """Runs ``chunk_fn(state, start, size, data) -> (state, out)`` on every chunk, in the
+        recurrence's order, or in the opposite one with ``backward``. ``per_chunk`` is
+        ``(whole, tail)``: leaves ``(count, ...)`` handed out one slice a whole chunk, and the
+        tail chunk's data. Returns the state and ``(outs of the whole chunks, stacked; the
+        tail's out)``."""
+        whole_data, tail_data = per_chunk
+
+        def body(state, inp):
+            index, data = inp
+            return chunk_fn(state, index * self.size, self.size, data)
 
         def run_tail(state):
             if not self.tail:
                 return state, None
-            return chunk_fn(state, self.count * self.size, self.tail)
+            return chunk_fn(state, self.count * self.size, self.tail, tail_data)
 
-        indices = jnp.arange(self.count)
-        if self.reverse:
-            state, tail_kept = run_tail(state)
-            state, kept = jax.lax.scan(body, state, indices, reverse=True)
+        inputs = (jnp.arange(self.count), whole_data)
+        if self.reverse == backward:  # first chunk to last
+            state, outs = jax.lax.scan(body, state, inputs)
+            state, tail_out = run_tail(state)
         else:
-            state, kept = jax.lax.scan(body, state, indices)
-            state, tail_kept = run_tail(state)
-        return state, (kept, tail_kept)
-
-    def run_back(self, chunk_fn, state, kept):
-        """Applies ``chunk_fn(state, start, size, kept) -> state`` to every chunk in the
-        opposite order to ``run``, each with what ``run`` kept for it."""
-        whole_kept, tail_kept = kept
-
-        def body(state, inp):
-            index, chunk_kept = inp
-            return chunk_fn(state, index * self.size, self.size, chunk_kept), None
-
-        def run_tail(state):
-            if not self.tail:
-                return state
-            return chunk_fn(state, self.count * self.size, self.tail, tail_kept)
-
-        inputs = (jnp.arange(self.count), whole_kept)
-        if self.reverse:
-            state, _ = jax.lax.scan(body, state, inputs)
-            return run_tail(state)
-        state = run_tail(state)
-        state, _ = jax.lax.scan(body, state, inputs, reverse=True)
-        return state
+            state, tail_out = run_tail(state)
+            state, outs = jax.lax.scan(body, state, inputs, reverse=True)
+        return state, (outs, tail_out)
 
 
 def _time_major(x: Array, time_axis: int) -> Array:
