@@ -188,8 +188,8 @@ def _chunked_remat_scan(body, carry, steps, inputs, reverse, unroll):
 
 
 def _chunk_size(num_steps: int) -> int:
-    """A chunk length near sqrt(T), preferring one that divides T (no padding steps, no tail
-    chunk) but never 1 for T > 1 (one step a chunk would store every carry)."""
+    """A chunk length near sqrt(T), preferring one that divides T (no tail chunk) but never 1
+    for T > 1 (one step a chunk would store every carry)."""
     root = math.sqrt(num_steps)
     divisors = [d for d in range(max(2, int(root / 2)), int(2 * root) + 1) if num_steps % d == 0]
     return min(divisors, key=lambda d: abs(d - root)) if divisors else max(1, round(root))
