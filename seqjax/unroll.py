@@ -257,6 +257,7 @@ def _scan_custom_vjp(
         """The reverse loop over ``steps`` (all time-major), then their weight and input
         gradients."""
         carries, step_residuals = saved
+        transposed = _transposed_matrices(params)  # made once, outside the loop
 
         def body(d_carry, inp):
             t, carry, step_residuals, dy = inp
@@ -265,7 +266,8 @@ def _scan_custom_vjp(
             if ok is not None:  # a masked step passed its carry through and emitted a constant
                 d_carry_in = jax.tree.map(lambda a, b: _where(ok, a, b), d_carry_in, d_carry)
                 dpx, dhh = (_where(ok, d, jnp.zeros_like(d)) for d in (dpx, dhh))
-            _, hidden_vjp = jax.vjp(lambda c: hidden_projection(params, c), carry)
+            loop_params = _transposed_matrices(transposed)  # a view XLA folds into the dot
+            _, hidden_vjp = jax.vjp(lambda c: hidden_projection(loop_params, c), carry)
             (d_carry_via_hh,) = hidden_vjp(dhh)
             d_carry_in = jax.tree.map(jnp.add, d_carry_in, d_carry_via_hh)
             return d_carry_in, (dhh if additive else (dpx, dhh))
@@ -435,6 +437,18 @@ class _Segments(NamedTuple):
             state, tail_out = run_tail(state)
             state, outs = jax.lax.scan(body, state, inputs, reverse=True)
         return state, (outs, tail_out)
+
+
+def _transposed_matrices(params: Params) -> Params:
+    """``params`` with every matrix transposed.
+
+    The reverse loop computes ``dh = dhh @ W_hh^T``. Written as ``jax.vjp`` of ``h @ W_hh``
+    it multiplies by ``W_hh`` contracted on its last axis, which XLA:CPU runs 7-20% slower
+    than a product with a row-major ``W_hh^T``. So the loop gets a transposed copy made once
+    before it, and transposes it back inside the step: XLA folds that second transpose into
+    the dot, which then reads the copy row by row.
+    """
+    return jax.tree.map(lambda w: w.T if w.ndim == 2 else w, params)
 
 
 def _time_major(x: Array, time_axis: int) -> Array:

@@ -71,15 +71,15 @@ def gru(
             hh_n = hh[..., 2 * H :]
             n = jnp.tanh(projected_x[..., 2 * H :] + r * hh_n)
             h = (1.0 - z) * n + z * h_prev
-            return (h, h), jnp.concatenate([r, z, n, hh_n], axis=-1)
+            return (h, h), (r, z, n, hh_n)  # separate arrays: see lstm.combine_forward
 
     def combine(h_prev: jax.Array, projected_x: jax.Array, hh: jax.Array):
         return combine_forward(h_prev, projected_x, hh)[0]  # unused residuals: dropped by XLA
 
-    def combine_backward(h_prev: jax.Array, residuals: jax.Array, d_out):
+    def combine_backward(h_prev: jax.Array, residuals: tuple[jax.Array, ...], d_out):
         with jax.named_scope("seqjax.gru_backward"):
             d_new, dy = d_out
-            r, z, n, hh_n = jnp.split(residuals, 4, axis=-1)
+            r, z, n, hh_n = residuals
             dh = d_new + dy
             dn = dh * (1.0 - z) * (1.0 - n * n)
             dr = dn * hh_n * r * (1.0 - r)
