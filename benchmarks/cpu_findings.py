@@ -7,6 +7,9 @@
 2. The reverse loop's ``dh = dG @ W_hh^T``: against ``W_hh (H, 4H)`` contracted on its last
    axis (what ``jax.vjp`` of ``h @ W_hh`` writes), or against a row-major copy of ``W_hh^T``
    made once before the loop. seqjax uses the copy.
+3. Hoisting the input projection for a cell that uses it whole: the Elman RNN's gradient
+   through ``seqjax.unroll`` with ``hoist_projection=True`` (one matmul over all steps before
+   the scan, seqjax's CPU default for this cell) or ``False`` (a matmul inside every step).
 
     python -m benchmarks.cpu_findings            # small and medium configs
     python -m benchmarks.cpu_findings --rounds 41
@@ -22,6 +25,8 @@ import time
 
 import jax
 import jax.numpy as jnp
+
+import seqjax
 
 CONFIGS = {"small": (16, 64, 128), "medium": (32, 128, 256)}
 
@@ -76,6 +81,16 @@ def transposed_copy(w_hh, d_gates):
     return jax.lax.scan(body, jnp.zeros(d_gates.shape[1:2] + w_hh.shape[:1]), d_gates)
 
 
+def rnn_gradient(hidden_size: int, hoist: bool):
+    """The Elman RNN's gradient w.r.t. params and inputs, projection hoisted or in the step."""
+    cell = seqjax.simple_rnn(hidden_size)
+
+    def loss(params, xs):
+        return jnp.sum(seqjax.unroll(cell, params, xs, hoist_projection=hoist)[1] ** 2)
+
+    return jax.jit(jax.grad(loss, argnums=(0, 1)))
+
+
 def _time(pairs: dict, rounds: int) -> dict[str, float]:
     """Median seconds of each jitted ``(fn, args)``, rounds interleaved."""
     for fn, args in pairs.values():
@@ -101,16 +116,21 @@ def main(argv=None) -> None:
         c_prev = jax.random.normal(keys[1], (T, B, H))
         w_hh = jax.random.normal(keys[2], (H, 4 * H)) * H**-0.5
         d_gates = jax.random.normal(keys[3], (T, B, 4 * H))
+        rnn_params = seqjax.simple_rnn(H).init(keys[0], H)
+        xs = jax.random.normal(keys[1], (B, T, H))
         pairs = {
             "residuals stacked": (jax.jit(stacked), (residuals, c_prev)),
             "residuals separate": (jax.jit(separate), (split, c_prev)),
             "dG @ W_hh contracted last": (jax.jit(contract_last_axis), (w_hh, d_gates)),
             "dG @ copy of W_hh^T": (jax.jit(transposed_copy), (w_hh, d_gates)),
+            "RNN grad, projection in step": (rnn_gradient(H, False), (rnn_params, xs)),
+            "RNN grad, projection hoisted": (rnn_gradient(H, True), (rnn_params, xs)),
         }
         t = _time(pairs, args.rounds)
         us = {name: 1e6 * s / T for name, s in t.items()}
         print(f"{config} (B={B}, T={T}, H={H}), microseconds per step:")
-        for first, second in (tuple(pairs)[:2], tuple(pairs)[2:]):
+        names = tuple(pairs)
+        for first, second in zip(names[::2], names[1::2], strict=True):
             print(f"  {first:<28}{us[first]:8.2f}   {second:<28}{us[second]:8.2f}   "
                   f"ratio {us[first] / us[second]:.2f}")  # fmt: skip
 

@@ -52,9 +52,10 @@ def unroll(
         pass; otherwise ``jax.checkpoint`` over chunks): memory grows with sqrt(time) instead of
         time, for about one more forward pass.
       hoist_projection: apply ``cell.project`` to all steps at once before the scan (one large
-        matmul, a ``(time, batch..., P)`` buffer) instead of inside each step. ``None`` picks per
-        backend: hoisted on GPU/TPU, inside the step on CPU, where it measured faster and lighter.
-        Both give the same numbers up to float round-off.
+        matmul, a ``(time, batch..., P)`` buffer) instead of inside each step. ``None`` picks:
+        hoisted on GPU/TPU; on CPU hoisted only for cells that use the projection whole
+        (P = output size: the Elman RNN, the IndRNN), and inside the step for gated cells,
+        where it measured faster and lighter. Both give the same numbers up to float round-off.
       custom_vjp: differentiate with seqjax's own backward pass, which runs only the cheap
         part of each step in the reverse loop and computes the weight gradients as a few large
         matmuls after it (cells with a ``recur_split``: the built-in RNN, LSTM and GRU); with
@@ -117,7 +118,7 @@ def unroll(
 
     xs = xs.astype(dtype)
     if hoist_projection is None:
-        hoist_projection = jax.default_backend() != "cpu"
+        hoist_projection = _hoist_by_default(cell, params, xs, time_axis)
     if custom_vjp is None:
         custom_vjp = cell.recur_split is not None and not parallel
     if custom_vjp:  # works in the caller's layout: no time-major copies of long sequences
@@ -134,6 +135,22 @@ def unroll(
             cell, params, xs_tm, carry, lengths, reverse, unroll, remat, hoist_projection
         )
     return carry, jnp.moveaxis(ys, 0, time_axis)
+
+
+def _hoist_by_default(cell: Cell, params: Params, xs: Array, time_axis: int) -> bool:
+    """Whether to project all steps before the scan when the caller does not say.
+
+    On GPU/TPU, always. On CPU, only for a cell whose step uses its projected input whole
+    (projected size = output size: the Elman RNN, the IndRNN): it then saves the step's
+    input matmul (``python -m benchmarks.cpu_findings`` measures it). A gated
+    cell slices gate blocks out of each step's slice of the projected buffer, and XLA:CPU
+    runs elementwise code that does that ~2.5x slower, so its projection stays in the step.
+    """
+    if jax.default_backend() != "cpu":
+        return True
+    one_step = jax.ShapeDtypeStruct(xs.shape[:time_axis] + xs.shape[time_axis + 1 :], xs.dtype)
+    projected = jax.eval_shape(cell.project, params, one_step)
+    return projected.shape[-1] == cell.output_size
 
 
 def _scan(

@@ -4,6 +4,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
+import seqjax
 from benchmarks import cpu_findings
 
 
@@ -28,3 +29,11 @@ def test_cpu_findings_variants_agree():
     for t in range(T):
         dh = jnp.tanh((d_gates[t] + jnp.tile(dh, (1, 4))) @ w_hh.T)
     chex.assert_trees_all_close(contracted[0], dh, rtol=1e-5, atol=1e-6)
+
+
+def test_cpu_findings_rnn_gradient_same_either_way():
+    params = seqjax.simple_rnn(4).init(jax.random.key(0), 3)
+    xs = jax.random.normal(jax.random.key(1), (2, 5, 3))
+    in_step = cpu_findings.rnn_gradient(4, False)(params, xs)
+    hoisted = cpu_findings.rnn_gradient(4, True)(params, xs)
+    chex.assert_trees_all_close(in_step, hoisted, rtol=1e-5, atol=1e-6)

@@ -454,3 +454,26 @@ def test_remat_holds_one_sequence_of_outputs_and_no_copies(time_major):
         .compile()
     )
     assert compiled.memory_analysis().temp_size_in_bytes < one_sequence
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU default")
+@pytest.mark.parametrize(
+    "make_cell, hoisted",
+    [(seqjax.simple_rnn, True), (seqjax.indrnn, True), (seqjax.lstm, False), (seqjax.gru, False)],
+    ids=["rnn", "indrnn", "lstm", "gru"],
+)
+def test_default_hoists_on_cpu_only_cells_that_use_the_projection_whole(make_cell, hoisted):
+    """The default traces to the same program as the option it picks (and the two differ)."""
+    cell = make_cell(4)
+    params = cell.init(jax.random.key(0), 3)
+    xs = jnp.ones((2, 5, 3))
+    jaxprs = {
+        option: str(
+            jax.make_jaxpr(lambda p, x, o=option: seqjax.unroll(cell, p, x, hoist_projection=o))(
+                params, xs
+            )
+        )
+        for option in (None, True, False)
+    }
+    assert jaxprs[None] == jaxprs[hoisted]
+    assert jaxprs[True] != jaxprs[False]
