@@ -10,6 +10,10 @@ figure is the median over rounds. Ratios are taken against PyTorch and against t
 cell within the same run. Peers that are not installed are skipped with a note.
 
 Writes ``benchmarks/results/rnn.json``, ``rnn.md`` (the table) and ``rnn.png`` (a bar chart).
+On a GPU (JAX's default backend ``gpu``) the same run times PyTorch on CUDA too (its LSTM, GRU
+and RNN are cuDNN's), names the device, and writes ``rnn_gpu.json``, ``rnn_gpu.md`` and
+``rnn_gpu.png`` instead. ``--matmul-precision highest`` makes both libraries multiply float32 in
+full float32 (no TF32); by default each keeps its own default, which the results record.
 """
 
 from __future__ import annotations
@@ -144,9 +148,10 @@ def torch_contenders(cell_name: str, B: int, T: int, H: int, xs) -> list[Contend
     import torch
 
     torch.set_num_threads(os.cpu_count() or 1)
+    device = _torch_device()
     cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[cell_name]
-    module = cls(H, H, batch_first=True)
-    x = torch.from_numpy(np.asarray(xs)).requires_grad_(True)
+    module = cls(H, H, batch_first=True).to(device)
+    x = torch.from_numpy(np.asarray(xs)).to(device).requires_grad_(True)
 
     def forward():
         with torch.no_grad():
@@ -161,6 +166,39 @@ def torch_contenders(cell_name: str, B: int, T: int, H: int, xs) -> list[Contend
     return [Contender(f"pytorch {cls.__name__}", forward, backward)]
 
 
+def _torch_device() -> str:
+    """PyTorch runs where JAX runs: on CUDA when JAX's backend is a GPU."""
+    import torch
+
+    if jax.default_backend() == "gpu":
+        if not torch.cuda.is_available():
+            raise RuntimeError(
+                "JAX runs on a GPU but this PyTorch has no CUDA: install a CUDA build of torch, "
+                "or leave pytorch out of --peers"
+            )
+        return "cuda"
+    return "cpu"
+
+
+def _machine(precision: str) -> str:
+    """Date, processor, JAX's device and the float32 matmul precision, for the results."""
+    device = jax.devices()[0]
+    where = f"{os.cpu_count()} cores, jax {jax.__version__} {jax.default_backend()}"
+    if device.platform != "cpu":
+        where += f" ({device.device_kind})"
+    text = f"{datetime.date.today()} on {platform.machine()} {platform.processor() or ''} {where}"
+    if device.platform == "cpu":
+        return text
+    try:
+        import torch
+
+        tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        text += f", torch {torch.__version__} (allow_tf32 matmul/cudnn: {tf32[0]}/{tf32[1]})"
+    except ImportError:
+        pass
+    return text + f", jax matmul precision {precision}"
+
+
 PEERS = {
     "flax linen": flax_linen_contenders,
     "flax nnx": flax_nnx_contenders,
@@ -171,7 +209,11 @@ PEERS = {
 
 
 def _block(value):
-    if hasattr(value, "detach"):
+    if hasattr(value, "detach"):  # a torch tensor: CPU work is done; CUDA work may be queued
+        if value.is_cuda:
+            import torch
+
+            torch.cuda.synchronize(value.device)
         return value
     return jax.block_until_ready(value)
 
@@ -356,22 +398,31 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true", help="small config, 5 rounds")
     parser.add_argument("--out", type=pathlib.Path, default=RESULTS)
     parser.add_argument("--from-json", type=pathlib.Path, help="only redraw the table and chart")
+    parser.add_argument(
+        "--matmul-precision", choices=["default", "highest"], default="default",
+        help="highest: full float32 matmuls in JAX and PyTorch (no TF32 on GPUs)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    stem = "rnn" if jax.default_backend() == "cpu" else f"rnn_{jax.default_backend()}"
     if args.from_json:
         saved = json.loads(args.from_json.read_text())
-        (args.out / "rnn.md").write_text(
+        stem = args.from_json.stem
+        (args.out / f"{stem}.md").write_text(
             markdown(saved["results"], saved["machine"], saved["gemm_gflops"])
         )
-        bar_chart(saved["results"], args.out / "rnn.png")
+        bar_chart(saved["results"], args.out / f"{stem}.png")
         return
+    if args.matmul_precision == "highest":
+        jax.config.update("jax_default_matmul_precision", "highest")
+        if "pytorch" in args.peers:
+            import torch
+
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     if args.quick:
         args.configs, args.rounds = ["small"], 5
     args.out.mkdir(parents=True, exist_ok=True)
     random.seed(0)
-    machine = (
-        f"{datetime.date.today()} on {platform.machine()} {platform.processor() or ''} "
-        f"{os.cpu_count()} cores, jax {jax.__version__} {jax.default_backend()}"
-    )
+    machine = _machine(args.matmul_precision)
     notes: list[str] = []
     results = []
     rates = {}
@@ -388,14 +439,14 @@ def main(argv=None) -> None:
                       f"first call {r['first_call_s']:.2f} s", flush=True)  # fmt: skip
     for note in notes:
         print("note:", note)
-    (args.out / "rnn.json").write_text(
+    (args.out / f"{stem}.json").write_text(
         json.dumps(
             {"machine": machine, "gemm_gflops": rates, "notes": notes, "results": results}, indent=1
         )
     )
-    (args.out / "rnn.md").write_text(markdown(results, machine, rates))
-    bar_chart(results, args.out / "rnn.png")
-    print(f"wrote {args.out}/rnn.json, rnn.md, rnn.png")
+    (args.out / f"{stem}.md").write_text(markdown(results, machine, rates))
+    bar_chart(results, args.out / f"{stem}.png")
+    print(f"wrote {args.out}/{stem}.json, {stem}.md, {stem}.png")
 
 
 if __name__ == "__main__":
