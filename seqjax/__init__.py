@@ -4,7 +4,7 @@ Cells (one step) -> ``unroll`` (a whole sequence, one ``lax.scan``) -> layers (`
 ``bidirectional``, ``stack``). See ``README.md`` for the equations and a worked example.
 """
 
-from seqjax import diagnostics, initializers, interop
+from seqjax import diagnostics, host_memory, initializers, interop
 from seqjax.cell import Cell, CombineVJP, LinearRecurrence, RecurSplit, step
 from seqjax.cells import LSTMCarry, gru, indrnn, irnn, lru, lstm, min_gru, min_lstm, simple_rnn
 from seqjax.layers import Layer, bidirectional, reverse_sequences, rnn, stack
@@ -33,6 +33,7 @@ __all__ = [
     "bidirectional",
     "diagnostics",
     "gru",
+    "host_memory",
     "indrnn",
     "initializers",
     "interop",
