@@ -14,12 +14,12 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    # seqjax.nn (the Flax NNX modules) is imported on first use: flax.nnx is not needed by the
-    # functional API and takes a moment to import.
-    if name == "nn":
+    # seqjax.nn (the Flax NNX modules), seqjax.train and seqjax.tasks are imported on first use:
+    # the functional API needs none of them, and flax.nnx and optax take a moment to import.
+    if name in ("nn", "tasks", "train"):
         import importlib
 
-        return importlib.import_module("seqjax.nn")
+        return importlib.import_module(f"seqjax.{name}")
     raise AttributeError(f"module 'seqjax' has no attribute {name!r}")
 
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import pathlib
+import shutil
 import statistics
 import sys
 import time
@@ -203,18 +205,65 @@ def _check_arguments(args: argparse.Namespace) -> pathlib.Path:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be a positive integer; got {value}")
-    if (args.lr is not None and args.lr <= 0) or (
-        args.clip_norm is not None and args.clip_norm <= 0
-    ):
-        raise UsageError("--lr and --clip-norm must be positive numbers")
+    for name in ("lr", "clip_norm", "max_minutes"):
+        value = getattr(args, name)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise UsageError(f"--{name.replace('_', '-')} must be a positive number; got {value}")
     if not 0.0 <= args.dropout < 1.0:
         raise UsageError(f"--dropout must be in [0, 1); got {args.dropout}")
-    run_dir = pathlib.Path(args.run_dir)
+    if args.resume and args.overwrite:
+        raise UsageError("--resume continues the run in --run-dir, --overwrite replaces it: "
+                         "pass one of them")  # fmt: skip
+    overwrite = args.overwrite or args.run_dir is None  # runs/latest: replaced by each new run
+    run_dir = pathlib.Path(DEFAULT_RUN_DIR if args.run_dir is None else args.run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise UsageError(f"--run-dir {str(run_dir)!r} is a file; pass a folder")
     if args.resume and not (run_dir / "checkpoints").is_dir():
         raise UsageError(f"--resume: nothing to resume in {str(run_dir)!r} (no checkpoints/)")
+    previous = [run_dir / name for name in RUN_FILES if (run_dir / name).exists()]
+    if previous and not args.resume:
+        if not overwrite:
+            raise UsageError(
+                f"--run-dir {str(run_dir)!r} holds another run "
+                f"({', '.join(p.name for p in previous)}); pass --resume to continue it, "
+                "--overwrite to replace it, or another --run-dir"
+            )
+        for path in previous:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
     return run_dir
+
+
+DEFAULT_RUN_DIR = "runs/latest"
+RUN_FILES = ("checkpoints", "metrics.jsonl", "steps.jsonl", "curve.png", "result.json")
+
+
+def _check_resumable(run_dir: pathlib.Path, config: dict) -> None:
+    """``--resume`` continues a run only with the settings that built its model and data; the
+    number of steps, learning rate and clipping may change."""
+    from seqjax.train import checkpoint
+
+    for path in sorted((run_dir / "checkpoints").glob("ckpt_*.msgpack"), reverse=True):
+        try:
+            _, metadata = checkpoint.read_metadata(path)
+        except checkpoint.CheckpointError:
+            continue  # fit skips it too, with a warning, and takes an older one
+        stored = metadata.get("config", {})
+        changed = [
+            f"--{key.replace('_', '-')} {config[key]} (the run has {stored[key]})"
+            for key in RESUME_KEYS
+            if key in stored and stored[key] != config[key]
+        ]
+        if changed:
+            raise UsageError(
+                f"--resume: the run in {str(run_dir)!r} was made with other settings: "
+                f"{'; '.join(changed)}; resume with the run's settings, or start a new run "
+                "(--overwrite or another --run-dir)"
+            )
+        return
+
+
+RESUME_KEYS = ("task", "cell", "hidden", "layers", "dropout", "seq_len", "corpus",
+               "batch_size", "seed")  # fmt: skip
 
 
 def _sample_text(task, model: Model, params, seed: int, length: int = 400) -> str:
@@ -280,6 +329,8 @@ def train_command(args: argparse.Namespace) -> int:
         examples = len(task.train["targets"])
         raise UsageError(f"--batch-size {args.batch_size} is larger than the {examples} "
                          f"training examples of {task.name}")  # fmt: skip
+    if args.resume:
+        _check_resumable(run_dir, _config(args))
     model = build_model(task, args.cell, args.hidden, args.layers, args.dropout)
     params = model.init(jax.random.key(args.seed))
     print(f"seqjax train: {task.name}, {args.layers}-layer {args.cell} (hidden {args.hidden}), "
@@ -493,11 +544,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="split each batch over all devices (after jax.distributed.initialize() "
                    "on several hosts: all of theirs)")  # fmt: skip
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--run-dir", default="runs/latest",
+    t.add_argument("--run-dir",
                    help="metrics.jsonl, curve.png, checkpoints/ and result.json (default "
-                   "runs/latest)")  # fmt: skip
+                   "runs/latest, which each new run replaces)")  # fmt: skip
     t.add_argument("--resume", action="store_true",
                    help="continue from the newest good checkpoint in --run-dir")  # fmt: skip
+    t.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run already in --run-dir (its checkpoints and logs)",
+    )
     d = commands.add_parser(
         "diagnose", help="measure |dL/dh_t|, the gradient through time, and plot it",
         description="Measures the norm of dL/dh_t, the gradient of a task's loss with respect "
@@ -536,10 +592,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:
         return int(exit_.code or 0)
+    from seqjax.train.checkpoint import CheckpointError
+
     try:
         commands = {"train": train_command, "diagnose": diagnose_command, "demo": demo}
         return commands[args.command](args)
-    except UsageError as err:
+    except (UsageError, CheckpointError) as err:
         print(f"seqjax {args.command}: error: {err}", file=sys.stderr)
         return 2
 

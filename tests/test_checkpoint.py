@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
+import struct
 
 import jax
 import jax.numpy as jnp
@@ -86,6 +88,51 @@ def test_altered_and_foreign_files_are_refused(tmp_path):
     with pytest.raises(checkpoint.CheckpointError, match="no usable checkpoint"):
         with pytest.warns(UserWarning):
             checkpoint.latest(tmp_path, make_state())
+
+
+def _rewrite_header(path, change):
+    """Rewrites a checkpoint's JSON header through ``change(header) -> new header``, keeping
+    its payload: what a corrupted or hand-edited header looks like."""
+    data = path.read_bytes()
+    (size,) = struct.unpack("<I", data[8:12])
+    header = change(json.loads(data[12 : 12 + size]))
+    text = json.dumps(header).encode()
+    path.write_bytes(data[:8] + struct.pack("<I", len(text)) + text + data[12 + size :])
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda h: {**{k: v for k, v in h.items() if k != "sha256"}, "sha25X": h["sha256"]},
+         "field 'sha256' is missing"),
+        (lambda h: {**h, "payload_bytes": "many"}, "field 'payload_bytes' .* not a int"),
+        (lambda h: [h], "not a JSON object"),
+        (lambda h: {**h, "metadata": {**h["metadata"], "position": 999}}, "header checksum"),
+        (lambda h: {**h, "step": 7}, "header checksum"),
+    ],
+)  # fmt: skip
+def test_an_altered_header_is_refused_and_the_previous_used(tmp_path, change, message):
+    checkpoint.save(tmp_path, make_state(1), step=1, metadata={"position": 3})
+    newest = checkpoint.save(tmp_path, make_state(2), step=2, metadata={"position": 6})
+    _rewrite_header(newest, change)
+    with pytest.raises(checkpoint.CheckpointError, match=message):
+        checkpoint.load(newest, make_state())
+    with pytest.raises(checkpoint.CheckpointError, match=message):
+        checkpoint.read_metadata(newest)
+    with pytest.warns(UserWarning, match="ckpt_000000002"):
+        state, step, metadata = checkpoint.latest(tmp_path, make_state())
+    assert step == 1 and metadata == {"position": 3}
+    assert_identical(state, make_state(1))
+
+
+def test_read_metadata_verifies_the_payload(tmp_path):
+    path = checkpoint.save(tmp_path, make_state(), step=4, metadata={"a": 1})
+    assert checkpoint.read_metadata(path) == (4, {"a": 1})
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(checkpoint.CheckpointError, match="sha256 checksum"):
+        checkpoint.read_metadata(path)
 
 
 def test_a_state_of_another_shape_is_refused(tmp_path):

@@ -58,7 +58,12 @@ def test_resume_continues_from_the_checkpoint(tmp_path):
         (["--task", "nope"], "unknown task 'nope'"),
         (["--hidden", "0"], "--hidden must be a positive integer"),
         (["--steps", "-5"], "--steps must be a positive integer"),
-        (["--lr", "-1"], "--lr and --clip-norm must be positive"),
+        (["--lr", "-1"], "--lr must be a positive number; got -1.0"),
+        (["--lr", "nan"], "--lr must be a positive number; got nan"),
+        (["--lr", "inf"], "--lr must be a positive number; got inf"),
+        (["--clip-norm", "nan"], "--clip-norm must be a positive number"),
+        (["--max-minutes", "0"], "--max-minutes must be a positive number"),
+        (["--resume", "--overwrite"], "pass one of them"),
         (["--resume"], "nothing to resume"),
         (["--cell", "lsmt"], "invalid choice: 'lsmt'"),
         (["--seq-len", "0"], "--seq-len must be a positive integer"),
@@ -87,6 +92,35 @@ def test_a_corpus_that_is_not_text_is_refused(tmp_path, capsys, content, message
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
     assert message in err and str(corpus) in err
+
+
+def test_a_run_dir_holding_a_run_is_continued_replaced_or_refused(tmp_path, capsys):
+    run_dir = str(tmp_path / "run")
+    assert cli.main(["train", "--steps", "20", "--run-dir", run_dir, *SMALL]) == 0
+    capsys.readouterr()
+
+    def refused(*argv):
+        code = cli.main(["train", "--run-dir", run_dir, *argv])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1, err
+        return err
+
+    assert "holds another run" in refused("--steps", "10", *SMALL)
+    err = refused("--steps", "40", "--resume", *SMALL[:-2], "--batch-size", "8")
+    assert "--batch-size 8 (the run has 16)" in err
+    # --overwrite starts over: only the new run's checkpoints (of 10 steps) remain
+    assert cli.main(["train", "--steps", "10", "--run-dir", run_dir, "--overwrite", *SMALL]) == 0
+    names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert names[-1] == "ckpt_000000010.msgpack" and len(names) == 10
+    metrics = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in metrics][-1] == 10 and len(metrics) == 10
+
+    # every checkpoint damaged: one line, exit 2, not a traceback
+    for path in (tmp_path / "run" / "checkpoints").iterdir():
+        path.write_bytes(path.read_bytes()[:100])
+    capsys.readouterr()
+    with pytest.warns(UserWarning):
+        assert "no usable checkpoint" in refused("--steps", "20", "--resume", *SMALL)
 
 
 def test_run_dir_that_is_a_file(tmp_path, capsys):

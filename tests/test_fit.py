@@ -108,6 +108,23 @@ def test_fit_rejects_bad_input(tmp_path):
         train.fit(model, loss, params, opt, data, steps=1, run_dir=afile)
 
 
+def test_fit_leaves_the_callers_params_usable_and_refuses_a_used_run_dir(tmp_path):
+    model, loss, params, data, _ = _problem()
+    opt = train.optimizer()
+    kept = jax.tree.map(np.asarray, params)
+    first, _ = train.fit(model, loss, params, opt, data, steps=3, batch_size=8,
+                         run_dir=tmp_path, log=lambda line: None)  # fmt: skip
+    # the same initial params train again (the step donates its state, not the caller's)
+    again, _ = train.fit(model, loss, params, opt, data, steps=3, batch_size=8,
+                         log=lambda line: None)  # fmt: skip
+    for a, b, c in zip(jax.tree.leaves(first), jax.tree.leaves(again), jax.tree.leaves(kept),
+                       strict=True):  # fmt: skip
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        assert not np.array_equal(np.asarray(a), c)  # trained: not the initial values
+    with pytest.raises(ValueError, match="holds another run .*resume=True"):
+        train.fit(model, loss, params, opt, data, steps=3, batch_size=8, run_dir=tmp_path)
+
+
 def _run(run_dir, steps, *extra):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     return subprocess.Popen([sys.executable, str(SCRIPT), str(run_dir), str(steps), *extra],

@@ -84,3 +84,16 @@ def test_sunspots_windows_forecast_the_next_year():
     assert first.inputs.shape == (67, 12, 1)
     with pytest.raises(ValueError, match="window"):
         sunspots.dataset(window=0)
+
+
+def test_tasks_and_train_reachable_after_a_plain_import():
+    import subprocess
+    import sys
+
+    code = (  # as the README writes it: no import of the subpackages first
+        "import seqjax\n"
+        "task = seqjax.tasks.registry.get('adding', seq_len=10)\n"
+        "assert callable(seqjax.train.fit) and task.name == 'adding'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

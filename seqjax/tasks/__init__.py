@@ -2,6 +2,6 @@
 
 ``mnist1d`` and ``digits`` need the ``seqjax[tasks]`` extra when their data is first asked for."""
 
-from seqjax.tasks import adding, charlm, copy, digits, mnist1d, sunspots
+from seqjax.tasks import adding, charlm, copy, digits, mnist1d, registry, sunspots
 
-__all__ = ["adding", "charlm", "copy", "digits", "mnist1d", "sunspots"]
+__all__ = ["adding", "charlm", "copy", "digits", "mnist1d", "registry", "sunspots"]

@@ -1,11 +1,12 @@
 """Checkpoints: atomic, checksummed, never pickled.
 
 A file is ``MAGIC`` (8 bytes), a little-endian uint32 header length, a JSON header
-(``format``, ``step``, ``metadata``, ``sha256`` and length of the payload) and the payload: the
-state's arrays as msgpack via ``flax.serialization``, which restores only plain data. A file is
+(``format``, ``step``, ``metadata``, ``sha256`` and length of the payload, and a sha256 of
+those fields) and the payload: the state's arrays as msgpack via ``flax.serialization``, which
+restores only plain data. A file is
 written to a temporary name in the same directory, flushed and fsync-ed, then renamed over the
 final name and the directory fsync-ed, so a reader sees either the old file or the whole new one,
-even if the writer is killed. A truncated or altered file fails its length or checksum check.
+even if the writer is killed. A truncated or altered file fails its length or checksum checks.
 """
 
 from __future__ import annotations
@@ -78,15 +79,14 @@ def save(
         raise ValueError(f"checkpoint.save: keep must be an integer >= 1; got {keep!r}")
     directory.mkdir(parents=True, exist_ok=True)
     payload = serialization.msgpack_serialize(serialization.to_state_dict(_encode(state)))
-    header = json.dumps(
-        {
-            "format": FORMAT,
-            "step": int(step),
-            "metadata": metadata or {},
-            "sha256": hashlib.sha256(payload).hexdigest(),
-            "payload_bytes": len(payload),
-        }
-    ).encode()
+    fields = {
+        "format": FORMAT,
+        "step": int(step),
+        "metadata": metadata or {},
+        "sha256": hashlib.sha256(payload).hexdigest(),
+        "payload_bytes": len(payload),
+    }
+    header = json.dumps({**fields, "header_sha256": _header_digest(fields)}).encode()
     path = directory / f"{PREFIX}{int(step):09d}{SUFFIX}"
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_", suffix=".partial")
     try:
@@ -122,17 +122,49 @@ def _split(data: bytes, where: str) -> tuple[dict, bytes]:
     try:
         (size,) = struct.unpack("<I", data[len(MAGIC) : len(MAGIC) + 4])
         start = len(MAGIC) + 4
-        return json.loads(data[start : start + size]), data[start + size :]
+        header, payload = json.loads(data[start : start + size]), data[start + size :]
     except (struct.error, ValueError) as err:
         raise CheckpointError(f"{where} has a truncated or unreadable header") from err
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{where} has an altered header (not a JSON object)")
+    for field, kind in _HEADER_FIELDS.items():
+        value = header.get(field)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise CheckpointError(
+                f"{where} has an altered header: field {field!r} is missing or not a "
+                f"{kind.__name__} (found {value!r})"
+            )
+    digest = header.get("header_sha256")  # absent only in files written before it existed
+    if digest is not None and digest != _header_digest(header):
+        raise CheckpointError(f"{where} fails its header checksum: the header was altered")
+    if header["format"] != FORMAT:
+        raise CheckpointError(f"{where} has format {header['format']!r}; expected {FORMAT}")
+    if len(payload) != header["payload_bytes"]:
+        raise CheckpointError(
+            f"{where} is truncated: {len(payload)} of {header['payload_bytes']} payload bytes; "
+            "it was cut short while being copied or written by another tool"
+        )
+    if hashlib.sha256(payload).hexdigest() != header["sha256"]:
+        raise CheckpointError(f"{where} fails its sha256 checksum: the file was altered")
+    return header, payload
+
+
+_HEADER_FIELDS = {"format": int, "step": int, "metadata": dict, "sha256": str,
+                  "payload_bytes": int}  # fmt: skip
+
+
+def _header_digest(header: dict) -> str:
+    """sha256 of the header's fields (all but this digest), in a canonical JSON form."""
+    fields = {k: header[k] for k in _HEADER_FIELDS}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
 def read_metadata(path: str | os.PathLike) -> tuple[int, dict]:
     """``(step, metadata)`` from a checkpoint's header, without restoring its arrays (to learn
-    how to rebuild the state it holds)."""
+    how to rebuild the state it holds). The whole file is verified as :func:`load` does."""
     path = pathlib.Path(path)
     header, _ = _split(path.read_bytes(), f"checkpoint {str(path)!r}")
-    return int(header["step"]), header["metadata"]
+    return header["step"], header["metadata"]
 
 
 def load(path: str | os.PathLike, target: Any) -> tuple[Any, int, dict]:
@@ -145,15 +177,6 @@ def load(path: str | os.PathLike, target: Any) -> tuple[Any, int, dict]:
     path = pathlib.Path(path)
     where = f"checkpoint {str(path)!r}"
     header, payload = _split(path.read_bytes(), where)
-    if header.get("format") != FORMAT:
-        raise CheckpointError(f"{where} has format {header.get('format')!r}; expected {FORMAT}")
-    if len(payload) != header["payload_bytes"]:
-        raise CheckpointError(
-            f"{where} is truncated: {len(payload)} of {header['payload_bytes']} payload bytes; "
-            "it was cut short while being copied or written by another tool"
-        )
-    if hashlib.sha256(payload).hexdigest() != header["sha256"]:
-        raise CheckpointError(f"{where} fails its sha256 checksum: the file was altered")
     stored = serialization.msgpack_restore(payload)
     template = serialization.to_state_dict(_encode(target))
     _check_structure(stored, template, where, ())

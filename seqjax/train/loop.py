@@ -177,9 +177,17 @@ def fit(
     if run_dir is not None:
         if run_dir.exists() and not run_dir.is_dir():
             raise ValueError(f"fit: run_dir {str(run_dir)!r} is a file; pass a folder")
+        previous = sorted((run_dir / "checkpoints").glob("ckpt_*.msgpack"))
+        if not resume and (previous or (run_dir / "metrics.jsonl").exists()):
+            raise ValueError(
+                f"fit: run_dir {str(run_dir)!r} holds another run ({len(previous)} "
+                "checkpoint(s), metrics.jsonl); pass resume=True to continue it, or an empty "
+                "or new run_dir (a new run there would mix its files with the old one's)"
+            )
         run_dir.mkdir(parents=True, exist_ok=True)
 
-    state = TrainState.create(params, optimizer)
+    # The train step donates its state: train a copy, so the caller's params stay usable.
+    state = TrainState.create(jax.tree.map(jnp.copy, params), optimizer)
     history: list[dict] = []
     if resume:
         found = checkpoint.latest(run_dir / "checkpoints", state)
