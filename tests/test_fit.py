@@ -121,7 +121,7 @@ def test_fit_leaves_the_callers_params_usable_and_refuses_a_used_run_dir(tmp_pat
                        strict=True):  # fmt: skip
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
         assert not np.array_equal(np.asarray(a), c)  # trained: not the initial values
-    with pytest.raises(ValueError, match="holds another run .*resume=True"):
+    with pytest.raises(ValueError, match=r"holds another run .*resume=True"):
         train.fit(model, loss, params, opt, data, steps=3, batch_size=8, run_dir=tmp_path)
 
 
