@@ -93,7 +93,7 @@ def test_tasks_and_train_reachable_after_a_plain_import():
     code = (  # as the README writes it: no import of the subpackages first
         "import seqjax\n"
         "task = seqjax.tasks.registry.get('adding', seq_len=10)\n"
-        "assert callable(seqjax.train.fit) and task.name == 'adding'\n"
+        "assert callable(seqjax.train.fit) and task.name == 'adding T=10'\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

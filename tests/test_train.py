@@ -149,6 +149,47 @@ def _adding_model(hidden: int):
     return init, model, loss
 
 
+_YS = jnp.arange(10.0).reshape(2, 5, 1)
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (lambda: losses.mse(jnp.ones((3, 1)), jnp.ones(3)), ValueError,
+         r"same shape; got \(3, 1\) and \(3,\)"),
+        (lambda: losses.last_valid(_YS, jnp.array([0, 5])), ValueError,
+         r"lengths must lie in \[1, 5\].*got a length of 0"),
+        (lambda: losses.mean_pool(_YS, jnp.array([2, 9])), ValueError, "got a length of 9"),
+        (lambda: losses.mean_pool(_YS, jnp.array([2.0, 3.0])), TypeError, "integer array"),
+        (lambda: losses.last_valid(_YS, jnp.array([1, 2, 3])), ValueError, "batch shape"),
+        (lambda: losses.sequence_cross_entropy(jnp.zeros((1, 2, 3)), jnp.array([[7, 1]])),
+         ValueError, r"labels must lie in \[0, 3\).*got 7"),
+        (lambda: losses.sequence_cross_entropy(jnp.zeros((1, 2, 3)), jnp.array([[0, -1]])),
+         ValueError, "got -1"),
+        (lambda: losses.sequence_cross_entropy(jnp.zeros((1, 2, 3)), jnp.zeros((1, 2))),
+         TypeError, "integer class indices"),
+        (lambda: losses.sequence_accuracy(jnp.zeros((1, 2, 3)), jnp.zeros((2, 1), int)),
+         ValueError, r"shape of logits without its class axis"),
+        (lambda: losses.sequence_cross_entropy(jnp.zeros((1, 2, 3)), jnp.array([[0, 1]]),
+                                               lengths=jnp.array([1.5])),
+         TypeError, "lengths must be an integer array"),
+        (lambda: losses.classification_cross_entropy(jnp.zeros((4, 3)), jnp.array([0, 1, 2, 3])),
+         ValueError, r"\[0, 3\)"),
+    ],
+)  # fmt: skip
+def test_losses_refuse_bad_input(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_losses_check_only_shapes_under_jit():
+    # values of traced labels and lengths cannot be read: shapes still are
+    jitted = jax.jit(losses.sequence_cross_entropy)
+    assert jnp.isfinite(jitted(jnp.zeros((1, 2, 3)), jnp.array([[0, 2]]), jnp.array([2])))
+    with pytest.raises(ValueError, match="shape of logits"):
+        jitted(jnp.zeros((1, 2, 3)), jnp.array([[0, 2, 1]]))
+
+
 def test_train_step_reduces_loss_and_reports_gradient_norm():
     init, model, loss = _adding_model(16)
     opt = train.optimizer("adam", learning_rate=1e-2, clip_norm=0.5)

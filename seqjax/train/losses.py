@@ -11,9 +11,37 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
+from seqjax import _checks
+
 Array = jax.Array
+
+
+def _check_labels(logits: Array, labels: Array, fn: str) -> None:
+    """Integer ``labels`` of shape ``logits.shape[:-1]``, in ``[0, classes)`` when concrete."""
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise TypeError(f"{fn}: labels must be integer class indices; got dtype {labels.dtype}")
+    if labels.shape != logits.shape[:-1]:
+        raise ValueError(
+            f"{fn}: labels must have the shape of logits without its class axis, "
+            f"{logits.shape[:-1]}; got {labels.shape}"
+        )
+    if _checks.is_concrete(labels) and labels.size:
+        low, high, classes = int(np.min(labels)), int(np.max(labels)), logits.shape[-1]
+        if low < 0 or high >= classes:
+            raise ValueError(
+                f"{fn}: labels must lie in [0, {classes}) (logits have {classes} classes); "
+                f"got {low if low < 0 else high}"
+            )
+
+
+def _check_sequences(ys: Array, lengths: Array | None, fn: str, name: str = "ys") -> Array | None:
+    """``ys (batch, time, ...)`` and ``lengths (batch,)`` in ``[1, time]``."""
+    if ys.ndim < 2:
+        raise ValueError(f"{fn}: {name} must be (batch, time, ...); got shape {ys.shape}")
+    return _checks.check_lengths(lengths, ys.shape[:1], ys.shape[1], fn)
 
 
 def step_mask(lengths: Array | None, batch: int, steps: int) -> Array:
@@ -31,12 +59,18 @@ def sequence_cross_entropy(logits: Array, labels: Array, lengths: Array | None =
     """Mean softmax cross-entropy (nats) over the valid steps.
 
     ``logits (batch, time, classes)``, ``labels (batch, time)`` integers."""
+    logits, labels = jnp.asarray(logits), jnp.asarray(labels)
+    _check_labels(logits, labels, "sequence_cross_entropy")
+    lengths = _check_sequences(labels, lengths, "sequence_cross_entropy", "labels")
     losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
     return _masked_mean(losses, step_mask(lengths, *labels.shape))
 
 
 def sequence_accuracy(logits: Array, labels: Array, lengths: Array | None = None) -> Array:
     """Fraction of valid steps whose arg-max class is the label."""
+    logits, labels = jnp.asarray(logits), jnp.asarray(labels)
+    _check_labels(logits, labels, "sequence_accuracy")
+    lengths = _check_sequences(labels, lengths, "sequence_accuracy", "labels")
     hits = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
     return _masked_mean(hits, step_mask(lengths, *labels.shape))
 
@@ -48,6 +82,7 @@ def bits_per_character(cross_entropy_nats: Array) -> Array:
 
 def last_valid(ys: Array, lengths: Array | None = None) -> Array:
     """Each sequence's output at its own last valid step: ``(batch, time, F) -> (batch, F)``."""
+    lengths = _check_sequences(ys, lengths, "last_valid")
     if lengths is None:
         return ys[:, -1]
     index = jnp.asarray(lengths)[:, None, None] - 1
@@ -56,12 +91,15 @@ def last_valid(ys: Array, lengths: Array | None = None) -> Array:
 
 def mean_pool(ys: Array, lengths: Array | None = None) -> Array:
     """Mean of each sequence's outputs over its valid steps: ``(batch, time, F) -> (batch, F)``."""
+    lengths = _check_sequences(ys, lengths, "mean_pool")
     mask = step_mask(lengths, ys.shape[0], ys.shape[1]).astype(ys.dtype)[..., None]
     return jnp.sum(ys * mask, axis=1) / jnp.maximum(jnp.sum(mask, axis=1), 1.0)
 
 
 def classification_cross_entropy(logits: Array, labels: Array) -> Array:
     """Mean cross-entropy of one prediction per sequence: ``logits (batch, classes)``."""
+    logits, labels = jnp.asarray(logits), jnp.asarray(labels)
+    _check_labels(logits, labels, "classification_cross_entropy")
     return jnp.mean(
         optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
     )
@@ -72,7 +110,18 @@ def classification_accuracy(logits: Array, labels: Array) -> Array:
 
 
 def mse(predictions: Array, targets: Array, lengths: Array | None = None) -> Array:
-    """Mean squared error; with ``lengths``, over the valid steps of ``(batch, time, ...)``."""
+    """Mean squared error; with ``lengths``, over the valid steps of ``(batch, time, ...)``.
+
+    ``predictions`` and ``targets`` must have one shape: a ``(batch, 1)`` prediction against
+    ``(batch,)`` targets would broadcast to ``(batch, batch)`` and train on the wrong loss."""
+    predictions, targets = jnp.asarray(predictions), jnp.asarray(targets)
+    if predictions.shape != targets.shape:
+        raise ValueError(
+            f"mse: predictions and targets must have the same shape; got {predictions.shape} "
+            f"and {targets.shape} (reshape one, e.g. predictions[..., 0] or targets[..., None])"
+        )
+    if lengths is not None:
+        lengths = _check_sequences(predictions, lengths, "mse", "predictions")
     errors = jnp.square(predictions.astype(jnp.float32) - targets)
     if lengths is None:
         return jnp.mean(errors)
