@@ -122,6 +122,12 @@ def bidirectional(forward: Layer, backward: Layer) -> Layer:
     """
     for name, layer in (("forward", forward), ("backward", backward)):
         _check_layer(layer, name, "bidirectional")
+        if _runs_in_reverse(layer):
+            raise ValueError(
+                f"bidirectional: {name} was built with reverse=True; bidirectional reverses "
+                "the sequences for the backward layer itself (so that one would run forward "
+                f"again). Build {name} with reverse=False: seqjax.rnn(cell)"
+            )
     if forward.time_major != backward.time_major:
         raise ValueError(
             "bidirectional: forward and backward must share a layout; got time_major="
@@ -143,7 +149,14 @@ def bidirectional(forward: Layer, backward: Layer) -> Layer:
         )
 
     def apply(params, xs, *, lengths=None, carry=None, key=None):
+        if not isinstance(params, dict) or set(params) != {"forward", "backward"}:
+            got = sorted(params) if isinstance(params, dict) else type(params).__name__
+            raise ValueError(
+                "bidirectional: params must be a dict with keys ['backward', 'forward'], as "
+                f"layer.init returns; got {got}"
+            )
         carry_fwd, carry_bwd = _split_carry(carry, 2, "bidirectional")
+        _check_key(key, "bidirectional")
         key_fwd, key_bwd = jax.random.split(key) if key is not None else (None, None)
         xs = _checks.check_array(xs, "xs", "bidirectional", min_rank=2)
         time_axis = 0 if time_major else xs.ndim - 2
@@ -216,6 +229,7 @@ def stack(*layers: Layer, dropout: float = 0.0) -> Layer:
                 + (f" of {len(params)}" if isinstance(params, tuple | list) else "")
             )
         carries = _split_carry(carry, count, "stack")
+        _check_key(key, "stack")
         keys = jax.random.split(key, 2 * count) if key is not None else [None] * (2 * count)
         finals = []
         for i, (layer, p, c) in enumerate(zip(layers, params, carries, strict=True)):
@@ -294,3 +308,31 @@ def _check_layer(layer: Any, name: str, fn: str) -> None:
         raise TypeError(f"{fn}: {name} is a Cell; wrap it in a layer first: seqjax.rnn(cell)")
     if not isinstance(layer, Layer):
         raise TypeError(f"{fn}: {name} must be a seqjax Layer; got {type(layer).__name__}")
+
+
+def _runs_in_reverse(layer: Layer) -> bool:
+    """Whether ``layer`` (or a layer stacked in it) was built with ``rnn(..., reverse=True)``."""
+    if layer.parts is None:
+        return False
+    if layer.parts[0] == "rnn":
+        return bool(dict(layer.parts[2]).get("reverse"))
+    if layer.parts[0] == "stack":
+        return any(_runs_in_reverse(inner) for inner in layer.parts[1])
+    return False
+
+
+def _check_key(key: Any, fn: str) -> None:
+    """``key``: ``None`` or one PRNG key (``jax.random.key`` or a raw ``PRNGKey``)."""
+    if key is None:
+        return
+    if isinstance(key, jax.Array | np.ndarray):
+        if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape == ():
+            return
+        if key.dtype == np.uint32 and key.shape == (2,):
+            return
+    described = f"{type(key).__name__}"
+    if hasattr(key, "dtype"):
+        described += f" of dtype {key.dtype} and shape {tuple(key.shape)}"
+    raise TypeError(
+        f"{fn}: key must be one PRNG key (jax.random.key(seed)) or None; got {described}"
+    )

@@ -415,6 +415,41 @@ def test_bidirectional_carry_wrong_length(lstm_cell, lstm_params, xs):
         layer.apply(params, xs, carry=carry)
 
 
+@pytest.mark.parametrize("side", ["forward", "backward"])
+def test_bidirectional_of_a_reversed_layer(lstm_cell, side):
+    layers = {"forward": seqjax.rnn(lstm_cell), "backward": seqjax.rnn(lstm_cell)}
+    layers[side] = seqjax.stack(seqjax.rnn(lstm_cell, reverse=True))  # found inside a stack too
+    with pytest.raises(
+        ValueError, match=_msg(f"bidirectional: {side} was built with reverse=True", "rnn(cell)")
+    ):
+        seqjax.bidirectional(**layers)
+
+
+@pytest.mark.parametrize(
+    ("params_of", "got"),
+    [(lambda p: {"forward": p}, "got ['forward']"), (lambda p: [p, p], "got list")],
+)
+def test_bidirectional_params_wrong_structure(lstm_cell, lstm_params, xs, params_of, got):
+    layer = seqjax.bidirectional(seqjax.rnn(lstm_cell), seqjax.rnn(lstm_cell))
+    with pytest.raises(
+        ValueError, match=_msg("bidirectional: params must be a dict with keys", got)
+    ):
+        layer.apply(params_of(lstm_params), xs)
+
+
+@pytest.mark.parametrize("fn", ["stack", "bidirectional"])
+@pytest.mark.parametrize(("key", "got"), [(1, "got int"), (jnp.ones(3), "float32 and shape (3,)")])
+def test_layer_key_not_a_prng_key(lstm_cell, lstm_params, xs, fn, key, got):
+    if fn == "stack":
+        layer, params = seqjax.stack(seqjax.rnn(lstm_cell)), (lstm_params,)
+    else:
+        layer = seqjax.bidirectional(seqjax.rnn(lstm_cell), seqjax.rnn(lstm_cell))
+        params = {"forward": lstm_params, "backward": lstm_params}
+    with pytest.raises(TypeError, match=_msg(f"{fn}: key must be one PRNG key", got)):
+        layer.apply(params, xs, key=key)
+    layer.apply(params, xs, key=jax.random.PRNGKey(0))  # raw keys stay accepted
+
+
 def test_rnn_checks_its_options(lstm_cell):
     with pytest.raises(TypeError, match=_msg("rnn: cell must be a seqjax.Cell", "got str")):
         seqjax.rnn("lstm")
