@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from seqjax import layers
+from seqjax import _checks, layers
 from seqjax.cell import Carry, Cell
 from seqjax.cells import gru, lru, lstm, min_gru, min_lstm, simple_rnn
 from seqjax.unroll import unroll
@@ -51,8 +51,11 @@ class Recurrent(nnx.Module):
     def __init__(
         self, cell: Cell, in_features: int, *, rngs: nnx.Rngs, dtype: Any = None, **options
     ):
+        _checks.check_cell(cell, type(self).__name__)
         self.cell = nnx.static(cell)
-        self.options = nnx.static(tuple(sorted(options.items())))
+        self.options = nnx.static(
+            tuple(sorted(_check_options(options, type(self).__name__).items()))
+        )
         params = cell.init(rngs.params(), in_features, dtype)
         self.param_names = nnx.static(tuple(params))
         for name, value in params.items():
@@ -164,6 +167,12 @@ class Bidirectional(nnx.Module):
     and concatenates their outputs (forward first). The carry is ``(forward, backward)``."""
 
     def __init__(self, forward: Recurrent, backward: Recurrent):
+        for name, layer in (("forward", forward), ("backward", backward)):
+            if not isinstance(layer, Recurrent):
+                hint = (" (a cell: wrap it, e.g. seqjax.nn.Recurrent(cell, in_features, "
+                        "rngs=rngs))" if isinstance(layer, Cell) else "")  # fmt: skip
+                raise TypeError(f"Bidirectional: {name} must be a seqjax.nn recurrent module; "
+                                f"got {type(layer).__name__}{hint}")  # fmt: skip
         self.forward, self.backward = forward, backward
 
     def __call__(self, inputs: Array, *, initial_carry=None, seq_lengths=None, lengths=None,
@@ -200,3 +209,28 @@ class Stack(nnx.Module):
                               time_major=time_major)  # fmt: skip
             finals.append(final)
         return (tuple(finals), ys) if return_carry else ys
+
+
+# Options fixed when a module is built (per call: ``reverse``, ``time_major``, lengths, carry).
+_UNROLL_OPTIONS = {"unroll": "int", "remat": "bool", "parallel": "bool", "chunk_size": "int",
+                   "hoist_projection": "bool", "custom_vjp": "bool"}  # fmt: skip
+
+
+def _check_options(options: dict, fn: str) -> dict:
+    """Known ``seqjax.unroll`` options of the right type, refused at construction rather than
+    at the first call."""
+    for name, value in options.items():
+        if name not in _UNROLL_OPTIONS:
+            per_call = " (it is an argument of each call)" if name in (
+                "reverse", "time_major", "lengths", "carry") else ""  # fmt: skip
+            raise TypeError(
+                f"{fn}: unknown option {name!r}{per_call}; the options fixed at construction "
+                f"are {sorted(_UNROLL_OPTIONS)}"
+            )
+        if value is None and name in ("chunk_size", "hoist_projection", "custom_vjp"):
+            continue
+        if _UNROLL_OPTIONS[name] == "bool":
+            _checks.check_bool(value, name, fn)
+        else:
+            _checks.check_positive_int(value, name, fn)
+    return options

@@ -160,3 +160,22 @@ def test_errors():
         module(jnp.ones((B, T, 4)))
     with pytest.raises(ValueError, match="Stack: need at least one layer"):
         snn.Stack()
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "match"),
+    [
+        ({"remt": True}, TypeError, "LSTM: unknown option 'remt'"),
+        ({"reverse": True}, TypeError, "'reverse' \\(it is an argument of each call\\)"),
+        ({"remat": "yes"}, TypeError, "LSTM: remat must be True or False; got 'yes'"),
+        ({"unroll": 0}, ValueError, "LSTM: unroll must be a positive integer; got 0"),
+    ],
+)
+def test_options_are_checked_when_the_module_is_built(options, error, match):
+    with pytest.raises(error, match=match):
+        snn.LSTM(D, H, rngs=nnx.Rngs(0), **options)
+
+
+def test_bidirectional_needs_modules():
+    with pytest.raises(TypeError, match="forward must be a seqjax.nn recurrent module; got Cell"):
+        snn.Bidirectional(seqjax.lstm(H), seqjax.lstm(H))
