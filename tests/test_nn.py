@@ -177,5 +177,5 @@ def test_options_are_checked_when_the_module_is_built(options, error, match):
 
 
 def test_bidirectional_needs_modules():
-    with pytest.raises(TypeError, match="forward must be a seqjax.nn recurrent module; got Cell"):
+    with pytest.raises(TypeError, match=r"forward must be a seqjax\.nn recurrent module; got Cell"):
         snn.Bidirectional(seqjax.lstm(H), seqjax.lstm(H))
