@@ -197,3 +197,21 @@ def check_parallel(cell: Any, fn: str) -> None:
             f"{fn}: parallel=True needs a cell whose state evolves linearly (cell.linear: "
             f"min_gru, min_lstm, lru); cell {cell.name!r} is not. Pass parallel=False"
         )
+
+
+def check_batch_shape(batch_shape: Any, fn: str) -> tuple[int, ...]:
+    """``batch_shape``: a tuple of sizes (``(32,)``), or one int for a single batch axis."""
+    if isinstance(batch_shape, int | np.integer) and not isinstance(batch_shape, bool):
+        batch_shape = (batch_shape,)
+    try:
+        shape = tuple(batch_shape)
+    except TypeError:
+        shape = None
+    if shape is None or not all(
+        isinstance(d, int | np.integer) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise TypeError(
+            f"{fn}: batch_shape must be a tuple of sizes, e.g. (32,) or (), or one int; "
+            f"got {batch_shape!r}"
+        )
+    return tuple(int(d) for d in shape)

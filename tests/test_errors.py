@@ -792,3 +792,15 @@ def test_traced_lengths_in_a_jitted_stack_do_not_raise(two_layer_stack, xs):
     run = jax.jit(lambda params, xs, lengths: layer.apply(params, xs, lengths=lengths))
     _, ys = run(params, xs, jnp.array([1, T], jnp.int32))
     assert ys.shape == (B, T, H)
+
+
+def test_lstm_proj_size_must_be_smaller_than_hidden():
+    with pytest.raises(ValueError, match=_msg("lstm: proj_size must be smaller", "got 4")):
+        seqjax.lstm(4, proj_size=4)
+
+
+@pytest.mark.parametrize("bad", ["x", 2.5, (2, -1), (True,)])
+def test_initial_carry_batch_shape(lstm_cell, lstm_params, bad):
+    assert lstm_cell.initial_carry(lstm_params, 3).h.shape == (3, H)  # one int: one batch axis
+    with pytest.raises(TypeError, match=_msg("initial_carry: batch_shape must be a tuple")):
+        lstm_cell.initial_carry(lstm_params, bad)

@@ -112,6 +112,7 @@ def zeros_carry(hidden_size: int):
     """An ``initial_carry`` for cells whose state is the hidden vector alone."""
 
     def initial_carry(params: Params, batch_shape: tuple[int, ...] = ()) -> jax.Array:
+        batch_shape = _checks.check_batch_shape(batch_shape, "initial_carry")
         return jnp.zeros((*batch_shape, hidden_size), params["w_hh"].dtype)
 
     return initial_carry

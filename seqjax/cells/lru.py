@@ -91,6 +91,7 @@ def lru(
         return jax.tree.map(lambda p: p.astype(dtype), params)
 
     def initial_carry(params: Params, batch_shape: tuple[int, ...] = ()) -> jax.Array:
+        batch_shape = _checks.check_batch_shape(batch_shape, "initial_carry")
         return jnp.zeros((*batch_shape, 2 * N), params["d"].dtype)
 
     def project(params: Params, xs: jax.Array) -> jax.Array:

@@ -77,6 +77,11 @@ def lstm(
     hidden_size = _checks.check_positive_int(hidden_size, "hidden_size", "lstm")
     if isinstance(proj_size, bool) or not isinstance(proj_size, int | np.integer) or proj_size < 0:
         raise ValueError(f"lstm: proj_size must be an integer >= 0; got {proj_size!r}")
+    if proj_size >= hidden_size:
+        raise ValueError(
+            f"lstm: proj_size must be smaller than hidden_size ({hidden_size}), as in PyTorch "
+            f"(it projects h down); got {proj_size}"
+        )
     peephole = _checks.check_bool(peephole, "peephole", "lstm")
     layer_norm = _checks.check_bool(layer_norm, "layer_norm", "lstm")
     if proj_size or peephole or layer_norm:
@@ -102,6 +107,7 @@ def lstm(
         )  # fmt: skip
 
     def initial_carry(params: Params, batch_shape: tuple[int, ...] = ()) -> LSTMCarry:
+        batch_shape = _checks.check_batch_shape(batch_shape, "initial_carry")
         zeros = jnp.zeros((*batch_shape, H), params["w_hh"].dtype)
         return LSTMCarry(zeros, zeros)
 
@@ -201,6 +207,7 @@ def _lstm_variant(
         return params
 
     def initial_carry(params: Params, batch_shape: tuple[int, ...] = ()) -> LSTMCarry:
+        batch_shape = _checks.check_batch_shape(batch_shape, "initial_carry")
         dtype = params["w_hh"].dtype
         return LSTMCarry(jnp.zeros((*batch_shape, R), dtype), jnp.zeros((*batch_shape, H), dtype))
 
