@@ -4,6 +4,7 @@
     python -m benchmarks.step_profile --cell gru --config medium
     python -m benchmarks.step_profile --autodiff               # plain autodiff of lax.scan
     python -m benchmarks.step_profile --forward                # the forward pass alone
+    python -m benchmarks.step_profile --keep-freed-memory      # malloc keeps freed buffers
 
 Traces ``--calls`` calls of the jitted gradient (of ``sum(ys**2)`` with respect to the
 parameters and the inputs, as ``benchmarks.rnn`` times it) with ``jax.profiler``, and splits one
@@ -13,7 +14,10 @@ into matmuls, elementwise work, stores into the per-step outputs (``dynamic-upda
 copies, and the loop's own overhead (the loop's time not spent in any operation), per step in
 microseconds, with the number of operations per step and the matmuls' GFLOP/s.
 
-The operations are XLA's (on CPU, its thunks); their kinds come from the compiled HLO.
+The operations are XLA's (on CPU, its thunks); their kinds and loops come from the compiled
+HLO. A small program runs inline, and each loop's own trace event then gives its overhead; a
+larger one runs its operations asynchronously, and their durations are then those the trace
+records (a matmul split over threads can show a rate above the machine's).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import json
 import math
 import re
 import tempfile
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -46,9 +51,18 @@ def _dims(type_text: str) -> list[int]:
     return [int(d) for d in match.group(1).split(",") if d] if match else []
 
 
-def parse_hlo(text: str) -> dict[str, tuple[str, float]]:
-    """``{instruction name: (kind, matmul FLOPs)}`` for every instruction of a compiled HLO
-    module; a fusion's kind and FLOPs are those of the computation it calls."""
+class Op(NamedTuple):
+    """One operation of the compiled program: its kind, matmul FLOPs, and the ``while`` loop
+    whose body runs it (``None``: outside every loop)."""
+
+    kind: str
+    flops: float
+    loop: str | None
+
+
+def parse_hlo(text: str) -> dict[str, Op]:
+    """``{instruction name: Op}`` for every operation of a compiled HLO module that runs on its
+    own; a fusion's kind and FLOPs are those of the computation it calls."""
     computations: dict[str, list[tuple[str, str, str, str]]] = {}
     shapes: dict[str, dict[str, list[int]]] = {}
     current = None
@@ -81,77 +95,82 @@ def parse_hlo(text: str) -> dict[str, tuple[str, float]]:
             return "matmul", flops
         if "dynamic-update-slice" in opcodes:
             return "store", 0.0
-        if opcodes <= {"parameter", "copy", "transpose", "bitcast", "constant"} and opcodes & {
-            "copy",
-            "transpose",
-        }:
+        moves = {"parameter", "copy", "transpose", "bitcast", "constant"}
+        if opcodes <= moves and opcodes & {"copy", "transpose"}:
             return "copy", 0.0
         return "elementwise", 0.0
 
-    fused = {  # computations that fusions call: their instructions never run on their own
-        re.search(r"calls=%([\w.\-]+)", rest).group(1)
-        for ops in computations.values()
-        for _, _, opcode, rest in ops
-        if opcode == "fusion" and "calls=%" in rest
-    }
-    kinds = {}
+    def called(rest: str, attribute: str) -> str | None:
+        found = re.search(rf"{attribute}=%([\w.\-]+)", rest)
+        return found.group(1) if found else None
+
+    fused = set()  # computations that fusions call: their instructions never run on their own
+    loop_of: dict[str, str] = {}  # a while body or condition -> that while instruction
+    for ops in computations.values():
+        for name, _, opcode, rest in ops:
+            if opcode == "fusion" and called(rest, "calls"):
+                fused.add(called(rest, "calls"))
+            if opcode == "while":
+                for attribute in ("body", "condition"):
+                    if called(rest, attribute):
+                        loop_of[called(rest, attribute)] = name
+    result = {}
+    skipped = ("parameter", "constant", "get-tuple-element", "tuple", "bitcast", "while",
+               "conditional", "call")  # fmt: skip
     for computation, ops in computations.items():
         if computation in fused:
             continue
+        loop = loop_of.get(computation)
         for name, type_text, opcode, rest in ops:
             if opcode == "fusion":
-                called = re.search(r"calls=%([\w.\-]+)", rest)
-                kinds[name] = classify(called.group(1)) if called else ("elementwise", 0.0)
+                kind, flops = classify(called(rest, "calls")) if called(rest, "calls") else (
+                    "elementwise", 0.0)  # fmt: skip
             elif opcode == "dot":
-                kinds[name] = ("matmul", dot_flops(computation, type_text, rest))
+                kind, flops = "matmul", dot_flops(computation, type_text, rest)
             elif opcode == "custom-call":
-                kinds[name] = ("matmul", 0.0)
+                kind, flops = "matmul", 0.0
             elif opcode in ("copy", "transpose"):
-                kinds[name] = ("copy", 0.0)
+                kind, flops = "copy", 0.0
             elif opcode == "dynamic-update-slice":
-                kinds[name] = ("store", 0.0)
-            elif opcode not in ("parameter", "constant", "get-tuple-element", "tuple", "bitcast",
-                                "while", "conditional", "call"):  # fmt: skip
-                kinds[name] = ("elementwise", 0.0)
-    return kinds
+                kind, flops = "store", 0.0
+            elif opcode in skipped:
+                continue
+            else:
+                kind, flops = "elementwise", 0.0
+            result[name] = Op(kind, flops, loop)
+    return result
 
 
-def breakdown(events: list[dict], kinds: dict[str, tuple[str, float]], calls: int) -> list[dict]:
-    """One row per part of a call (each loop, in the order it runs, then the rest): its time,
-    and its time, count and matmul FLOPs by kind, all per call."""
-    ops = [e for e in events if e["name"] in kinds or e["name"].startswith("while")]
-    loops = [e for e in ops if e["name"].startswith("while")]
+def breakdown(events: list[dict], ops: dict[str, Op], calls: int) -> list[dict]:
+    """One row per part of a call (each loop, in the order it first runs, then the rest): the
+    time, count and matmul FLOPs of its operations by kind, all per call, and ``ms``, the
+    loop's own duration where the trace shows it enclosing its operations (XLA:CPU runs a
+    loop inline when the program is small), else the sum of its operations."""
     first_seen: dict[str, float] = {}
-    for loop in loops:
-        first_seen.setdefault(loop["name"], loop["ts"])
+    loop_ms: dict[str, float] = {}
+    for event in events:
+        op = ops.get(event["name"])
+        if op is not None and op.loop is not None:
+            first_seen.setdefault(op.loop, event["ts"])
+        elif event["name"].startswith("while"):
+            loop_ms[event["name"]] = loop_ms.get(event["name"], 0.0) + event["dur"] / 1e3 / calls
     parts = {name: _empty_part(name) for name in sorted(first_seen, key=first_seen.get)}
     rest = _empty_part("outside loops")
-
-    def enclosing(event):
-        for loop in loops:
-            if (
-                loop is not event  # any thread: a loop's steps may move between threads
-                and loop["ts"] <= event["ts"]
-                and event["ts"] + event["dur"] <= loop["ts"] + loop["dur"]
-            ):
-                return loop
-        return None
-
-    for loop in loops:
-        if enclosing(loop) is None:
-            parts[loop["name"]]["ms"] += loop["dur"] / 1e3 / calls
-    for event in ops:
-        if event["name"].startswith("while"):
+    for event in events:
+        op = ops.get(event["name"])
+        if op is None:
             continue
-        loop = enclosing(event)
-        part = rest if loop is None else parts[loop["name"]]
-        kind, flops = kinds[event["name"]]
-        part["by_kind"][kind]["ms"] += event["dur"] / 1e3 / calls
-        part["by_kind"][kind]["count"] += 1 / calls
-        part["by_kind"][kind]["flops"] += flops / calls
-        if loop is None:
-            rest["ms"] += event["dur"] / 1e3 / calls
-    return [p for p in parts.values() if p["ms"] > 0] + [rest]
+        part = rest if op.loop is None else parts[op.loop]
+        totals = part["by_kind"][op.kind]
+        totals["ms"] += event["dur"] / 1e3 / calls
+        totals["count"] += 1 / calls
+        totals["flops"] += op.flops / calls
+    for name, part in [*parts.items(), ("", rest)]:
+        ops_ms = sum(k["ms"] for k in part["by_kind"].values())
+        enclosing = loop_ms.get(name, 0.0)
+        part["ms"] = enclosing if enclosing >= ops_ms else ops_ms
+        part["overhead_ms"] = enclosing - ops_ms if enclosing >= ops_ms and name else None
+    return [*parts.values(), rest]
 
 
 def _empty_part(name: str) -> dict:
@@ -175,10 +194,9 @@ def table(parts: list[dict], steps: int, loop_names: dict[str, str]) -> str:
         kinds = part["by_kind"]
         matmul = kinds["matmul"]
         rate = matmul["flops"] / (matmul["ms"] / 1e3) / 1e9 if matmul["ms"] else 0.0
-        ops_ms = sum(k["ms"] for k in kinds.values())
         count = sum(k["count"] for k in kinds.values()) / (steps if inside else 1)
         label = loop_names.get(part["part"], part["part"]) if inside else "outside loops, per call"
-        overhead = f"{(part['ms'] - ops_ms) * scale:.1f}" if inside else "-"
+        overhead = "-" if part["overhead_ms"] is None else f"{part['overhead_ms'] * scale:.1f}"
         lines.append(
             f"| {label} | {part['ms']:.3f} | {part['ms'] * scale:.1f} | "
             f"{matmul['ms'] * scale:.1f} ({rate:.0f}) | {kinds['elementwise']['ms'] * scale:.1f} | "
@@ -211,7 +229,11 @@ def main(argv=None) -> None:
     parser.add_argument("--calls", type=int, default=10, help="calls traced (default 10)")
     parser.add_argument("--autodiff", action="store_true", help="custom_vjp=False")
     parser.add_argument("--forward", action="store_true", help="the forward pass alone")
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="seqjax.host_memory.keep_freed_memory() first")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.keep_freed_memory and not seqjax.host_memory.keep_freed_memory():
+        parser.error("--keep-freed-memory: malloc here is not glibc's")
     if args.calls < 1:
         parser.error(f"--calls must be at least 1, got {args.calls}")
 
@@ -238,7 +260,7 @@ def main(argv=None) -> None:
     print(
         f"{args.cell} {args.config} (B={B}, T={T}, H={H}), {what} ({how}), "
         f"jax {jax.__version__} {jax.default_backend()}, {args.calls} calls traced: "
-        f"{total:.3f} ms of operations per call"
+        f"{total:.3f} ms per call"
     )
     print(table(parts, T, dict(zip(loops, names, strict=True))))
     top = collections.Counter()

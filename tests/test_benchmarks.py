@@ -39,7 +39,7 @@ def test_cpu_findings_rnn_gradient_same_either_way():
     chex.assert_trees_all_close(in_step, hoisted, rtol=1e-5, atol=1e-6)
 
 
-def test_step_profile_reads_matmul_flops_from_hlo():
+def test_step_profile_reads_matmul_flops_and_loops_from_hlo():
     from benchmarks import step_profile
 
     def f(a, b, xs):
@@ -50,36 +50,44 @@ def test_step_profile_reads_matmul_flops_from_hlo():
         return a @ b, jax.lax.scan(body, jnp.zeros((2, 3)), xs)[1]
 
     args = (jnp.ones((8, 3)), jnp.ones((3, 3)), jnp.ones((5, 2, 3)))
-    kinds = step_profile.parse_hlo(jax.jit(f).lower(*args).compile().as_text())
-    matmuls = sorted(flops for kind, flops in kinds.values() if kind == "matmul")
-    assert matmuls == [2 * 2 * 3 * 3, 2 * 8 * 3 * 3]  # 2 * rows * columns * contracted size
+    ops = step_profile.parse_hlo(jax.jit(f).lower(*args).compile().as_text())
+    matmuls = sorted((op.flops, op.loop is None) for op in ops.values() if op.kind == "matmul")
+    # 2 * rows * columns * contracted size; the step's matmul inside the loop, the other not
+    assert matmuls == [(2 * 2 * 3 * 3, False), (2 * 8 * 3 * 3, True)]
+    loops = {op.loop for op in ops.values()} - {None}
+    assert len(loops) == 1 and next(iter(loops)).startswith("while")
+    assert any(op.kind == "store" and op.loop for op in ops.values())
 
 
 def test_step_profile_splits_time_between_loops_and_the_rest():
-    from benchmarks import step_profile
+    from benchmarks.step_profile import Op, breakdown, table
 
-    kinds = {"dot": ("matmul", 1e6), "tanh": ("elementwise", 0.0), "dus": ("store", 0.0)}
+    ops = {"dot": Op("matmul", 1e6, "while.1"), "tanh": Op("elementwise", 0.0, "while.1"),
+           "dus": Op("store", 0.0, "while.1"), "dot.2": Op("matmul", 1e6, None)}  # fmt: skip
     events = [  # two calls: each a loop of two steps, then a matmul after it
         *(
             e
             for start in (0, 1000)
             for e in (
-                {"name": "while.1", "ts": start, "dur": 100, "tid": 1},
-                {"name": "dot", "ts": start + 10, "dur": 30, "tid": 1},
-                {"name": "dus", "ts": start + 45, "dur": 5, "tid": 2},
-                {"name": "dot", "ts": start + 60, "dur": 30, "tid": 2},
-                {"name": "tanh", "ts": start + 95, "dur": 5, "tid": 2},
-                {"name": "dot", "ts": start + 200, "dur": 50, "tid": 1},
+                {"name": "while.1", "ts": start, "dur": 100},
+                {"name": "dot", "ts": start + 10, "dur": 30},
+                {"name": "dus", "ts": start + 45, "dur": 5},
+                {"name": "dot", "ts": start + 60, "dur": 30},
+                {"name": "tanh", "ts": start + 95, "dur": 5},
+                {"name": "dot.2", "ts": start + 200, "dur": 50},
             )
         ),
-        {"name": "ThunkExecutor::Execute", "ts": 0, "dur": 300, "tid": 1},
+        {"name": "ThunkExecutor::Execute", "ts": 0, "dur": 300},
     ]
-    loop, rest = step_profile.breakdown(events, kinds, calls=2)
+    loop, rest = breakdown(events, ops, calls=2)
     assert loop["part"] == "while.1" and rest["part"] == "outside loops"
     assert loop["ms"] == 0.1 and rest["ms"] == 0.05  # trace times are in microseconds
     assert loop["by_kind"]["matmul"] == {"ms": 0.06, "count": 2, "flops": 2e6}
     assert loop["by_kind"]["store"]["ms"] == 0.005
     assert rest["by_kind"]["matmul"]["flops"] == 1e6
-    text = step_profile.table([loop, rest], steps=2, loop_names={"while.1": "forward loop"})
+    text = table([loop, rest], steps=2, loop_names={"while.1": "forward loop"})
     # per step: 50 µs, of which 30 matmul (1e6 FLOP in 30 µs: 33 GFLOP/s), 15 in no operation
     assert "| forward loop | 0.100 | 50.0 | 30.0 (33) | 2.5 | 2.5 | 0.0 | 15.0 | 2 |" in text
+    # a loop whose trace event does not enclose its operations (run asynchronously): their sum
+    loop, _ = breakdown([e for e in events if e["name"] != "while.1"], ops, calls=2)
+    assert loop["ms"] == 0.07 and loop["overhead_ms"] is None
