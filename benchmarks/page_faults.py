@@ -1,16 +1,16 @@
 """What ``seqjax.host_memory.keep_freed_memory()`` buys on CPU: time and page faults per call.
 
-    python -m benchmarks.page_faults             # LSTM, medium and large, 3 process pairs
+    python -m benchmarks.page_faults             # LSTM and GRU, medium and large, 3 pairs
     python -m benchmarks.page_faults --quick     # medium only, 1 pair
 
 XLA:CPU (and PyTorch) allocate a gradient's large temporary buffers afresh on every call, and
 glibc's ``malloc`` serves each from a fresh ``mmap``: every call faults those pages in again.
 ``keep_freed_memory`` makes ``malloc`` keep and reuse them. The setting holds for a whole
 process, so each side runs in processes of its own: pairs of child processes (one default,
-one with the setting, in alternating order), each timing seqjax, Flax linen's
-``OptimizedLSTMCell`` and PyTorch's LSTM forward+backward in interleaved rounds and counting
-the minor page faults per call. Figures are medians over the processes.
-Writes ``benchmarks/results/page_faults.json`` and ``page_faults.md``.
+one with the setting, in alternating order), each timing the forward+backward of seqjax, Flax
+linen's ``OptimizedLSTMCell`` (``GRUCell``, ``SimpleCell``) and PyTorch's LSTM (GRU, RNN) in
+interleaved rounds and counting the minor page faults per call. Figures are medians over
+the processes. Writes ``benchmarks/results/page_faults.json`` and ``page_faults.md``.
 """
 
 from __future__ import annotations
@@ -120,7 +120,10 @@ def markdown(results: list[dict], machine: str) -> str:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cell", default="lstm", choices=["lstm", "gru", "rnn"])
+    parser.add_argument(
+        "--cells", nargs="+", default=["lstm", "gru"], choices=["lstm", "gru", "rnn"]
+    )
+    parser.add_argument("--cell", default="lstm", help=argparse.SUPPRESS)  # a child's
     parser.add_argument("--configs", nargs="+", default=["medium", "large"],
                         choices=["small", "medium", "large"])  # fmt: skip
     parser.add_argument("--pairs", type=int, default=3, help="process pairs (default 3)")
@@ -148,12 +151,13 @@ def main(argv=None) -> None:
     except ImportError:
         pass
     results = []
-    for config in args.configs:
-        rounds = args.rounds or {"small": 40, "medium": 12, "large": 4}[config]
-        results.append({
-            "cell": args.cell, "config": config, "shape": rnn.CONFIGS[config],
-            "by_mode": run_pairs(args.cell, config, rounds, args.pairs),
-        })  # fmt: skip
+    for cell in args.cells:
+        for config in args.configs:
+            rounds = args.rounds or {"small": 40, "medium": 12, "large": 4}[config]
+            results.append({
+                "cell": cell, "config": config, "shape": rnn.CONFIGS[config],
+                "by_mode": run_pairs(cell, config, rounds, args.pairs),
+            })  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "page_faults.json").write_text(
         json.dumps({"machine": machine, "results": results}, indent=1)
