@@ -229,7 +229,10 @@ def _check_arguments(args: argparse.Namespace) -> pathlib.Path:
                 "--overwrite to replace it, or another --run-dir"
             )
         for path in previous:
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
     return run_dir
 
 
