@@ -1,12 +1,12 @@
 """Host memory: keep freed buffers in the process instead of returning them to the OS.
 
 XLA:CPU allocates a program's temporary buffers (a recurrence's per-step residuals, its
-gradients) afresh on every call, with ``malloc``. glibc's ``malloc`` serves a request of more
-than 32 MiB (and, by default, of more than 128 KiB until a free of that size raises the limit) with
-a fresh ``mmap`` and gives it back with ``munmap`` when freed, so each call faults every page of
-those buffers in again and the kernel zero-fills them: for the LSTM gradient at B=32, T=128,
-H=256 that is ~13,500 page faults (~55 MiB) per call. ``python -m benchmarks.host_memory``
-measures the difference.
+gradients) afresh on every call, with ``malloc``. glibc's ``malloc`` serves a block of more than
+32 MiB (and smaller ones until a free of that size raises its threshold), or any large block
+asked for on a thread other than the main one, with a fresh ``mmap``, and unmaps it when it is
+freed: every call faults those pages in again and the kernel zero-fills them. For the LSTM
+gradient at B=32, T=128, H=256 that is ~13,600 page faults (~53 MiB) per call.
+``python -m benchmarks.page_faults`` measures what keeping them buys.
 """
 
 from __future__ import annotations
