@@ -2,10 +2,11 @@
 
 XLA:CPU allocates a program's temporary buffers (a recurrence's per-step residuals, its
 gradients) afresh on every call, with ``malloc``. glibc's ``malloc`` serves a block of more than
-32 MiB (and smaller ones until a free of that size raises its threshold), or any large block
-asked for on a thread other than the main one, with a fresh ``mmap``, and unmaps it when it is
-freed: every call faults those pages in again and the kernel zero-fills them. For the LSTM
-gradient at B=32, T=128, H=256 that is ~13,600 page faults (~53 MiB) per call.
+32 MiB (and smaller ones until a free of that size raises its threshold), and on a thread
+other than the main one any block beyond its arena's 64 MiB heap, with a fresh ``mmap``, and
+unmaps it when it is freed: every call faults those pages in again and the kernel zero-fills
+them. For the LSTM gradient at B=32, T=128, H=256 that is ~13,600 page faults (~53 MiB) per
+call.
 ``python -m benchmarks.page_faults`` measures what keeping them buys.
 """
 
