@@ -255,10 +255,10 @@ def main(argv=None) -> None:
         else [f"loop {i + 1}" for i in range(len(loops))]
     )
     total = sum(p["ms"] for p in parts)
-    what = "forward" if args.forward else "gradient"
-    how = "autodiff" if args.autodiff else "custom VJP"
+    what = "forward" if args.forward else (
+        f"gradient ({'autodiff' if args.autodiff else 'custom VJP'})")  # fmt: skip
     print(
-        f"{args.cell} {args.config} (B={B}, T={T}, H={H}), {what} ({how}), "
+        f"{args.cell} {args.config} (B={B}, T={T}, H={H}), {what}, "
         f"jax {jax.__version__} {jax.default_backend()}, {args.calls} calls traced: "
         f"{total:.3f} ms per call"
     )
