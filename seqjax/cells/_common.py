@@ -108,11 +108,12 @@ def hidden_projection(params: Params, h: jax.Array) -> jax.Array:
     return h @ params["w_hh"] + params["b_hh"]
 
 
-def zeros_carry(hidden_size: int):
-    """An ``initial_carry`` for cells whose state is the hidden vector alone."""
+def zeros_carry(size: int, dtype_of: str = "w_hh"):
+    """An ``initial_carry`` for cells whose state is one vector of ``size``, in the dtype of
+    ``params[dtype_of]``."""
 
     def initial_carry(params: Params, batch_shape: tuple[int, ...] = ()) -> jax.Array:
         batch_shape = _checks.check_batch_shape(batch_shape, "initial_carry")
-        return jnp.zeros((*batch_shape, hidden_size), params["w_hh"].dtype)
+        return jnp.zeros((*batch_shape, size), params[dtype_of].dtype)
 
     return initial_carry

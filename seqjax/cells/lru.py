@@ -90,10 +90,6 @@ def lru(
             params["b_in"] = jnp.zeros((H,))
         return jax.tree.map(lambda p: p.astype(dtype), params)
 
-    def initial_carry(params: Params, batch_shape: tuple[int, ...] = ()) -> jax.Array:
-        batch_shape = _checks.check_batch_shape(batch_shape, "initial_carry")
-        return jnp.zeros((*batch_shape, 2 * N), params["d"].dtype)
-
     def project(params: Params, xs: jax.Array) -> jax.Array:
         """``[Re(B u), Im(B u), u]``: the drive and, for the skip term, the input itself."""
         if input_layer:
@@ -127,7 +123,7 @@ def lru(
     )
     return Cell(
         init=init_fn,
-        initial_carry=initial_carry,
+        initial_carry=_common.zeros_carry(2 * N, "d"),
         project=project,
         recur=linear_recur(linear),
         output_size=H,

@@ -45,13 +45,9 @@ def _init(name: str, num_gates: int, hidden_size: int, config: _common.InitConfi
 
 
 def _cell(name, hidden_size, num_gates, config, linear) -> Cell:
-    def initial_carry(params: Params, batch_shape: tuple[int, ...] = ()) -> jax.Array:
-        batch_shape = _checks.check_batch_shape(batch_shape, "initial_carry")
-        return jnp.zeros((*batch_shape, hidden_size), params["w_ih"].dtype)
-
     return Cell(
         init=_init(name, num_gates, hidden_size, config),
-        initial_carry=initial_carry,
+        initial_carry=_common.zeros_carry(hidden_size, "w_ih"),
         project=_common.project,
         recur=linear_recur(linear),
         output_size=hidden_size,

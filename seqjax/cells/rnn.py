@@ -146,13 +146,9 @@ def indrnn(
 
     split = _activation_split(hidden_projection, activation, f"seqjax.indrnn_{activation}")
 
-    def initial_carry(params: Params, batch_shape: tuple[int, ...] = ()) -> jax.Array:
-        batch_shape = _checks.check_batch_shape(batch_shape, "initial_carry")
-        return jnp.zeros((*batch_shape, hidden_size), params["u"].dtype)
-
     return Cell(
         init=init_fn,
-        initial_carry=initial_carry,
+        initial_carry=_common.zeros_carry(hidden_size, "u"),
         project=_common.project,
         recur=split_recur(split),
         output_size=hidden_size,
