@@ -215,3 +215,31 @@ def check_batch_shape(batch_shape: Any, fn: str) -> tuple[int, ...]:
             f"got {batch_shape!r}"
         )
     return tuple(int(d) for d in shape)
+
+
+# seqjax.unroll's options and their kinds ("?": None allowed, meaning "choose for me").
+UNROLL_OPTIONS = {"reverse": "bool", "time_major": "bool", "unroll": "int", "remat": "bool",
+                  "hoist_projection": "bool?", "custom_vjp": "bool?", "parallel": "bool",
+                  "chunk_size": "int?"}  # fmt: skip
+
+
+def check_unroll_options(
+    options: dict, allowed: tuple[str, ...], fn: str, elsewhere: str = ""
+) -> dict:
+    """``options`` (names from ``allowed``, a subset of :data:`UNROLL_OPTIONS`) checked and
+    normalised; ``elsewhere`` says where the other options of ``unroll`` go instead."""
+    checked = {}
+    for name, value in options.items():
+        if name not in allowed:
+            note = f" ({elsewhere})" if name in UNROLL_OPTIONS and elsewhere else ""
+            raise TypeError(
+                f"{fn}: unknown option {name!r}{note}; the options here are {sorted(allowed)}"
+            )
+        kind = UNROLL_OPTIONS[name]
+        if value is None and kind.endswith("?"):
+            checked[name] = None
+        elif kind.startswith("bool"):
+            checked[name] = check_bool(value, name, fn)
+        else:
+            checked[name] = check_positive_int(value, name, fn)
+    return checked

@@ -81,18 +81,10 @@ def rnn(
     """
     _checks.check_cell(cell, "rnn")
     run_options = dict(
-        reverse=_checks.check_bool(reverse, "reverse", "rnn"),
-        time_major=_checks.check_bool(time_major, "time_major", "rnn"),
-        unroll=_checks.check_positive_int(unroll, "unroll", "rnn"),
-        remat=_checks.check_bool(remat, "remat", "rnn"),
-        hoist_projection=None
-        if hoist_projection is None
-        else _checks.check_bool(hoist_projection, "hoist_projection", "rnn"),
-        parallel=_checks.check_bool(parallel, "parallel", "rnn"),
-        chunk_size=None
-        if chunk_size is None
-        else _checks.check_positive_int(chunk_size, "chunk_size", "rnn"),
-    )
+        reverse=reverse, time_major=time_major, unroll=unroll, remat=remat,
+        hoist_projection=hoist_projection, parallel=parallel, chunk_size=chunk_size,
+    )  # fmt: skip
+    run_options = _checks.check_unroll_options(run_options, tuple(run_options), "rnn")
     if parallel:
         _checks.check_parallel(cell, "rnn")
 

@@ -36,6 +36,10 @@ from seqjax.unroll import unroll
 Array = jax.Array
 
 
+# The unroll options fixed when a module is built; reverse and time_major go with each call.
+MODULE_OPTIONS = ("unroll", "remat", "parallel", "chunk_size", "hoist_projection", "custom_vjp")
+
+
 class Recurrent(nnx.Module):
     """Any seqjax cell as an NNX module: its params as ``nnx.Param``, run by ``seqjax.unroll``.
 
@@ -53,9 +57,10 @@ class Recurrent(nnx.Module):
     ):
         _checks.check_cell(cell, type(self).__name__)
         self.cell = nnx.static(cell)
-        self.options = nnx.static(
-            tuple(sorted(_check_options(options, type(self).__name__).items()))
+        options = _checks.check_unroll_options(
+            options, MODULE_OPTIONS, type(self).__name__, "it is an argument of each call"
         )
+        self.options = nnx.static(tuple(sorted(options.items())))
         params = cell.init(rngs.params(), in_features, dtype)
         self.param_names = nnx.static(tuple(params))
         for name, value in params.items():
@@ -209,28 +214,3 @@ class Stack(nnx.Module):
                               time_major=time_major)  # fmt: skip
             finals.append(final)
         return (tuple(finals), ys) if return_carry else ys
-
-
-# Options fixed when a module is built (per call: ``reverse``, ``time_major``, lengths, carry).
-_UNROLL_OPTIONS = {"unroll": "int", "remat": "bool", "parallel": "bool", "chunk_size": "int",
-                   "hoist_projection": "bool", "custom_vjp": "bool"}  # fmt: skip
-
-
-def _check_options(options: dict, fn: str) -> dict:
-    """Known ``seqjax.unroll`` options of the right type, refused at construction rather than
-    at the first call."""
-    for name, value in options.items():
-        if name not in _UNROLL_OPTIONS:
-            per_call = " (it is an argument of each call)" if name in (
-                "reverse", "time_major", "lengths", "carry") else ""  # fmt: skip
-            raise TypeError(
-                f"{fn}: unknown option {name!r}{per_call}; the options fixed at construction "
-                f"are {sorted(_UNROLL_OPTIONS)}"
-            )
-        if value is None and name in ("chunk_size", "hoist_projection", "custom_vjp"):
-            continue
-        if _UNROLL_OPTIONS[name] == "bool":
-            _checks.check_bool(value, name, fn)
-        else:
-            _checks.check_positive_int(value, name, fn)
-    return options
