@@ -220,7 +220,9 @@ def _check_arguments(args: argparse.Namespace) -> pathlib.Path:
         raise UsageError(f"--run-dir {str(run_dir)!r} is a file; pass a folder")
     if args.resume and not (run_dir / "checkpoints").is_dir():
         raise UsageError(f"--resume: nothing to resume in {str(run_dir)!r} (no checkpoints/)")
-    previous = [run_dir / name for name in RUN_FILES if (run_dir / name).exists()]
+    from seqjax.train.loop import previous_run
+
+    previous = previous_run(run_dir)
     if previous and not args.resume:
         if not overwrite:
             raise UsageError(
@@ -237,7 +239,6 @@ def _check_arguments(args: argparse.Namespace) -> pathlib.Path:
 
 
 DEFAULT_RUN_DIR = "runs/latest"
-RUN_FILES = ("checkpoints", "metrics.jsonl", "steps.jsonl", "curve.png", "result.json")
 
 
 def _check_resumable(run_dir: pathlib.Path, config: dict) -> None:

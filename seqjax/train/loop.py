@@ -90,6 +90,14 @@ def _next_batch(batches: Iterator[Batch], step: int) -> Batch:
     return batch
 
 
+RUN_FILES = ("checkpoints", "metrics.jsonl", "steps.jsonl", "curve.png", "result.json")
+
+
+def previous_run(run_dir: pathlib.Path) -> list[pathlib.Path]:
+    """The files a run left in ``run_dir`` (``fit``'s, and the CLI's ``result.json``)."""
+    return [run_dir / name for name in RUN_FILES if (run_dir / name).exists()]
+
+
 def fit(
     model: Callable,
     loss: Callable,
@@ -177,12 +185,12 @@ def fit(
     if run_dir is not None:
         if run_dir.exists() and not run_dir.is_dir():
             raise ValueError(f"fit: run_dir {str(run_dir)!r} is a file; pass a folder")
-        previous = sorted((run_dir / "checkpoints").glob("ckpt_*.msgpack"))
-        if not resume and (previous or (run_dir / "metrics.jsonl").exists()):
+        previous = previous_run(run_dir)
+        if previous and not resume:
             raise ValueError(
-                f"fit: run_dir {str(run_dir)!r} holds another run ({len(previous)} "
-                "checkpoint(s), metrics.jsonl); pass resume=True to continue it, or an empty "
-                "or new run_dir (a new run there would mix its files with the old one's)"
+                f"fit: run_dir {str(run_dir)!r} holds another run "
+                f"({', '.join(p.name for p in previous)}); pass resume=True to continue it, or "
+                "an empty or new run_dir (a new run there would mix its files with the old one's)"
             )
         run_dir.mkdir(parents=True, exist_ok=True)
 
