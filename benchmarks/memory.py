@@ -7,7 +7,7 @@ Memory is XLA's own account of the compiled gradient computation (``memory_analy
 arguments + outputs + temporaries, the peak a device must hold), so it is exact and
 independent of the machine's load. Time is the median wall time of a few interleaved calls
 at the longest T.
-Writes ``benchmarks/results/memory.json`` and ``memory.md``.
+Writes ``benchmarks/results/memory.json`` and ``memory.md`` (``memory_gpu.*`` on a GPU).
 """
 
 from __future__ import annotations
@@ -91,7 +91,8 @@ def main(argv=None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     report = {"batch": B, "hidden": H, "cell": "lstm", "rows": rows, "timing": timing,
               "backend": jax.default_backend(), "jax": jax.__version__}  # fmt: skip
-    (args.out / "memory.json").write_text(json.dumps(report, indent=1))
+    stem = "memory" if jax.default_backend() == "cpu" else f"memory_{jax.default_backend()}"
+    (args.out / f"{stem}.json").write_text(json.dumps(report, indent=1))
     lines = [
         f"LSTM forward+backward, batch {B}, hidden {H}, float32, {jax.default_backend()}: "
         "peak memory from XLA's memory analysis.",
@@ -107,7 +108,7 @@ def main(argv=None) -> None:
         lines += ["", f"Time at T={args.lengths[-1]}: {timing['fwd_bwd_s_remat_False']:.2f} s "
                   f"without remat, {timing['fwd_bwd_s_remat_True']:.2f} s with "
                   f"({timing['time_ratio']:.2f}x)."]  # fmt: skip
-    (args.out / "memory.md").write_text("\n".join(lines) + "\n")
+    (args.out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}/memory.json, memory.md")
 
 
