@@ -109,7 +109,7 @@ def main(argv=None) -> None:
                   f"without remat, {timing['fwd_bwd_s_remat_True']:.2f} s with "
                   f"({timing['time_ratio']:.2f}x)."]  # fmt: skip
     (args.out / f"{stem}.md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {args.out}/memory.json, memory.md")
+    print(f"wrote {args.out}/{stem}.json, {stem}.md")
 
 
 if __name__ == "__main__":

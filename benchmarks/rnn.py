@@ -151,7 +151,7 @@ def torch_contenders(cell_name: str, B: int, T: int, H: int, xs) -> list[Contend
     device = _torch_device()
     cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[cell_name]
     module = cls(H, H, batch_first=True).to(device)
-    x = torch.from_numpy(np.asarray(xs)).to(device).requires_grad_(True)
+    x = torch.from_numpy(np.array(xs)).to(device).requires_grad_(True)  # np.array: writable
 
     def forward():
         with torch.no_grad():
@@ -255,7 +255,9 @@ def run_config(cell_name: str, config: str, rounds: int, peers: list[str], notes
             note = f"{peer} skipped: not installed ({err.name})"
             if note not in notes:
                 notes.append(note)
-    for c in contenders:  # the first call compiles (JAX) or warms up (PyTorch)
+    # The first call compiles (JAX) or warms up (PyTorch). In a shuffled order: XLA:GPU caches
+    # its GEMM autotuning in the process, so whichever contender compiles a shape first pays it.
+    for c in random.sample(contenders, len(contenders)):
         start = time.perf_counter()
         _block(c.forward())
         _block(c.backward())

@@ -439,7 +439,12 @@ def test_remat_holds_one_sequence_of_outputs_and_no_copies(time_major):
     """The remat gradient's temporaries at T=1024, input size = hidden size: one (batch, T, H)
     array (the outputs, then in the same buffer their cotangent), ~sqrt(T) chunk carries and
     one chunk's residuals; the input gradient fills the cotangent's buffer. A time-major copy
-    of the inputs, of the cotangent or of the input gradient would add a whole array each."""
+    of the inputs, of the cotangent or of the input gradient would add a whole array each.
+
+    That holds where seqjax picks the layouts (CPU). On a GPU, XLA assigns its own: on an H200
+    (jax 0.11.2) time-major inputs stayed under one array, and batch-major ones held 2.49
+    arrays (a time-major copy of the inputs and one of the input gradient), still a fifth of
+    the 13 arrays the gradient holds without remat."""
     cell = seqjax.lstm(32)
     params = cell.init(jax.random.key(0), 32)
     shape = (1024, 4, 32) if time_major else (4, 1024, 32)
@@ -453,7 +458,8 @@ def test_remat_holds_one_sequence_of_outputs_and_no_copies(time_major):
         .lower(params, jax.ShapeDtypeStruct(shape, jnp.float32))
         .compile()
     )
-    assert compiled.memory_analysis().temp_size_in_bytes < one_sequence
+    copies = 0 if jax.default_backend() == "cpu" or time_major else 2
+    assert compiled.memory_analysis().temp_size_in_bytes < (1 + copies) * one_sequence
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU default")
