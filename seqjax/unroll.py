@@ -122,9 +122,20 @@ def unroll(
     if custom_vjp is None:
         custom_vjp = cell.recur_split is not None and not parallel
     if custom_vjp:  # works in the caller's layout: no time-major copies of long sequences
-        return _scan_custom_vjp(
-            cell, params, xs, time_axis, carry, lengths, reverse, unroll, remat, hoist_projection
-        )
+        try:
+            return _scan_custom_vjp(
+                cell, params, xs, time_axis, carry, lengths, reverse, unroll, remat,
+                hoist_projection,
+            )  # fmt: skip
+        except TypeError as err:
+            if "forward-mode" not in str(err):
+                raise
+            raise TypeError(
+                f"{fn}: forward-mode differentiation (jax.jvp, jax.jacfwd, jax.hessian) cannot go "
+                "through seqjax's own backward pass, which is reverse-mode only. Pass "
+                "custom_vjp=False to unroll (or to the layer or module that calls it) to "
+                "differentiate plain autodiff of the scan instead: same numbers"
+            ) from err
     xs_tm = jnp.moveaxis(xs, time_axis, 0)  # (time, batch..., features)
     if parallel:
         if remat and chunk_size is None:

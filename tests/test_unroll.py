@@ -419,6 +419,14 @@ def test_forward_mode_with_custom_vjp_off():
     )
 
 
+@pytest.mark.parametrize("forward_mode", [jax.jacfwd, lambda f: lambda x: jax.jvp(f, (x,), (x,))])
+def test_forward_mode_through_the_custom_vjp_says_what_to_do(forward_mode):
+    cell, params, xs = setup("lstm")
+    f = lambda x: seqjax.unroll(cell, params, x)[1]  # noqa: E731
+    with pytest.raises(TypeError, match=r"forward-mode.*custom_vjp=False"):
+        forward_mode(f)(xs)
+
+
 def test_remat_keeps_memory_sublinear_in_time():
     """XLA's memory account of the compiled gradient: with remat the stored carries grow like
     sqrt(T), so at T=1024 the peak is far below the un-rematerialised one."""
