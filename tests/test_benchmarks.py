@@ -91,3 +91,30 @@ def test_step_profile_splits_time_between_loops_and_the_rest():
     # a loop whose trace event does not enclose its operations (run asynchronously): their sum
     loop, _ = breakdown([e for e in events if e["name"] != "while.1"], ops, calls=2)
     assert loop["ms"] == 0.07 and loop["overhead_ms"] is None
+
+
+def test_rnn_summary_ratios_and_fastest_peer():
+    """The summary divides seqjax's medians by PyTorch's and Flax linen's, and takes the fastest
+    JAX peer's forward from the other libraries only (seqjax's own variants are not peers)."""
+    from benchmarks import rnn
+
+    def row(contender, fwd, fwd_bwd):
+        return {"cell": "lstm", "config": "small", "shape": {"batch": 2, "time": 3, "hidden": 4},
+                "contender": contender, "fwd_ms": fwd, "fwd_bwd_ms": fwd_bwd,
+                "fwd_bwd_ms_best": fwd_bwd / 2, "first_call_s": 1.5}  # fmt: skip
+
+    results = [
+        row("seqjax", 2.0, 4.0),
+        row("seqjax (projection in step)", 1.0, 1.0),
+        row("flax linen OptimizedLSTMCell", 4.0, 8.0),
+        row("flax nnx OptimizedLSTMCell", 2.5, 10.0),
+        row("pytorch LSTM", 1.0, 5.0),
+    ]
+    header, _, line = rnn.summary(results)
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    got = dict(zip(columns, cells, strict=True))
+    assert got["/ PyTorch"] == "0.80"  # 4.0 / 5.0
+    assert got["/ PyTorch, best rounds"] == "0.80"
+    assert got["/ Flax linen"] == "0.50"  # 4.0 / 8.0
+    assert got["/ fastest JAX peer fwd"] == "0.80 (flax nnx OptimizedLSTMCell)"  # 2.0 / 2.5
