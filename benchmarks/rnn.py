@@ -187,15 +187,17 @@ def _machine(precision: str) -> str:
     if device.platform != "cpu":
         where += f" ({device.device_kind})"
     text = f"{datetime.date.today()} on {platform.machine()} {platform.processor() or ''} {where}"
-    if device.platform == "cpu":
-        return text
     try:
         import torch
 
+        text += f", torch {torch.__version__}"
+        if device.platform == "cpu":
+            return text
         tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-        text += f", torch {torch.__version__} (allow_tf32 matmul/cudnn: {tf32[0]}/{tf32[1]})"
+        text += f" (allow_tf32 matmul/cudnn: {tf32[0]}/{tf32[1]})"
     except ImportError:
-        pass
+        if device.platform == "cpu":
+            return text
     return text + f", jax matmul precision {precision}"
 
 
