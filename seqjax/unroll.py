@@ -77,25 +77,21 @@ def unroll(
     fn = "unroll"
     _checks.check_cell(cell, fn)
     xs = _checks.check_array(xs, "xs", fn, min_rank=2)
-    reverse = _checks.check_bool(reverse, "reverse", fn)
-    time_major = _checks.check_bool(time_major, "time_major", fn)
-    remat = _checks.check_bool(remat, "remat", fn)
-    unroll = _checks.check_positive_int(unroll, "unroll", fn)
-    if hoist_projection is not None:
-        hoist_projection = _checks.check_bool(hoist_projection, "hoist_projection", fn)
-    if custom_vjp is not None:
-        custom_vjp = _checks.check_bool(custom_vjp, "custom_vjp", fn)
-        if custom_vjp and cell.recur_split is None:
-            raise ValueError(
-                f"{fn}: custom_vjp=True needs a cell with a recur_split; cell {cell.name!r} has "
-                "none. Pass custom_vjp=None to use plain autodiff for it"
-            )
-
-    parallel = _checks.check_bool(parallel, "parallel", fn)
-    if chunk_size is not None:
-        chunk_size = _checks.check_positive_int(chunk_size, "chunk_size", fn)
-        if not parallel:
-            raise ValueError(f"{fn}: chunk_size applies to parallel=True only; got parallel=False")
+    options = dict(
+        reverse=reverse, time_major=time_major, unroll=unroll, remat=remat,
+        hoist_projection=hoist_projection, custom_vjp=custom_vjp, parallel=parallel,
+        chunk_size=chunk_size,
+    )  # fmt: skip
+    (reverse, time_major, unroll, remat, hoist_projection, custom_vjp, parallel, chunk_size) = (
+        _checks.check_unroll_options(options, tuple(options), fn).values()  # in the same order
+    )
+    if custom_vjp and cell.recur_split is None:
+        raise ValueError(
+            f"{fn}: custom_vjp=True needs a cell with a recur_split; cell {cell.name!r} has "
+            "none. Pass custom_vjp=None to use plain autodiff for it"
+        )
+    if chunk_size is not None and not parallel:
+        raise ValueError(f"{fn}: chunk_size applies to parallel=True only; got parallel=False")
     if parallel:
         _checks.check_parallel(cell, fn)
     if parallel and custom_vjp:
