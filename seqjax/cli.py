@@ -246,24 +246,19 @@ def _check_resumable(run_dir: pathlib.Path, config: dict) -> None:
     number of steps, learning rate and clipping may change."""
     from seqjax.train import checkpoint
 
-    for path in sorted((run_dir / "checkpoints").glob("ckpt_*.msgpack"), reverse=True):
-        try:
-            _, metadata = checkpoint.read_metadata(path)
-        except checkpoint.CheckpointError:
-            continue  # fit skips it too, with a warning, and takes an older one
-        stored = metadata.get("config", {})
-        changed = [
-            f"--{key.replace('_', '-')} {config[key]} (the run has {stored[key]})"
-            for key in RESUME_KEYS
-            if key in stored and stored[key] != config[key]
-        ]
-        if changed:
-            raise UsageError(
-                f"--resume: the run in {str(run_dir)!r} was made with other settings: "
-                f"{'; '.join(changed)}; resume with the run's settings, or start a new run "
-                "(--overwrite or another --run-dir)"
-            )
-        return
+    found = checkpoint.latest_metadata(run_dir / "checkpoints")  # the one fit will resume
+    stored = found[1].get("config", {}) if found else {}
+    changed = [
+        f"--{key.replace('_', '-')} {config[key]} (the run has {stored[key]})"
+        for key in RESUME_KEYS
+        if key in stored and stored[key] != config[key]
+    ]
+    if changed:
+        raise UsageError(
+            f"--resume: the run in {str(run_dir)!r} was made with other settings: "
+            f"{'; '.join(changed)}; resume with the run's settings, or start a new run "
+            "(--overwrite or another --run-dir)"
+        )
 
 
 RESUME_KEYS = ("task", "cell", "hidden", "layers", "dropout", "seq_len", "corpus",

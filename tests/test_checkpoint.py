@@ -73,6 +73,8 @@ def test_truncated_newest_is_refused_and_the_previous_used(tmp_path):
         state, step, _ = checkpoint.latest(tmp_path, make_state())
     assert step == 1
     assert_identical(state, make_state(1))
+    with pytest.warns(UserWarning, match="ckpt_000000002"):
+        assert checkpoint.latest_metadata(tmp_path) == (1, {})
 
 
 def test_altered_and_foreign_files_are_refused(tmp_path):

@@ -18,6 +18,7 @@ import pathlib
 import struct
 import tempfile
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -215,15 +216,26 @@ def latest(directory: str | os.PathLike, target: Any) -> tuple[Any, int, dict] |
     A newer file that fails its checks is skipped with a warning naming it and why, and the
     previous good one is used; if every file fails, :class:`CheckpointError` lists them.
     """
+    return _newest_good(directory, lambda path: load(path, target))
+
+
+def latest_metadata(directory: str | os.PathLike) -> tuple[int, dict] | None:
+    """``(step, metadata)`` of the checkpoint :func:`latest` would load, or None if there is
+    none; skips and fails as it does."""
+    return _newest_good(directory, read_metadata)
+
+
+def _newest_good(directory: str | os.PathLike, read: Callable[[pathlib.Path], Any]) -> Any:
+    """``read`` of the newest file in ``directory`` that passes its checks."""
     directory = pathlib.Path(directory)
     if not directory.is_dir():
         return None
     failures = []
     for path in sorted(directory.glob(f"{PREFIX}*{SUFFIX}"), reverse=True):
         try:
-            return load(path, target)
+            return read(path)
         except CheckpointError as err:
-            warnings.warn(f"skipping {err}", stacklevel=2)
+            warnings.warn(f"skipping {err}", stacklevel=3)
             failures.append(str(err))
     if failures:
         raise CheckpointError("no usable checkpoint: " + "; ".join(failures))
