@@ -143,13 +143,7 @@ def main(argv=None) -> None:
 
     from benchmarks import rnn
 
-    machine = rnn._machine("default")
-    try:
-        import torch
-
-        machine += f", torch {torch.__version__}"
-    except ImportError:
-        pass
+    machine = rnn._machine("default")  # names torch's version where it is installed
     results = []
     for cell in args.cells:
         for config in args.configs:

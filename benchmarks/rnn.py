@@ -36,6 +36,7 @@ import numpy as np
 import seqjax
 
 CONFIGS = {"small": (16, 64, 128), "medium": (32, 128, 256), "large": (64, 256, 512)}
+CELLS = {"lstm": seqjax.lstm, "gru": seqjax.gru, "rnn": seqjax.simple_rnn}
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 RESULTS = pathlib.Path(__file__).parent / "results"
 
@@ -57,8 +58,7 @@ def _jax_pair(loss_and_out: Callable, params, xs) -> tuple[Callable, Callable]:
 
 
 def seqjax_contenders(cell_name: str, B: int, T: int, H: int, xs) -> list[Contender]:
-    make = {"lstm": seqjax.lstm, "gru": seqjax.gru, "rnn": seqjax.simple_rnn}[cell_name]
-    cell = make(H)
+    cell = CELLS[cell_name](H)
     params = cell.init(jax.random.key(1), H)
     out = []
     variants = [("seqjax", {}), ("seqjax (autodiff)", {"custom_vjp": False})]

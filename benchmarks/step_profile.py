@@ -36,9 +36,8 @@ import jax
 import jax.numpy as jnp
 
 import seqjax
+from benchmarks.rnn import CELLS, CONFIGS
 
-CONFIGS = {"small": (16, 64, 128), "medium": (32, 128, 256), "large": (64, 256, 512)}
-CELLS = {"lstm": seqjax.lstm, "gru": seqjax.gru, "rnn": seqjax.simple_rnn}
 KINDS = ("matmul", "elementwise", "store", "copy")
 
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (.+?) ([\w\-]+)\((.*)$")
