@@ -220,7 +220,7 @@ def check_batch_shape(batch_shape: Any, fn: str) -> tuple[int, ...]:
 # seqjax.unroll's options and their kinds ("?": None allowed, meaning "choose for me").
 UNROLL_OPTIONS = {"reverse": "bool", "time_major": "bool", "unroll": "int", "remat": "bool",
                   "hoist_projection": "bool?", "custom_vjp": "bool?", "parallel": "bool",
-                  "chunk_size": "int?"}  # fmt: skip
+                  "chunk_size": "int?", "native": "bool?"}  # fmt: skip
 
 
 def check_unroll_options(

@@ -37,7 +37,9 @@ Array = jax.Array
 
 
 # The unroll options fixed when a module is built; reverse and time_major go with each call.
-MODULE_OPTIONS = ("unroll", "remat", "parallel", "chunk_size", "hoist_projection", "custom_vjp")
+MODULE_OPTIONS = (
+    "unroll", "remat", "parallel", "chunk_size", "hoist_projection", "custom_vjp", "native",
+)  # fmt: skip
 
 
 class Recurrent(nnx.Module):
@@ -49,7 +51,7 @@ class Recurrent(nnx.Module):
       rngs: ``nnx.Rngs``; the ``params`` stream draws the initial weights.
       dtype: the params' dtype (default float32).
       **options: fixed options of :func:`seqjax.unroll` (``unroll``, ``remat``, ``parallel``,
-        ``chunk_size``, ``hoist_projection``, ``custom_vjp``).
+        ``chunk_size``, ``hoist_projection``, ``custom_vjp``, ``native``).
     """
 
     def __init__(

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from seqjax import _checks
+from seqjax import native as seqjax_native
 from seqjax.cell import Carry, Cell, CombineVJP, Params, RecurSplit
 from seqjax.parallel import parallel_scan
 
@@ -30,6 +31,7 @@ def unroll(
     custom_vjp: bool | None = None,
     parallel: bool = False,
     chunk_size: int | None = None,
+    native: bool | None = None,
 ) -> tuple[Carry, Array]:
     """Runs ``cell`` over the time axis of ``xs``.
 
@@ -69,6 +71,12 @@ def unroll(
       chunk_size: with ``parallel``, run the parallel scan on chunks of this many steps, one
         chunk after another (memory per chunk instead of per sequence; with ``remat``, each
         chunk is recomputed in the backward pass). ``None``: one chunk, or ~sqrt(T) with remat.
+      native: run the forward loop and the reverse loop of the custom VJP as fused CPU kernels
+        (:mod:`seqjax.native`: each step's matmul and activations in one pass, on all cores),
+        for cells that have one (the built-in LSTM and Elman RNN), on the CPU, in float32.
+        ``None`` uses them whenever that holds and they could be built (they are compiled on
+        first use with the system's C++ compiler); ``True`` raises if they cannot run, saying
+        why. Same numbers as the scan up to float round-off; ``unroll`` does not apply to them.
 
     Returns:
       ``(final_carry, ys)``: the carry after each sequence's last step (for ``reverse``, after
@@ -80,11 +88,10 @@ def unroll(
     options = dict(
         reverse=reverse, time_major=time_major, unroll=unroll, remat=remat,
         hoist_projection=hoist_projection, custom_vjp=custom_vjp, parallel=parallel,
-        chunk_size=chunk_size,
+        chunk_size=chunk_size, native=native,
     )  # fmt: skip
-    (reverse, time_major, unroll, remat, hoist_projection, custom_vjp, parallel, chunk_size) = (
-        _checks.check_unroll_options(options, tuple(options), fn).values()  # in the same order
-    )
+    (reverse, time_major, unroll, remat, hoist_projection, custom_vjp, parallel, chunk_size,
+     native) = _checks.check_unroll_options(options, tuple(options), fn).values()  # fmt: skip
     if custom_vjp and cell.recur_split is None:
         raise ValueError(
             f"{fn}: custom_vjp=True needs a cell with a recur_split; cell {cell.name!r} has "
@@ -117,11 +124,12 @@ def unroll(
         hoist_projection = _hoist_by_default(cell, params, xs, time_axis)
     if custom_vjp is None:
         custom_vjp = cell.recur_split is not None and not parallel
+    native = _use_native(native, cell, params, xs, custom_vjp, parallel, fn)
     if custom_vjp:  # works in the caller's layout: no time-major copies of long sequences
         try:
             return _scan_custom_vjp(
                 cell, params, xs, time_axis, carry, lengths, reverse, unroll, remat,
-                hoist_projection,
+                hoist_projection, native,
             )  # fmt: skip
         except TypeError as err:
             if "forward-mode" not in str(err):
@@ -142,6 +150,30 @@ def unroll(
             cell, params, xs_tm, carry, lengths, reverse, unroll, remat, hoist_projection
         )
     return carry, jnp.moveaxis(ys, 0, time_axis)
+
+
+def _use_native(
+    native: bool | None,
+    cell: Cell,
+    params: Params,
+    xs: Array,
+    custom_vjp: bool,
+    parallel: bool,
+    fn: str,
+) -> str | None:
+    """The :mod:`seqjax.native` kernel to run, or ``None`` for ``lax.scan``."""
+    if native is False:
+        return None
+    kernel = cell.recur_split.native if cell.recur_split is not None else None
+    if parallel or not custom_vjp:
+        reason = "it runs inside seqjax's own backward pass: custom_vjp=False or parallel=True"
+    else:
+        reason = seqjax_native.unsupported_reason(kernel, params, xs)
+    if reason is None:
+        return kernel
+    if native:
+        raise ValueError(f"{fn}: native=True, but the native kernel cannot run: {reason}")
+    return None
 
 
 def _hoist_by_default(cell: Cell, params: Params, xs: Array, time_axis: int) -> bool:
@@ -230,6 +262,7 @@ def _scan_custom_vjp(
     unroll: int,
     remat: bool,
     hoist_projection: bool,
+    native: str | None = None,
 ) -> tuple[Carry, Array]:
     """``_scan`` with a backward pass of its own, for cells with a ``recur_split``. ``xs`` and
     the outputs are in the caller's layout, with time on ``time_axis``.
@@ -249,6 +282,9 @@ def _scan_custom_vjp(
     one chunk's residuals.
     Chunks are sliced from, and written into, arrays in the caller's layout, so no whole
     sequence is ever copied to time-major: a chunk of ~sqrt(T) steps at a time is.
+
+    With ``native`` (a :mod:`seqjax.native` kernel name), the forward and reverse loops over a
+    chunk (or the sequence) are that kernel's two custom calls instead of scans.
     """
     project = cell.project
     split = cell.recur_split
@@ -266,6 +302,12 @@ def _scan_custom_vjp(
     def run_steps(params, xs, carry, steps, lengths, keep):
         """The forward loop over ``steps`` (``xs`` time-major); with ``keep``, also each step's
         input carry and residuals."""
+        if native:
+            final, ys, saved = seqjax_native.forward(
+                native, params, xs, carry, steps[0], lengths if has_lengths else None, reverse,
+                keep,
+            )  # fmt: skip
+            return final, (ys, saved)
         inputs = _project_all(project, params, xs) if hoist_projection else xs
 
         def body(carry, inp):
@@ -280,6 +322,11 @@ def _scan_custom_vjp(
     def backward_steps(params, xs, d_carry, steps, lengths, saved, d_ys):
         """The reverse loop over ``steps`` (all time-major), then their weight and input
         gradients."""
+        if native:
+            return seqjax_native.backward(
+                native, params, xs, saved, d_carry, d_ys, steps[0],
+                lengths if has_lengths else None, reverse,
+            )  # fmt: skip
         carries, step_residuals = saved
         transposed = _transposed_matrices(params)  # made once, outside the loop
 

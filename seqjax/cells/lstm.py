@@ -147,7 +147,7 @@ def lstm(
 
     split = RecurSplit(
         hidden_projection, combine, additive=True,
-        combine_vjp=CombineVJP(combine_forward, combine_backward),
+        combine_vjp=CombineVJP(combine_forward, combine_backward), native="lstm",
     )  # fmt: skip
 
     return Cell(

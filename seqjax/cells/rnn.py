@@ -15,7 +15,9 @@ ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu}
 DERIVATIVES = {"tanh": lambda h: 1.0 - h * h, "relu": lambda h: (h > 0).astype(h.dtype)}
 
 
-def _activation_split(hidden_projection, activation: str, name: str) -> RecurSplit:
+def _activation_split(
+    hidden_projection, activation: str, name: str, native: str | None = None
+) -> RecurSplit:
     """The split ``h = act(px + hh)`` of the Elman RNN and the IndRNN."""
     act, derivative = ACTIVATIONS[activation], DERIVATIVES[activation]
 
@@ -34,7 +36,7 @@ def _activation_split(hidden_projection, activation: str, name: str) -> RecurSpl
         return jnp.zeros_like(h), d_z, d_z
 
     vjp = CombineVJP(combine_forward, combine_backward)
-    return RecurSplit(hidden_projection, combine, additive=True, combine_vjp=vjp)
+    return RecurSplit(hidden_projection, combine, additive=True, combine_vjp=vjp, native=native)
 
 
 def simple_rnn(
@@ -65,7 +67,10 @@ def simple_rnn(
         return _common.init_params(key, input_size, hidden_size, 1, config, dtype, "simple_rnn")
 
     split = _activation_split(
-        _common.hidden_projection, activation, f"seqjax.simple_rnn_{activation}"
+        _common.hidden_projection,
+        activation,
+        f"seqjax.simple_rnn_{activation}",
+        native=f"rnn_{activation}",
     )
 
     return Cell(

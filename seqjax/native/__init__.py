@@ -1,0 +1,204 @@
+"""Fused CPU kernels for the recurrences of the built-in LSTM and Elman RNN.
+
+Under ``lax.scan`` XLA:CPU runs each step's matmul ``h_(t-1) W_hh`` and the step's elementwise
+arithmetic as separate kernels, with a dispatch cost per step; at small and medium sizes that
+overhead is as large as the arithmetic. These kernels run a whole forward loop, or the whole
+reverse loop of its gradient, as one XLA custom call (``jax.ffi``): each step's matmul and
+activations in one pass over registers, the hidden units split over XLA's CPU threads, which
+meet at a barrier once per step. This is the fused step that PyTorch's oneDNN LSTM has.
+
+:func:`seqjax.unroll` uses them by itself (``native=None``) on the CPU, in float32, for the
+cells they implement, as the inner loops of its own backward pass (``custom_vjp``); everything
+else (the input projection, the weight gradients) stays large XLA matmuls. They are compiled
+on first use (see :mod:`seqjax.native._build`); without a C++ compiler ``unroll`` falls back to
+``lax.scan`` with the same numbers, and :func:`unavailable_reason` says why.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from seqjax.native import _build
+
+Array = jax.Array
+
+KERNELS = ("lstm", "rnn_tanh", "rnn_relu")
+
+
+def unavailable_reason() -> str | None:
+    """``None`` when the kernels are built and registered (building them if needed), else why
+    they cannot be."""
+    try:
+        _build.load()
+    except _build.Unavailable as err:
+        return str(err)
+    return None
+
+
+def available() -> bool:
+    """Whether the native kernels can run here (building them on first call)."""
+    return unavailable_reason() is None
+
+
+def unsupported_reason(kernel: str | None, params: Any, xs: Array) -> str | None:
+    """``None`` when ``kernel`` (a ``RecurSplit.native`` name) can run these params and inputs
+    on this backend, else why not."""
+    if kernel not in KERNELS:
+        return "the cell has no native kernel (the built-in LSTM and Elman RNN do)"
+    if not isinstance(params, dict) or set(params) != {"w_ih", "w_hh", "b_ih", "b_hh"}:
+        return "the params are not the built-in cells' w_ih, w_hh, b_ih, b_hh"
+    if jax.default_backend() != "cpu":
+        return f"the native kernels run on the CPU; the backend is {jax.default_backend()}"
+    dtypes = {jnp.dtype(leaf.dtype) for leaf in jax.tree.leaves(params)} | {jnp.dtype(xs.dtype)}
+    if dtypes != {jnp.dtype(jnp.float32)}:
+        return f"the native kernels run in float32; got {sorted(map(str, dtypes))}"
+    return unavailable_reason()
+
+
+class Saved(NamedTuple):
+    """What the forward loop keeps for the backward one: the carry it started from, and per
+    step (time-major, batch flattened to rows) the outputs, plus for the LSTM the cell state
+    and the gate activations."""
+
+    carry: Any
+    ys: Array
+    extra: tuple
+
+
+def forward(
+    kernel: str,
+    params: Any,
+    xs: Array,
+    carry: Any,
+    start: Array | int,
+    lengths: Array | None,
+    reverse: bool,
+    keep: bool,
+) -> tuple[Any, Array, Saved | None]:
+    """The recurrence over ``xs (T, batch..., D)``, time-major, from ``carry``; the steps are
+    ``start .. start + T - 1`` of the whole sequence (for ``lengths``). Returns the final carry,
+    ``ys (T, batch..., H)`` and, with ``keep``, what :func:`backward` needs."""
+    T, batch = xs.shape[0], xs.shape[1:-1]
+    rows = int(np.prod(batch))
+    H = params["w_hh"].shape[0]
+    px = _project(params, xs.reshape(T, rows, -1))
+    common = _common_operands(lengths, rows, start)
+    attrs = dict(reverse=bool(reverse), has_lengths=lengths is not None)
+    flat = jax.tree.map(lambda c: c.reshape(rows, H), carry)
+    out = jax.ShapeDtypeStruct
+    if kernel == "lstm":
+        residual = (T, rows) if keep else (0, 0)
+        ys, cs, acts, h, c = _call(
+            "seqjax_lstm_forward",
+            (out((T, rows, H), px.dtype), out((*residual, H), px.dtype),
+             out((*residual, 4 * H), px.dtype), out((rows, H), px.dtype), out((rows, H), px.dtype)),
+            px, _pack(params["w_hh"], 4), flat.h, flat.c, *common, keep=bool(keep), **attrs,
+        )  # fmt: skip
+        final, extra = type(carry)(h.reshape(*batch, H), c.reshape(*batch, H)), (cs, acts)
+    else:
+        ys, h = _call(
+            "seqjax_rnn_forward",
+            (out((T, rows, H), px.dtype), out((rows, H), px.dtype)),
+            px, _pack(params["w_hh"], 1), flat, *common, relu=kernel == "rnn_relu", **attrs,
+        )  # fmt: skip
+        final, extra = h.reshape(*batch, H), ()
+    saved = Saved(flat, ys, extra) if keep else None
+    return final, ys.reshape(T, *batch, H), saved
+
+
+def backward(
+    kernel: str,
+    params: Any,
+    xs: Array,
+    saved: Saved,
+    d_carry: Any,
+    d_ys: Array,
+    start: Array | int,
+    lengths: Array | None,
+    reverse: bool,
+) -> tuple[Any, Any, Array]:
+    """The gradient of :func:`forward` (with ``keep``) for the cotangents of its final carry
+    and outputs: ``(d_carry, d_params, d_xs)``. The reverse loop is one custom call; the
+    weight and input gradients are matmuls over all (time x batch) rows after it."""
+    T, batch = xs.shape[0], xs.shape[1:-1]
+    rows = int(np.prod(batch))
+    H = params["w_hh"].shape[0]
+    common = _common_operands(lengths, rows, start)
+    attrs = dict(reverse=bool(reverse), has_lengths=lengths is not None)
+    d_flat = jax.tree.map(lambda c: c.reshape(rows, H), d_carry)
+    d_ys = d_ys.reshape(T, rows, H)
+    out = jax.ShapeDtypeStruct
+    dtype = saved.ys.dtype
+    if kernel == "lstm":
+        cs, acts = saved.extra
+        d_gates, dh, dc = _call(
+            "seqjax_lstm_backward",
+            (out((T, rows, 4 * H), dtype), out((rows, H), dtype), out((rows, H), dtype)),
+            _pack(params["w_hh"].T, 1), d_ys, cs, acts, saved.carry.c, d_flat.h, d_flat.c,
+            *common, **attrs,
+        )  # fmt: skip
+        d_carry0 = type(d_carry)(dh.reshape(*batch, H), dc.reshape(*batch, H))
+        h0 = saved.carry.h
+    else:
+        d_gates, dh = _call(
+            "seqjax_rnn_backward",
+            (out((T, rows, H), dtype), out((rows, H), dtype)),
+            _pack(params["w_hh"].T, 1), d_ys, saved.ys, d_flat, *common,
+            relu=kernel == "rnn_relu", **attrs,
+        )  # fmt: skip
+        d_carry0, h0 = dh.reshape(*batch, H), saved.carry
+    h_prev = _previous_outputs(saved.ys, h0, lengths, rows, start, reverse)
+    d_gates = d_gates.reshape(T * rows, -1)
+    x_rows = xs.reshape(T * rows, -1)
+    d_bias = jnp.sum(d_gates, axis=0)
+    d_params = {
+        "w_ih": x_rows.T @ d_gates,
+        "w_hh": h_prev.reshape(T * rows, H).T @ d_gates,
+        "b_ih": d_bias,
+        "b_hh": d_bias,
+    }
+    d_xs = (d_gates @ params["w_ih"].T).reshape(xs.shape)
+    return d_carry0, d_params, d_xs
+
+
+def _project(params: Any, xs: Array) -> Array:
+    """``x W_ih + b_ih + b_hh`` for every step at once: the kernels add nothing else."""
+    T, rows = xs.shape[:2]
+    projected = xs.reshape(T * rows, -1) @ params["w_ih"] + (params["b_ih"] + params["b_hh"])
+    return projected.reshape(T, rows, -1)
+
+
+def _pack(w: Array, gates: int) -> Array:
+    """``w (K, gates * H) -> (U, K, gates, 16)``: for each block of 16 hidden units, the
+    columns of all gates for those units, row after row, zero-padded past H."""
+    K, H = w.shape[0], w.shape[1] // gates
+    U = -(-H // 16)
+    w = jnp.pad(w.reshape(K, gates, H), ((0, 0), (0, 0), (0, U * 16 - H)))
+    return w.reshape(K, gates, U, 16).transpose(2, 0, 1, 3)
+
+
+def _common_operands(lengths: Array | None, rows: int, start: Array | int) -> tuple[Array, Array]:
+    lengths = jnp.zeros((rows,), jnp.int32) if lengths is None else lengths.reshape(rows)
+    return lengths.astype(jnp.int32), jnp.asarray(start, jnp.int32)
+
+
+def _previous_outputs(ys, h0, lengths, rows, start, reverse) -> Array:
+    """``h_(t-1)`` for every step, in the recurrence's order: the previous step's output, or
+    the initial ``h0`` where there is none (the first step, or in reverse, a later step past
+    the sequence's length, which left the carry as it was)."""
+    if not reverse:  # a step that ran follows one that ran
+        return jnp.concatenate([h0[None], ys[:-1]])
+    shifted = jnp.concatenate([ys[1:], h0[None]])
+    if lengths is None:
+        return shifted
+    T = ys.shape[0]
+    later_ran = (start + jnp.arange(1, T + 1))[:, None] < lengths.reshape(1, rows)
+    return jnp.where(later_ran[..., None], shifted, h0[None])
+
+
+def _call(target: str, results, *operands, **attributes):
+    return jax.ffi.ffi_call(target, results, vmap_method="sequential")(*operands, **attributes)

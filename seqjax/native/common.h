@@ -1,0 +1,215 @@
+// What the native recurrent kernels share: 16-float vectors (GCC/Clang vector extensions, which
+// compile to AVX-512, AVX2 or NEON as the machine has), exp/sigmoid/tanh on them, and a team of
+// threads that split a recurrence's hidden units and meet at a barrier once per step.
+#pragma once
+
+#include <algorithm>
+#include <chrono>
+#include <memory>
+#include <atomic>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace seqjax {
+
+typedef float v16 __attribute__((vector_size(64)));
+typedef int32_t v16i __attribute__((vector_size(64)));
+
+inline v16 zero16() { return v16{}; }
+inline v16 broadcast16(float x) { return v16{x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x}; }
+inline v16 load16(const float* p) {
+  v16 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void store16(float* p, v16 v) { std::memcpy(p, &v, sizeof v); }
+// The first n (1..16) lanes from or to memory; the others read as zero.
+inline v16 load_n(const float* p, int64_t n) {
+  if (n == 16) return load16(p);
+  v16 v{};
+  std::memcpy(&v, p, n * sizeof(float));
+  return v;
+}
+inline void store_n(float* p, v16 v, int64_t n) {
+  if (n == 16) return store16(p, v);
+  std::memcpy(p, &v, n * sizeof(float));
+}
+inline void copy_n(const float* from, int64_t n, float* to) {
+  if (n > 0) std::memcpy(to, from, n * sizeof(float));
+}
+inline void zero_n(float* p, int64_t n) {
+  if (n > 0) std::memset(p, 0, n * sizeof(float));
+}
+
+inline v16i bits(v16 x) {
+  v16i i;
+  std::memcpy(&i, &x, sizeof i);
+  return i;
+}
+inline v16 from_bits(v16i i) {
+  v16 x;
+  std::memcpy(&x, &i, sizeof x);
+  return x;
+}
+
+// exp(x) to ~2 ulp (Cody-Waite reduction by ln 2, degree-6 polynomial, Cephes' coefficients);
+// inputs are clamped to [-87, 88], where the result stays a normal float.
+inline v16 exp16(v16 x) {
+  x = x < -87.0f ? broadcast16(-87.0f) : x;
+  x = x > 88.0f ? broadcast16(88.0f) : x;
+  const float shifter = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  v16 shifted = x * 1.44269504088896341f + shifter;
+  v16 n = shifted - shifter;
+  v16 r = x - n * 0.693359375f - n * -2.12194440e-4f;
+  v16 p = 1.9875691500e-4f * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * (r * r) + r + 1.0f;
+  v16i exponent = (bits(shifted) - bits(broadcast16(shifter))) << 23;
+  return from_bits(bits(p) + exponent);
+}
+
+inline v16 sigmoid16(v16 x) { return 1.0f / (1.0f + exp16(-x)); }
+
+// tanh(x): an odd polynomial below |x| = 0.625 (Cephes' tanhf), 1 - 2 / (exp(2|x|) + 1) above.
+inline v16 tanh16(v16 x) {
+  const v16i sign = bits(x) & static_cast<int32_t>(0x80000000u);
+  v16 a = from_bits(bits(x) & 0x7fffffff);
+  v16 z = x * x;
+  v16 p = -5.70498872745e-3f * z + 2.06390887954e-2f;
+  p = p * z - 5.37397155531e-2f;
+  p = p * z + 1.33314422036e-1f;
+  p = p * z - 3.33332819422e-1f;
+  v16 small = p * z * x + x;
+  a = a > 9.0f ? broadcast16(9.0f) : a;
+  v16 large = from_bits(bits(1.0f - 2.0f / (exp16(a + a) + 1.0f)) | sign);
+  return (a < 0.625f) ? small : large;
+}
+
+// acc[r][j] = sum_k a[r * lda + k] * w[j * w_panel + k * w_k + 0..15]: NR rows of `a` times
+// NU 16-column panels of a packed weight matrix, the accumulators kept in registers.
+template <int NR, int NU>
+inline void matmul_tile(const float* a, int64_t lda, int64_t K, const float* w, int64_t w_panel,
+                        int64_t w_k, v16 (&acc)[NR][NU]) {
+  for (int r = 0; r < NR; ++r)
+    for (int j = 0; j < NU; ++j) acc[r][j] = zero16();
+  for (int64_t k = 0; k < K; ++k) {
+    v16 wk[NU];
+    for (int j = 0; j < NU; ++j) wk[j] = load16(w + j * w_panel + k * w_k);
+    for (int r = 0; r < NR; ++r) {
+      const v16 x = broadcast16(a[r * lda + k]);
+      for (int j = 0; j < NU; ++j) acc[r][j] += x * wk[j];
+    }
+  }
+}
+
+// A barrier for a team of threads, reusable step after step. Waiters spin briefly (a step is
+// microseconds), then yield, so an oversubscribed machine still makes progress.
+class Barrier {
+ public:
+  void set_size(int n) { n_ = n; }
+  void wait() {
+    if (n_ == 1) return;
+    const unsigned generation = generation_.load(std::memory_order_acquire);
+    if (arrived_.fetch_add(1, std::memory_order_acq_rel) + 1 == n_) {
+      arrived_.store(0, std::memory_order_relaxed);
+      generation_.store(generation + 1, std::memory_order_release);
+      return;
+    }
+    for (int spins = 0; generation_.load(std::memory_order_acquire) == generation; ++spins)
+      relax(spins);
+  }
+
+  static void relax(int spins) {
+    if (spins > 20000) {
+      std::this_thread::yield();
+      return;
+    }
+#if defined(__x86_64__)
+    __builtin_ia32_pause();
+#endif
+  }
+
+ private:
+  int n_ = 1;
+  std::atomic<int> arrived_{0};
+  std::atomic<unsigned> generation_{0};
+};
+
+// SEQJAX_NATIVE_THREADS when set, else 0.
+inline int requested_threads() {
+  const char* env = std::getenv("SEQJAX_NATIVE_THREADS");
+  return env ? std::max(0, std::atoi(env)) : 0;
+}
+
+// How many threads to ask for to split `units` unit blocks: at most one per pool thread and
+// per block, and one alone when a step's work (`step_flops`) is too small to repay a barrier.
+inline int workers_for(int64_t pool_threads, int64_t units, int64_t step_flops) {
+  const int64_t by_work = std::max<int64_t>(1, step_flops / 100000);
+  const int64_t threads = requested_threads() ? requested_threads() : pool_threads;
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({threads, units, by_work})));
+}
+
+// Worker `i` of `n`'s share [begin, end) of `count` items.
+inline std::pair<int64_t, int64_t> share(int64_t count, int i, int n) {
+  const int64_t base = count / n, extra = count % n;
+  const int64_t begin = i * base + std::min<int64_t>(i, extra);
+  return {begin, begin + base + (i < extra ? 1 : 0)};
+}
+
+// Runs fn(worker, workers, barrier) on this thread (worker 0) and on up to `wanted - 1` tasks
+// of XLA's intra-op thread pool, the threads XLA:CPU runs its own kernels on (threads of our
+// own would compete with them for the cores). The team is whoever has started within a short
+// wait: a task still queued behind busy pool threads is left out (it returns at once when it
+// runs), so the barrier never waits for a thread that may not come.
+template <typename Fn>
+void parallel(ffi::ThreadPool& pool, int wanted, Fn&& fn) {
+  struct Team {
+    std::atomic<int> claimed{1};  // worker ids handed out; -1 once the team is closed
+    std::atomic<int> size{0};
+    std::atomic<int> finished{0};
+    Barrier barrier;
+    Fn* fn = nullptr;
+  };
+  auto team = std::make_shared<Team>();
+  team->fn = &fn;
+  for (int i = 1; i < wanted; ++i) {
+    pool.Schedule([team] {
+      int id = team->claimed.load(std::memory_order_acquire);
+      while (id >= 0 && !team->claimed.compare_exchange_weak(id, id + 1)) {
+      }
+      if (id < 0) return;  // came too late: the team started without this task
+      int size;
+      for (int spins = 0; (size = team->size.load(std::memory_order_acquire)) == 0; ++spins)
+        Barrier::relax(spins);
+      (*team->fn)(id, size, team->barrier);
+      team->finished.fetch_add(1, std::memory_order_release);
+    });
+  }
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(200);
+  int size = team->claimed.load(std::memory_order_acquire);
+  for (int spins = 0; size < wanted; ++spins) {
+    if ((spins & 63) == 0 && std::chrono::steady_clock::now() > deadline) break;
+    Barrier::relax(0);
+    size = team->claimed.load(std::memory_order_acquire);
+  }
+  while (!team->claimed.compare_exchange_weak(size, -1)) {
+  }
+  team->barrier.set_size(size);
+  team->size.store(size, std::memory_order_release);
+  fn(0, size, team->barrier);
+  for (int spins = 0; team->finished.load(std::memory_order_acquire) < size - 1; ++spins)
+    Barrier::relax(spins);
+}
+
+}  // namespace seqjax
