@@ -64,6 +64,8 @@ def seqjax_contenders(cell_name: str, B: int, T: int, H: int, xs) -> list[Conten
     variants = [("seqjax", {}), ("seqjax (autodiff)", {"custom_vjp": False})]
     if jax.default_backend() != "cpu":  # shows whether hoisting, the accelerator default, pays
         variants.append(("seqjax (projection in step)", {"hoist_projection": False}))
+    elif cell.recur_split.native and seqjax.native.available():  # what the fused kernels give
+        variants.append(("seqjax (scan)", {"native": False}))
     for label, options in variants:
 
         def run(p, x, options=options):
