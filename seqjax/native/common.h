@@ -11,6 +11,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <thread>
+#include <tuple>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -210,6 +212,76 @@ void parallel(ffi::ThreadPool& pool, int wanted, Fn&& fn) {
   fn(0, size, team->barrier);
   for (int spins = 0; team->finished.load(std::memory_order_acquire) < size - 1; ++spins)
     Barrier::relax(spins);
+}
+
+// The sizes of one call: T steps, B batch rows, H hidden units in U blocks of 16.
+struct Shapes {
+  int64_t T, B, H, U;
+};
+inline Shapes shapes_of(int64_t T, int64_t B, int64_t H) { return {T, B, H, (H + 15) / 16}; }
+
+// Which steps a row runs: all, or those with start + t < lengths[b] (the step's index in the
+// whole sequence below the row's length); and the order the recurrence visits them in.
+struct Steps {
+  const int32_t* lengths;  // null: every step runs
+  int64_t start;
+  bool reverse;
+
+  bool runs(int64_t t, int64_t b) const { return !lengths || start + t < lengths[b]; }
+  // The i-th step the recurrence (or, with `backward`, its gradient) visits, of T.
+  int64_t nth(int64_t i, int64_t T, bool backward = false) const {
+    return reverse != backward ? T - 1 - i : i;
+  }
+};
+inline Steps steps_of(ffi::Buffer<ffi::S32>& lengths, ffi::Buffer<ffi::S32>& start, bool reverse,
+                      bool has_lengths) {
+  return {has_lengths ? lengths.typed_data() : nullptr, start.typed_data()[0], reverse};
+}
+
+// One worker's share of the hidden units: unit blocks [u_begin, u_end), columns [col0, col1).
+struct Units {
+  int64_t u_begin, u_end, col0, col1;
+
+  Units(const Shapes& s, int worker, int workers) {
+    std::tie(u_begin, u_end) = share(s.U, worker, workers);
+    col0 = u_begin * 16;
+    col1 = std::min(u_end * 16, s.H);
+  }
+  // These columns of every row of a (B, H) array, from one to another.
+  void copy(const Shapes& s, const float* from, float* to) const {
+    for (int64_t b = 0; b < s.B; ++b)
+      copy_n(from + b * s.H + col0, col1 - col0, to + b * s.H + col0);
+  }
+};
+
+// Calls tile(r0, u0, rows, units) over the batch rows and these unit blocks, in register tiles
+// of up to 4 rows x 4 unit blocks (`rows` and `units` are std::integral_constant sizes).
+template <typename Tile>
+void tiles(int64_t B, const Units& units, Tile&& tile) {
+  constexpr int kRows = 4, kUnits = 4;
+  auto over_units = [&](auto rows, int64_t r0) {
+    int64_t u = units.u_begin;
+    for (; u + kUnits <= units.u_end; u += kUnits)
+      tile(r0, u, rows, std::integral_constant<int, kUnits>());
+    for (; u < units.u_end; ++u) tile(r0, u, rows, std::integral_constant<int, 1>());
+  };
+  int64_t r0 = 0;
+  for (; r0 + kRows <= B; r0 += kRows) over_units(std::integral_constant<int, kRows>(), r0);
+  for (; r0 < B; ++r0) over_units(std::integral_constant<int, 1>(), r0);
+}
+
+// Runs kernel.run(units, barrier) on a team of workers, each with its share of the units; a
+// step of `step_flops` decides how many are worth a barrier.
+template <typename Kernel>
+void run_on_team(ffi::ThreadPool& pool, const Shapes& s, int64_t step_flops, const Kernel& kernel) {
+  parallel(pool, workers_for(pool.num_threads(), s.U, step_flops),
+           [&](int worker, int workers, Barrier& barrier) {
+             kernel.run(Units(s, worker, workers), barrier);
+           });
+}
+
+inline ffi::Error invalid_unless(bool ok, const char* what) {
+  return ok ? ffi::Error::Success() : ffi::Error::InvalidArgument(what);
 }
 
 }  // namespace seqjax

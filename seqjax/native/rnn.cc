@@ -15,56 +15,31 @@
 namespace seqjax {
 namespace {
 
-constexpr int kRows = 4;
-constexpr int kUnits = 4;  // 16-unit blocks per register tile
-
-struct Shapes {
-  int64_t T, B, H, U;
-};
-
-// Runs tile(r0, u0, NR, NU) over the rows of the batch and this worker's unit blocks.
-template <typename Tile>
-void tiles(int64_t B, int64_t u_begin, int64_t u_end, Tile&& tile) {
-  auto over_units = [&](auto rows, int64_t r0) {
-    int64_t u = u_begin;
-    for (; u + kUnits <= u_end; u += kUnits) tile(r0, u, rows, std::integral_constant<int, kUnits>());
-    for (; u < u_end; ++u) tile(r0, u, rows, std::integral_constant<int, 1>());
-  };
-  int64_t r0 = 0;
-  for (; r0 + kRows <= B; r0 += kRows) over_units(std::integral_constant<int, kRows>(), r0);
-  for (; r0 < B; ++r0) over_units(std::integral_constant<int, 1>(), r0);
-}
-
 struct Forward {
   Shapes s;
+  Steps steps;
+  bool relu;
   const float *px, *w, *h0;
-  const int32_t* lengths;
-  int64_t start;
-  bool reverse, relu;
   float *ys, *h_final;
   float* hbuf;  // (2, B, H)
 
-  bool runs(int64_t t, int64_t b) const { return !lengths || start + t < lengths[b]; }
-
-  void run(int worker, int workers, Barrier& barrier) const {
+  void run(const Units& units, Barrier& barrier) const {
     const int64_t H = s.H;
-    auto [u_begin, u_end] = share(s.U, worker, workers);
-    const int64_t col0 = u_begin * 16, col1 = std::min(u_end * 16, H);
-    for (int64_t b = 0; b < s.B; ++b) copy_n(h0 + b * H + col0, col1 - col0, hbuf + b * H + col0);
+    units.copy(s, h0, hbuf);
     barrier.wait();
     for (int64_t i = 0; i < s.T; ++i) {
-      const int64_t t = reverse ? s.T - 1 - i : i;
+      const int64_t t = steps.nth(i, s.T);
       const float* h_prev = hbuf + (i % 2) * s.B * H;
       float* h_next = hbuf + ((i + 1) % 2) * s.B * H;
-      tiles(s.B, u_begin, u_end, [&](int64_t r0, int64_t u0, auto rows, auto units) {
-        constexpr int NR = decltype(rows)::value, NU = decltype(units)::value;
+      tiles(s.B, units, [&](int64_t r0, int64_t u0, auto rows, auto blocks) {
+        constexpr int NR = decltype(rows)::value, NU = decltype(blocks)::value;
         v16 acc[NR][NU];
         matmul_tile<NR, NU>(h_prev + r0 * H, H, H, w + u0 * H * 16, H * 16, 16, acc);
         for (int r = 0; r < NR; ++r) {
           const int64_t b = r0 + r, row = (t * s.B + b) * H;
           for (int j = 0; j < NU; ++j) {
             const int64_t col = (u0 + j) * 16, n = std::min<int64_t>(16, H - col);
-            if (!runs(t, b)) {
+            if (!steps.runs(t, b)) {
               copy_n(h_prev + b * H + col, n, h_next + b * H + col);
               zero_n(ys + row + col, n);
               continue;
@@ -78,36 +53,28 @@ struct Forward {
       });
       barrier.wait();
     }
-    const float* h_last = hbuf + (s.T % 2) * s.B * H;
-    for (int64_t b = 0; b < s.B; ++b)
-      copy_n(h_last + b * H + col0, col1 - col0, h_final + b * H + col0);
+    units.copy(s, hbuf + (s.T % 2) * s.B * H, h_final);
   }
 };
 
 struct Backward {
   Shapes s;
+  Steps steps;  // of the forward loop
+  bool relu;
   const float *wt, *dys, *ys, *dh_final;
-  const int32_t* lengths;
-  int64_t start;
-  bool reverse, relu;
   float *dz, *dh0;
   float* dhbuf;  // (B, H)
 
-  bool runs(int64_t t, int64_t b) const { return !lengths || start + t < lengths[b]; }
-
-  void run(int worker, int workers, Barrier& barrier) const {
+  void run(const Units& units, Barrier& barrier) const {
     const int64_t H = s.H;
-    auto [u_begin, u_end] = share(s.U, worker, workers);
-    const int64_t col0 = u_begin * 16, col1 = std::min(u_end * 16, H);
-    for (int64_t b = 0; b < s.B; ++b)
-      copy_n(dh_final + b * H + col0, col1 - col0, dhbuf + b * H + col0);
+    units.copy(s, dh_final, dhbuf);
     for (int64_t i = 0; i < s.T; ++i) {
-      const int64_t t = reverse ? i : s.T - 1 - i;
+      const int64_t t = steps.nth(i, s.T, /*backward=*/true);
       for (int64_t b = 0; b < s.B; ++b) {
         const int64_t row = (t * s.B + b) * H;
-        for (int64_t col = col0; col < col1; col += 16) {
+        for (int64_t col = units.col0; col < units.col1; col += 16) {
           const int64_t n = std::min<int64_t>(16, H - col);
-          if (!runs(t, b)) {
+          if (!steps.runs(t, b)) {
             zero_n(dz + row + col, n);
             continue;
           }
@@ -117,13 +84,13 @@ struct Backward {
           store_n(dz + row + col, dh * slope, n);
         }
       }
-      barrier.wait();  // dh needs every unit's dz
-      tiles(s.B, u_begin, u_end, [&](int64_t r0, int64_t u0, auto rows, auto units) {
-        constexpr int NR = decltype(rows)::value, NU = decltype(units)::value;
+      barrier.wait();  // dh needs every unit's dz; one barrier a step, as in lstm.cc
+      tiles(s.B, units, [&](int64_t r0, int64_t u0, auto rows, auto blocks) {
+        constexpr int NR = decltype(rows)::value, NU = decltype(blocks)::value;
         v16 acc[NR][NU];
         matmul_tile<NR, NU>(dz + (t * s.B + r0) * H, H, H, wt + u0 * H * 16, H * 16, 16, acc);
         for (int r = 0; r < NR; ++r) {
-          if (!runs(t, r0 + r)) continue;  // a step that did not run passes dh through
+          if (!steps.runs(t, r0 + r)) continue;  // a step that did not run passes dh through
           for (int j = 0; j < NU; ++j) {
             const int64_t col = (u0 + j) * 16;
             store_n(dhbuf + (r0 + r) * H + col, acc[r][j], std::min<int64_t>(16, H - col));
@@ -131,45 +98,46 @@ struct Backward {
         }
       });
     }
-    for (int64_t b = 0; b < s.B; ++b)
-      copy_n(dhbuf + b * H + col0, col1 - col0, dh0 + b * H + col0);
+    units.copy(s, dhbuf, dh0);
   }
 };
 
-ffi::Error rnn_forward(ffi::Buffer<ffi::F32> px, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> h0,
-                       ffi::Buffer<ffi::S32> lengths, ffi::Buffer<ffi::S32> start, bool reverse,
-                       bool has_lengths, bool relu, ffi::ResultBuffer<ffi::F32> ys,
-                       ffi::ResultBuffer<ffi::F32> h_final, ffi::ThreadPool pool) {
+using F32 = ffi::Buffer<ffi::F32>;
+using S32 = ffi::Buffer<ffi::S32>;
+using Out = ffi::ResultBuffer<ffi::F32>;
+
+ffi::Error rnn_forward(F32 px, F32 w, F32 h0, S32 lengths, S32 start, bool reverse,
+                       bool has_lengths, bool relu, Out ys, Out h_final, ffi::ThreadPool pool) {
   auto d = px.dimensions();
   if (d.size() != 3) return ffi::Error::InvalidArgument("rnn_forward: px must be (T, B, H)");
-  Shapes s{d[0], d[1], d[2], (d[2] + 15) / 16};
-  if (static_cast<int64_t>(w.element_count()) != s.U * s.H * 16)
-    return ffi::Error::InvalidArgument("rnn_forward: w must be packed (U, H, 16)");
+  const Shapes s = shapes_of(d[0], d[1], d[2]);
+  if (auto e = invalid_unless(static_cast<int64_t>(w.element_count()) == s.U * s.H * 16,
+                              "rnn_forward: w must be packed (U, H, 16)");
+      e.failure())
+    return e;
   std::vector<float> scratch(2 * s.B * s.H);
-  Forward f{s, px.typed_data(), w.typed_data(), h0.typed_data(),
-            has_lengths ? lengths.typed_data() : nullptr, start.typed_data()[0], reverse, relu,
-            ys->typed_data(), h_final->typed_data(), scratch.data()};
-  parallel(pool, workers_for(pool.num_threads(), s.U, 2 * s.B * s.H * s.H),
-           [&](int i, int n, Barrier& bar) { f.run(i, n, bar); });
+  const Forward kernel{s, steps_of(lengths, start, reverse, has_lengths), relu, px.typed_data(),
+                       w.typed_data(), h0.typed_data(), ys->typed_data(), h_final->typed_data(),
+                       scratch.data()};
+  run_on_team(pool, s, 2 * s.B * s.H * s.H, kernel);
   return ffi::Error::Success();
 }
 
-ffi::Error rnn_backward(ffi::Buffer<ffi::F32> wt, ffi::Buffer<ffi::F32> dys,
-                        ffi::Buffer<ffi::F32> ys, ffi::Buffer<ffi::F32> dh_final,
-                        ffi::Buffer<ffi::S32> lengths, ffi::Buffer<ffi::S32> start, bool reverse,
-                        bool has_lengths, bool relu, ffi::ResultBuffer<ffi::F32> dz,
-                        ffi::ResultBuffer<ffi::F32> dh0, ffi::ThreadPool pool) {
+ffi::Error rnn_backward(F32 wt, F32 dys, F32 ys, F32 dh_final, S32 lengths, S32 start,
+                        bool reverse, bool has_lengths, bool relu, Out dz, Out dh0,
+                        ffi::ThreadPool pool) {
   auto d = dys.dimensions();
   if (d.size() != 3) return ffi::Error::InvalidArgument("rnn_backward: dys must be (T, B, H)");
-  Shapes s{d[0], d[1], d[2], (d[2] + 15) / 16};
-  if (static_cast<int64_t>(wt.element_count()) != s.U * s.H * 16)
-    return ffi::Error::InvalidArgument("rnn_backward: wt must be packed (U, H, 16)");
+  const Shapes s = shapes_of(d[0], d[1], d[2]);
+  if (auto e = invalid_unless(static_cast<int64_t>(wt.element_count()) == s.U * s.H * 16,
+                              "rnn_backward: wt must be packed (U, H, 16)");
+      e.failure())
+    return e;
   std::vector<float> scratch(s.B * s.H);
-  Backward bw{s, wt.typed_data(), dys.typed_data(), ys.typed_data(), dh_final.typed_data(),
-              has_lengths ? lengths.typed_data() : nullptr, start.typed_data()[0], reverse, relu,
-              dz->typed_data(), dh0->typed_data(), scratch.data()};
-  parallel(pool, workers_for(pool.num_threads(), s.U, 2 * s.B * s.H * s.H),
-           [&](int i, int n, Barrier& bar) { bw.run(i, n, bar); });
+  const Backward kernel{s, steps_of(lengths, start, reverse, has_lengths), relu, wt.typed_data(),
+                        dys.typed_data(), ys.typed_data(), dh_final.typed_data(),
+                        dz->typed_data(), dh0->typed_data(), scratch.data()};
+  run_on_team(pool, s, 2 * s.B * s.H * s.H, kernel);
   return ffi::Error::Success();
 }
 
