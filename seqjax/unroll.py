@@ -299,13 +299,22 @@ def _scan_custom_vjp(
         """Whether step ``t`` runs (``None``: every step does)."""
         return t < lengths if has_lengths else None
 
-    def run_steps(params, xs, carry, steps, lengths, keep):
+    def loop_weights(params):
+        """What the loops read of the params in a layout of their own, made once per call of
+        ``run``, outside any loop over chunks (XLA does not hoist it out of one): ``W_hh``
+        packed for the native kernels, or for the scan's reverse loop every matrix transposed.
+        """
+        if native:
+            return seqjax_native.pack_weights(native, params)
+        return _transposed_matrices(params)
+
+    def run_steps(params, weights, xs, carry, steps, lengths, keep):
         """The forward loop over ``steps`` (``xs`` time-major); with ``keep``, also each step's
         input carry and residuals."""
         if native:
             final, ys, saved = seqjax_native.forward(
-                native, params, xs, carry, steps[0], lengths if has_lengths else None, reverse,
-                keep,
+                native, params, weights, xs, carry, steps[0],
+                lengths if has_lengths else None, reverse, keep,
             )  # fmt: skip
             return final, (ys, saved)
         inputs = _project_all(project, params, xs) if hoist_projection else xs
@@ -319,16 +328,15 @@ def _scan_custom_vjp(
 
         return jax.lax.scan(body, carry, (steps, inputs), reverse=reverse, unroll=unroll)
 
-    def backward_steps(params, xs, d_carry, steps, lengths, saved, d_ys):
+    def backward_steps(params, weights, xs, d_carry, steps, lengths, saved, d_ys):
         """The reverse loop over ``steps`` (all time-major), then their weight and input
         gradients."""
         if native:
             return seqjax_native.backward(
-                native, params, xs, saved, d_carry, d_ys, steps[0],
+                native, params, weights, xs, saved, d_carry, d_ys, steps[0],
                 lengths if has_lengths else None, reverse,
             )  # fmt: skip
         carries, step_residuals = saved
-        transposed = _transposed_matrices(params)  # made once, outside the loop
 
         def body(d_carry, inp):
             t, carry, step_residuals, dy = inp
@@ -337,7 +345,7 @@ def _scan_custom_vjp(
             if ok is not None:  # a masked step passed its carry through and emitted a constant
                 d_carry_in = jax.tree.map(lambda a, b: _where(ok, a, b), d_carry_in, d_carry)
                 dpx, dhh = (_where(ok, d, jnp.zeros_like(d)) for d in (dpx, dhh))
-            loop_params = _transposed_matrices(transposed)  # a view XLA folds into the dot
+            loop_params = _transposed_matrices(weights)  # a view XLA folds into the dot
             _, hidden_vjp = jax.vjp(lambda c: hidden_projection(loop_params, c), carry)
             (d_carry_via_hh,) = hidden_vjp(dhh)
             d_carry_in = jax.tree.map(jnp.add, d_carry_in, d_carry_via_hh)
@@ -363,10 +371,11 @@ def _scan_custom_vjp(
         """``((final_carry, ys), saved)``: with ``keep``, the time-major inputs and every
         step's residuals, or with ``remat`` only the carry at the start of each chunk;
         without ``keep``, nothing."""
+        weights = loop_weights(params)
         if not (keep and remat):
             xs_tm = _time_major(xs, time_axis)
             final, (ys, saved) = run_steps(
-                params, xs_tm, carry, jnp.arange(num_steps), lengths, keep
+                params, weights, xs_tm, carry, jnp.arange(num_steps), lengths, keep
             )
             return (final, jnp.moveaxis(ys, 0, time_axis)), (xs_tm, saved) if keep else None
 
@@ -374,12 +383,14 @@ def _scan_custom_vjp(
             carry, ys = state
             steps = start + jnp.arange(size)
             new_carry, (ys_chunk, _) = run_steps(
-                params, chunks.take(xs, start, size), carry, steps, lengths, keep=False
+                params, weights, chunks.take(xs, start, size), carry, steps, lengths, keep=False
             )
             return (new_carry, chunks.put(ys, ys_chunk, start)), carry
 
         first_y = jax.eval_shape(
-            lambda: run_steps(params, chunks.take(xs, 0, 1), carry, jnp.arange(1), lengths, False)
+            lambda: run_steps(
+                params, weights, chunks.take(xs, 0, 1), carry, jnp.arange(1), lengths, False
+            )
         )[1][0]
         ys = jnp.zeros((*xs.shape[:-1], first_y.shape[-1]), first_y.dtype)
         (final, ys), starts = chunks.visit(forward_chunk, (carry, ys))
@@ -397,11 +408,19 @@ def _scan_custom_vjp(
         params, xs, lengths, saved = residuals
         d_final, d_ys = cotangents
         d_lengths = np.zeros(np.shape(lengths), jax.dtypes.float0)
+        weights = loop_weights(params)
         if not remat:  # steps made here: the backward pass must close over no tracer
             steps = jnp.arange(num_steps)
             xs_tm, step_saved = saved  # the forward pass's time-major copy, not a second one
             d_carry0, d_params, d_xs = backward_steps(
-                params, xs_tm, d_final, steps, lengths, step_saved, _time_major(d_ys, time_axis)
+                params,
+                weights,
+                xs_tm,
+                d_final,
+                steps,
+                lengths,
+                step_saved,
+                _time_major(d_ys, time_axis),
             )
             return d_params, jnp.moveaxis(d_xs, 0, time_axis), d_carry0, d_lengths
 
@@ -417,12 +436,12 @@ def _scan_custom_vjp(
             steps = start + jnp.arange(size)
             xs_chunk = chunks.take(xs, start, size)
             _, (_, chunk_saved) = run_steps(
-                params, xs_chunk, start_carry, steps, lengths, keep=True
+                params, weights, xs_chunk, start_carry, steps, lengths, keep=True
             )
             # With reuse, this chunk's d_ys is still in the state: no earlier chunk wrote here.
             d_ys_chunk = chunks.take(d_xs if reuse else d_ys, start, size)
             d_carry, chunk_d_params, d_xs_chunk = backward_steps(
-                params, xs_chunk, d_carry, steps, lengths, chunk_saved, d_ys_chunk
+                params, weights, xs_chunk, d_carry, steps, lengths, chunk_saved, d_ys_chunk
             )
             d_params = jax.tree.map(jnp.add, d_params, chunk_d_params)
             return (d_carry, d_params, chunks.put(d_xs, d_xs_chunk, start)), None

@@ -59,6 +59,20 @@ def unsupported_reason(kernel: str | None, params: Any, xs: Array) -> str | None
     return unavailable_reason()
 
 
+class Weights(NamedTuple):
+    """``W_hh`` packed for the forward kernel and ``W_hh^T`` for the reverse one (the layouts
+    in the kernels' sources): made once per call of ``unroll``, outside any loop over chunks."""
+
+    w: Array
+    wt: Array
+
+
+def pack_weights(kernel: str, params: Any) -> Weights:
+    """The recurrent weights of ``params`` in the layouts ``kernel`` reads."""
+    gates = 4 if kernel == "lstm" else 1
+    return Weights(_pack(params["w_hh"], gates), _pack(params["w_hh"].T, 1))
+
+
 class Saved(NamedTuple):
     """What the forward loop keeps for the backward one: the carry it started from, and per
     step (time-major, batch flattened to rows) the outputs, plus for the LSTM the cell state
@@ -72,6 +86,7 @@ class Saved(NamedTuple):
 def forward(
     kernel: str,
     params: Any,
+    weights: Weights,
     xs: Array,
     carry: Any,
     start: Array | int,
@@ -79,9 +94,10 @@ def forward(
     reverse: bool,
     keep: bool,
 ) -> tuple[Any, Array, Saved | None]:
-    """The recurrence over ``xs (T, batch..., D)``, time-major, from ``carry``; the steps are
-    ``start .. start + T - 1`` of the whole sequence (for ``lengths``). Returns the final carry,
-    ``ys (T, batch..., H)`` and, with ``keep``, what :func:`backward` needs."""
+    """The recurrence over ``xs (T, batch..., D)``, time-major, from ``carry``, with ``weights``
+    from :func:`pack_weights`; the steps are ``start .. start + T - 1`` of the whole sequence
+    (for ``lengths``). Returns the final carry, ``ys (T, batch..., H)`` and, with ``keep``, what
+    :func:`backward` needs."""
     T, batch = xs.shape[0], xs.shape[1:-1]
     rows = int(np.prod(batch))
     H = params["w_hh"].shape[0]
@@ -96,14 +112,14 @@ def forward(
             "seqjax_lstm_forward",
             (out((T, rows, H), px.dtype), out((*residual, H), px.dtype),
              out((*residual, 4 * H), px.dtype), out((rows, H), px.dtype), out((rows, H), px.dtype)),
-            px, _pack(params["w_hh"], 4), flat.h, flat.c, *common, keep=bool(keep), **attrs,
+            px, weights.w, flat.h, flat.c, *common, keep=bool(keep), **attrs,
         )  # fmt: skip
         final, extra = type(carry)(h.reshape(*batch, H), c.reshape(*batch, H)), (cs, acts)
     else:
         ys, h = _call(
             "seqjax_rnn_forward",
             (out((T, rows, H), px.dtype), out((rows, H), px.dtype)),
-            px, _pack(params["w_hh"], 1), flat, *common, relu=kernel == "rnn_relu", **attrs,
+            px, weights.w, flat, *common, relu=kernel == "rnn_relu", **attrs,
         )  # fmt: skip
         final, extra = h.reshape(*batch, H), ()
     saved = Saved(flat, ys, extra) if keep else None
@@ -113,6 +129,7 @@ def forward(
 def backward(
     kernel: str,
     params: Any,
+    weights: Weights,
     xs: Array,
     saved: Saved,
     d_carry: Any,
@@ -138,7 +155,7 @@ def backward(
         d_gates, dh, dc = _call(
             "seqjax_lstm_backward",
             (out((T, rows, 4 * H), dtype), out((rows, H), dtype), out((rows, H), dtype)),
-            _pack(params["w_hh"].T, 1), d_ys, cs, acts, saved.carry.c, d_flat.h, d_flat.c,
+            weights.wt, d_ys, cs, acts, saved.carry.c, d_flat.h, d_flat.c,
             *common, **attrs,
         )  # fmt: skip
         d_carry0 = type(d_carry)(dh.reshape(*batch, H), dc.reshape(*batch, H))
@@ -147,7 +164,7 @@ def backward(
         d_gates, dh = _call(
             "seqjax_rnn_backward",
             (out((T, rows, H), dtype), out((rows, H), dtype)),
-            _pack(params["w_hh"].T, 1), d_ys, saved.ys, d_flat, *common,
+            weights.wt, d_ys, saved.ys, d_flat, *common,
             relu=kernel == "rnn_relu", **attrs,
         )  # fmt: skip
         d_carry0, h0 = dh.reshape(*batch, H), saved.carry
