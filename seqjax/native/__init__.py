@@ -102,6 +102,7 @@ def forward(
     rows = int(np.prod(batch))
     H = params["w_hh"].shape[0]
     px = _project(params, xs.reshape(T, rows, -1))
+    bias = params["b_ih"] + params["b_hh"]  # the kernels add it: no pass of its own over px
     common = _common_operands(lengths, rows, start)
     attrs = dict(reverse=bool(reverse), has_lengths=lengths is not None)
     flat = jax.tree.map(lambda c: c.reshape(rows, H), carry)
@@ -112,14 +113,14 @@ def forward(
             "seqjax_lstm_forward",
             (out((T, rows, H), px.dtype), out((*residual, H), px.dtype),
              out((*residual, 4 * H), px.dtype), out((rows, H), px.dtype), out((rows, H), px.dtype)),
-            px, weights.w, flat.h, flat.c, *common, keep=bool(keep), **attrs,
+            px, bias, weights.w, flat.h, flat.c, *common, keep=bool(keep), **attrs,
         )  # fmt: skip
         final, extra = type(carry)(h.reshape(*batch, H), c.reshape(*batch, H)), (cs, acts)
     else:
         ys, h = _call(
             "seqjax_rnn_forward",
             (out((T, rows, H), px.dtype), out((rows, H), px.dtype)),
-            px, weights.w, flat, *common, relu=kernel == "rnn_relu", **attrs,
+            px, bias, weights.w, flat, *common, relu=kernel == "rnn_relu", **attrs,
         )  # fmt: skip
         final, extra = h.reshape(*batch, H), ()
     saved = Saved(flat, ys, extra) if keep else None
@@ -183,10 +184,9 @@ def backward(
 
 
 def _project(params: Any, xs: Array) -> Array:
-    """``x W_ih + b_ih + b_hh`` for every step at once: the kernels add nothing else."""
+    """``x W_ih`` for every step at once, as one 2-D matmul."""
     T, rows = xs.shape[:2]
-    projected = xs.reshape(T * rows, -1) @ params["w_ih"] + (params["b_ih"] + params["b_hh"])
-    return projected.reshape(T, rows, -1)
+    return (xs.reshape(T * rows, -1) @ params["w_ih"]).reshape(T, rows, -1)
 
 
 def _pack(w: Array, gates: int) -> Array:

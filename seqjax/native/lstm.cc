@@ -7,7 +7,8 @@
 // arithmetic (benchmarks/step_profile.py). This is the fused step PyTorch's oneDNN LSTM has.
 //
 // Layouts (float32, row-major; B = batch rows, H = hidden, U = ceil(H / 16) unit blocks):
-//   px      (T, B, 4H)    x_t W_ih + b_ih + b_hh, gates in PyTorch's order i, f, g, o
+//   px      (T, B, 4H)    x_t W_ih, gates in PyTorch's order i, f, g, o
+//   bias    (4H,)         b_ih + b_hh (added here: XLA would give the sum its own pass)
 //   w       (U, H, 4, 16) W_hh (H, 4H) packed: for unit block u, row k, gate g, the 16 weights
 //                         of units 16u .. 16u + 15 (zero past H)
 //   wt      (U, 4H, 16)   W_hh^T (4H, H) packed the same way, for dh = dG W_hh^T
@@ -29,7 +30,7 @@ struct Forward {
   Shapes s;
   Steps steps;
   bool keep;  // write cs and acts, the residuals of the backward pass
-  const float *px, *w, *h0, *c0;
+  const float *px, *bias, *w, *h0, *c0;
   float *ys, *cs, *acts, *h_final, *c_final;
   float* hbuf;  // (2, B, H): the carry h, double-buffered across steps
   float* cbuf;  // (B, H)
@@ -53,11 +54,11 @@ struct Forward {
         }
         continue;
       }
-      const float* p = px + row * 4 * H + col;
-      v16 i = sigmoid16(acc[r][0] + load_n(p, n));
-      v16 f = sigmoid16(acc[r][1] + load_n(p + H, n));
-      v16 g = tanh16(acc[r][2] + load_n(p + 2 * H, n));
-      v16 o = sigmoid16(acc[r][3] + load_n(p + 3 * H, n));
+      const float *p = px + row * 4 * H + col, *bc = bias + col;
+      v16 i = sigmoid16(acc[r][0] + load_n(p, n) + load_n(bc, n));
+      v16 f = sigmoid16(acc[r][1] + load_n(p + H, n) + load_n(bc + H, n));
+      v16 g = tanh16(acc[r][2] + load_n(p + 2 * H, n) + load_n(bc + 2 * H, n));
+      v16 o = sigmoid16(acc[r][3] + load_n(p + 3 * H, n) + load_n(bc + 3 * H, n));
       v16 c_new = f * load_n(c, n) + i * g;
       v16 h = o * tanh16(c_new);
       store_n(c, c_new, n);
@@ -170,9 +171,9 @@ using F32 = ffi::Buffer<ffi::F32>;
 using S32 = ffi::Buffer<ffi::S32>;
 using Out = ffi::ResultBuffer<ffi::F32>;
 
-ffi::Error lstm_forward(F32 px, F32 w, F32 h0, F32 c0, S32 lengths, S32 start, bool reverse,
-                        bool has_lengths, bool keep, Out ys, Out cs, Out acts, Out h_final,
-                        Out c_final, ffi::ThreadPool pool) {
+ffi::Error lstm_forward(F32 px, F32 bias, F32 w, F32 h0, F32 c0, S32 lengths, S32 start,
+                        bool reverse, bool has_lengths, bool keep, Out ys, Out cs, Out acts,
+                        Out h_final, Out c_final, ffi::ThreadPool pool) {
   auto d = px.dimensions();
   if (d.size() != 3) return ffi::Error::InvalidArgument("lstm_forward: px must be (T, B, 4H)");
   const Shapes s = shapes_of(d[0], d[1], d[2] / 4);
@@ -182,8 +183,8 @@ ffi::Error lstm_forward(F32 px, F32 w, F32 h0, F32 c0, S32 lengths, S32 start, b
     return e;
   std::vector<float> scratch(3 * s.B * s.H);
   const Forward kernel{s, steps_of(lengths, start, reverse, has_lengths), keep,
-                       px.typed_data(), w.typed_data(), h0.typed_data(), c0.typed_data(),
-                       ys->typed_data(), cs->typed_data(), acts->typed_data(),
+                       px.typed_data(), bias.typed_data(), w.typed_data(), h0.typed_data(),
+                       c0.typed_data(), ys->typed_data(), cs->typed_data(), acts->typed_data(),
                        h_final->typed_data(), c_final->typed_data(), scratch.data(),
                        scratch.data() + 2 * s.B * s.H};
   run_on_team(pool, s, 8 * s.B * s.H * s.H, kernel);
@@ -215,6 +216,7 @@ ffi::Error lstm_backward(F32 wt, F32 dys, F32 cs, F32 acts, F32 c0, F32 dh_final
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SeqjaxLstmForward, seqjax::lstm_forward,
                               ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()

@@ -3,7 +3,8 @@
 // lstm.cc: each step's matmul and activation in one pass, the hidden units split over threads.
 //
 // Layouts (float32, row-major; U = ceil(H / 16)):
-//   px      (T, B, H)     x_t W_ih + b_ih + b_hh
+//   px      (T, B, H)     x_t W_ih
+//   bias    (H,)          b_ih + b_hh
 //   w       (U, H, 16)    W_hh (H, H) packed: for unit block u, row k, units 16u .. 16u + 15
 //   wt      (U, H, 16)    W_hh^T packed the same way
 //   h0      (B, H); lengths (B,) int32 and start () int32 as in lstm.cc
@@ -19,7 +20,7 @@ struct Forward {
   Shapes s;
   Steps steps;
   bool relu;
-  const float *px, *w, *h0;
+  const float *px, *bias, *w, *h0;
   float *ys, *h_final;
   float* hbuf;  // (2, B, H)
 
@@ -44,7 +45,7 @@ struct Forward {
               zero_n(ys + row + col, n);
               continue;
             }
-            v16 z = acc[r][j] + load_n(px + row + col, n);
+            v16 z = acc[r][j] + load_n(px + row + col, n) + load_n(bias + col, n);
             v16 h = relu ? (z > 0.0f ? z : zero16()) : tanh16(z);
             store_n(h_next + b * H + col, h, n);
             store_n(ys + row + col, h, n);
@@ -106,7 +107,7 @@ using F32 = ffi::Buffer<ffi::F32>;
 using S32 = ffi::Buffer<ffi::S32>;
 using Out = ffi::ResultBuffer<ffi::F32>;
 
-ffi::Error rnn_forward(F32 px, F32 w, F32 h0, S32 lengths, S32 start, bool reverse,
+ffi::Error rnn_forward(F32 px, F32 bias, F32 w, F32 h0, S32 lengths, S32 start, bool reverse,
                        bool has_lengths, bool relu, Out ys, Out h_final, ffi::ThreadPool pool) {
   auto d = px.dimensions();
   if (d.size() != 3) return ffi::Error::InvalidArgument("rnn_forward: px must be (T, B, H)");
@@ -117,8 +118,8 @@ ffi::Error rnn_forward(F32 px, F32 w, F32 h0, S32 lengths, S32 start, bool rever
     return e;
   std::vector<float> scratch(2 * s.B * s.H);
   const Forward kernel{s, steps_of(lengths, start, reverse, has_lengths), relu, px.typed_data(),
-                       w.typed_data(), h0.typed_data(), ys->typed_data(), h_final->typed_data(),
-                       scratch.data()};
+                       bias.typed_data(), w.typed_data(), h0.typed_data(), ys->typed_data(),
+                       h_final->typed_data(), scratch.data()};
   run_on_team(pool, s, 2 * s.B * s.H * s.H, kernel);
   return ffi::Error::Success();
 }
@@ -146,6 +147,7 @@ ffi::Error rnn_backward(F32 wt, F32 dys, F32 ys, F32 dh_final, S32 lengths, S32 
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SeqjaxRnnForward, seqjax::rnn_forward,
                               ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
