@@ -73,7 +73,7 @@ def unroll(
         chunk is recomputed in the backward pass). ``None``: one chunk, or ~sqrt(T) with remat.
       native: run the forward loop and the reverse loop of the custom VJP as fused CPU kernels
         (:mod:`seqjax.native`: each step's matmul and activations in one pass, on all cores),
-        for cells that have one (the built-in LSTM and Elman RNN), on the CPU, in float32.
+        for cells that have one (the built-in LSTM, GRU and Elman RNN), on the CPU, in float32.
         ``None`` uses them whenever that holds and they could be built (they are compiled on
         first use with the system's C++ compiler); ``True`` raises if they cannot run, saying
         why. Same numbers as the scan up to float round-off; ``unroll`` does not apply to them.
@@ -165,7 +165,7 @@ def _use_native(
     if native is False:
         return None
     kernel = cell.recur_split.native if cell.recur_split is not None else None
-    if parallel or not custom_vjp:
+    if kernel is not None and (parallel or not custom_vjp):
         reason = "it runs inside seqjax's own backward pass: custom_vjp=False or parallel=True"
     else:
         reason = seqjax_native.unsupported_reason(kernel, params, xs)

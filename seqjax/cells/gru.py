@@ -92,7 +92,7 @@ def gru(
     if reset_after:
         split = RecurSplit(
             _common.hidden_projection, combine,
-            combine_vjp=CombineVJP(combine_forward, combine_backward),
+            combine_vjp=CombineVJP(combine_forward, combine_backward), native="gru",
         )  # fmt: skip
 
     return Cell(

@@ -1,4 +1,4 @@
-"""Fused CPU kernels for the recurrences of the built-in LSTM and Elman RNN.
+"""Fused CPU kernels for the recurrences of the built-in LSTM, GRU and Elman RNN.
 
 Under ``lax.scan`` XLA:CPU runs each step's matmul ``h_(t-1) W_hh`` and the step's elementwise
 arithmetic as separate kernels, with a dispatch cost per step; at small and medium sizes that
@@ -26,7 +26,8 @@ from seqjax.native import _build
 
 Array = jax.Array
 
-KERNELS = ("lstm", "rnn_tanh", "rnn_relu")
+KERNELS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
+GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
 
 
 def unavailable_reason() -> str | None:
@@ -48,7 +49,7 @@ def unsupported_reason(kernel: str | None, params: Any, xs: Array) -> str | None
     """``None`` when ``kernel`` (a ``RecurSplit.native`` name) can run these params and inputs
     on this backend, else why not."""
     if kernel not in KERNELS:
-        return "the cell has no native kernel (the built-in LSTM and Elman RNN do)"
+        return "the cell has no native kernel (the built-in LSTM, GRU and Elman RNN do)"
     if not isinstance(params, dict) or set(params) != {"w_ih", "w_hh", "b_ih", "b_hh"}:
         return "the params are not the built-in cells' w_ih, w_hh, b_ih, b_hh"
     if jax.default_backend() != "cpu":
@@ -69,14 +70,13 @@ class Weights(NamedTuple):
 
 def pack_weights(kernel: str, params: Any) -> Weights:
     """The recurrent weights of ``params`` in the layouts ``kernel`` reads."""
-    gates = 4 if kernel == "lstm" else 1
-    return Weights(_pack(params["w_hh"], gates), _pack(params["w_hh"].T, 1))
+    return Weights(_pack(params["w_hh"], GATES[kernel]), _pack(params["w_hh"].T, 1))
 
 
 class Saved(NamedTuple):
     """What the forward loop keeps for the backward one: the carry it started from, and per
     step (time-major, batch flattened to rows) the outputs, plus for the LSTM the cell state
-    and the gate activations."""
+    and the gate activations, for the GRU its gates and ``h W_hn + b_hn``."""
 
     carry: Any
     ys: Array
@@ -102,7 +102,7 @@ def forward(
     rows = int(np.prod(batch))
     H = params["w_hh"].shape[0]
     px = _project(params, xs.reshape(T, rows, -1))
-    bias = params["b_ih"] + params["b_hh"]  # the kernels add it: no pass of its own over px
+    bias = _bias(kernel, params, H)  # the kernels add it: no pass of its own over px
     common = _common_operands(lengths, rows, start)
     attrs = dict(reverse=bool(reverse), has_lengths=lengths is not None)
     flat = jax.tree.map(lambda c: c.reshape(rows, H), carry)
@@ -116,6 +116,15 @@ def forward(
             px, bias, weights.w, flat.h, flat.c, *common, keep=bool(keep), **attrs,
         )  # fmt: skip
         final, extra = type(carry)(h.reshape(*batch, H), c.reshape(*batch, H)), (cs, acts)
+    elif kernel == "gru":
+        residual = (T, rows) if keep else (0, 0)
+        ys, acts, h = _call(
+            "seqjax_gru_forward",
+            (out((T, rows, H), px.dtype), out((*residual, 4 * H), px.dtype),
+             out((rows, H), px.dtype)),
+            px, bias, weights.w, flat, *common, keep=bool(keep), **attrs,
+        )  # fmt: skip
+        final, extra = h.reshape(*batch, H), (acts,)
     else:
         ys, h = _call(
             "seqjax_rnn_forward",
@@ -161,6 +170,15 @@ def backward(
         )  # fmt: skip
         d_carry0 = type(d_carry)(dh.reshape(*batch, H), dc.reshape(*batch, H))
         h0 = saved.carry.h
+        d_hh = d_gates
+    elif kernel == "gru":
+        (acts,) = saved.extra
+        d_gates, d_hh, dh = _call(
+            "seqjax_gru_backward",
+            (out((T, rows, 3 * H), dtype), out((T, rows, 3 * H), dtype), out((rows, H), dtype)),
+            weights.wt, d_ys, saved.ys, acts, saved.carry, d_flat, *common, **attrs,
+        )  # fmt: skip
+        d_carry0, h0 = dh.reshape(*batch, H), saved.carry
     else:
         d_gates, dh = _call(
             "seqjax_rnn_backward",
@@ -169,18 +187,31 @@ def backward(
             relu=kernel == "rnn_relu", **attrs,
         )  # fmt: skip
         d_carry0, h0 = dh.reshape(*batch, H), saved.carry
+        d_hh = d_gates
     h_prev = _previous_outputs(saved.ys, h0, lengths, rows, start, reverse)
+    # The gradients of x W_ih + b_ih (d_gates) and of h W_hh + b_hh (d_hh) are one array but
+    # for the GRU, whose reset gate scales h W_hn + b_hn alone.
     d_gates = d_gates.reshape(T * rows, -1)
+    d_hh = d_hh.reshape(T * rows, -1)
     x_rows = xs.reshape(T * rows, -1)
     d_bias = jnp.sum(d_gates, axis=0)
     d_params = {
         "w_ih": x_rows.T @ d_gates,
-        "w_hh": h_prev.reshape(T * rows, H).T @ d_gates,
+        "w_hh": h_prev.reshape(T * rows, H).T @ d_hh,
         "b_ih": d_bias,
-        "b_hh": d_bias,
+        "b_hh": d_bias if kernel != "gru" else jnp.sum(d_hh, axis=0),
     }
     d_xs = (d_gates @ params["w_ih"].T).reshape(xs.shape)
     return d_carry0, d_params, d_xs
+
+
+def _bias(kernel: str, params: Any, H: int) -> Array:
+    """The bias the forward kernel adds: ``b_ih + b_hh``; for the GRU, whose ``b_hn`` enters
+    inside the reset gate's product, ``b_ir + b_hr, b_iz + b_hz, b_in, b_hn``."""
+    b_ih, b_hh = params["b_ih"], params["b_hh"]
+    if kernel != "gru":
+        return b_ih + b_hh
+    return jnp.concatenate([b_ih[: 2 * H] + b_hh[: 2 * H], b_ih[2 * H :], b_hh[2 * H :]])
 
 
 def _project(params: Any, xs: Array) -> Array:

@@ -22,12 +22,14 @@ from pathlib import Path
 
 import jax
 
-SOURCES = ("common.h", "lstm.cc", "rnn.cc")
+SOURCES = ("common.h", "lstm.cc", "gru.cc", "rnn.cc")
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno")
 # The handlers the library exports, by the name XLA's custom calls use.
 TARGETS = {
     "seqjax_lstm_forward": "SeqjaxLstmForward",
     "seqjax_lstm_backward": "SeqjaxLstmBackward",
+    "seqjax_gru_forward": "SeqjaxGruForward",
+    "seqjax_gru_backward": "SeqjaxGruBackward",
     "seqjax_rnn_forward": "SeqjaxRnnForward",
     "seqjax_rnn_backward": "SeqjaxRnnBackward",
 }

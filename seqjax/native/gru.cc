@@ -1,0 +1,235 @@
+// The GRU recurrence (reset after the hidden matmul, PyTorch's form) on the CPU as two XLA custom
+// calls: the forward loop and the reverse loop of its gradient. Same scheme as lstm.cc: each
+// step's matmul h_(t-1) W_hh and the gate arithmetic in one pass, the hidden units split over
+// threads that meet at one barrier per step.
+//
+//   r = sigmoid(px_r + h W_hr + b_ir + b_hr)      z = sigmoid(px_z + h W_hz + b_iz + b_hz)
+//   n = tanh(px_n + b_in + r * (h W_hn + b_hn))    h' = (1 - z) * n + z * h
+//
+// Layouts (float32, row-major; U = ceil(H / 16)):
+//   px      (T, B, 3H)    x_t W_ih, gates in PyTorch's order r, z, n
+//   bias    (4H,)         b_ir + b_hr, b_iz + b_hz, b_in, b_hn (b_hn stays inside r * (...))
+//   w       (U, H, 3, 16) W_hh (H, 3H) packed as in lstm.cc, 3 gates
+//   wt      (U, 3H, 16)   W_hh^T (3H, H) packed the same way, for dh = dG_hh W_hh^T
+//   h0      (B, H); lengths (B,) int32 and start () int32 as in lstm.cc
+//   ys      (T, B, H)     h_t, zero where the step did not run
+//   acts    (T, B, 4H)    r, z, n and h W_hn + b_hn: the backward pass's residuals
+//   d_px    (T, B, 3H)    the gradient of px (and of b_ih): dr, dz, dn
+//   d_hh    (T, B, 3H)    the gradient of h W_hh + b_hh: dr, dz, dn * r
+
+#include "common.h"
+
+namespace seqjax {
+namespace {
+
+struct Forward {
+  Shapes s;
+  Steps steps;
+  bool keep;  // write acts, the residuals of the backward pass
+  const float *px, *bias, *w, *h0;
+  float *ys, *acts, *h_final;
+  float* hbuf;  // (2, B, H): the carry, double-buffered across steps
+
+  template <int NR>
+  void tile(int64_t t, int64_t r0, int64_t u, const float* h_prev, float* h_next) const {
+    const int64_t H = s.H, n = std::min<int64_t>(16, H - u * 16), col = u * 16;
+    v16 acc[NR][3];
+    matmul_tile<NR, 3>(h_prev + r0 * H, H, H, w + u * H * 48, 16, 48, acc);
+    for (int r = 0; r < NR; ++r) {
+      const int64_t b = r0 + r, row = t * s.B + b;
+      const float* hp = h_prev + b * H + col;
+      if (!steps.runs(t, b)) {  // past this row's length: the carry stays, the output is zero
+        copy_n(hp, n, h_next + b * H + col);
+        zero_n(ys + row * H + col, n);
+        if (keep)
+          for (int g = 0; g < 4; ++g) zero_n(acts + row * 4 * H + g * H + col, n);
+        continue;
+      }
+      const float *p = px + row * 3 * H + col, *bc = bias + col;
+      v16 reset = sigmoid16(acc[r][0] + load_n(p, n) + load_n(bc, n));
+      v16 update = sigmoid16(acc[r][1] + load_n(p + H, n) + load_n(bc + H, n));
+      v16 hn = acc[r][2] + load_n(bc + 3 * H, n);
+      v16 cand = tanh16(load_n(p + 2 * H, n) + load_n(bc + 2 * H, n) + reset * hn);
+      v16 h = cand + update * (load_n(hp, n) - cand);
+      store_n(h_next + b * H + col, h, n);
+      store_n(ys + row * H + col, h, n);
+      if (!keep) continue;
+      float* a = acts + row * 4 * H + col;
+      store_n(a, reset, n);
+      store_n(a + H, update, n);
+      store_n(a + 2 * H, cand, n);
+      store_n(a + 3 * H, hn, n);
+    }
+  }
+
+  void run(const Units& units, Barrier& barrier) const {
+    const int64_t H = s.H;
+    units.copy(s, h0, hbuf);
+    barrier.wait();
+    for (int64_t i = 0; i < s.T; ++i) {
+      const int64_t t = steps.nth(i, s.T);
+      const float* h_prev = hbuf + (i % 2) * s.B * H;
+      float* h_next = hbuf + ((i + 1) % 2) * s.B * H;
+      for (int64_t u = units.u_begin; u < units.u_end; ++u) {
+        int64_t r0 = 0;
+        for (; r0 + 4 <= s.B; r0 += 4) tile<4>(t, r0, u, h_prev, h_next);
+        for (; r0 < s.B; ++r0) tile<1>(t, r0, u, h_prev, h_next);
+      }
+      barrier.wait();
+    }
+    units.copy(s, hbuf + (s.T % 2) * s.B * H, h_final);
+  }
+};
+
+struct Backward {
+  Shapes s;
+  Steps steps;  // of the forward loop
+  const float *wt, *dys, *ys, *acts, *h0, *dh_final;
+  float *d_px, *d_hh, *dh0;
+  float* dhbuf;  // (B, H): dh carried into the step being processed
+
+  // The h carried into step t for row b: the previous step's output in the forward loop's
+  // order, or h0 where that step did not run (or there is none).
+  const float* h_prev(int64_t t, int64_t b) const {
+    const int64_t prev = steps.reverse ? t + 1 : t - 1;
+    if (prev < 0 || prev >= s.T || !steps.runs(prev, b)) return h0 + b * s.H;
+    return ys + (prev * s.B + b) * s.H;
+  }
+
+  // The gate gradients of step t for this worker's units; dh becomes its direct part dh * z.
+  void gates(int64_t t, const Units& units) const {
+    const int64_t H = s.H;
+    for (int64_t b = 0; b < s.B; ++b) {
+      const int64_t row = t * s.B + b;
+      float *dp = d_px + row * 3 * H, *dq = d_hh + row * 3 * H;
+      for (int64_t col = units.col0; col < units.col1; col += 16) {
+        const int64_t n = std::min<int64_t>(16, H - col);
+        if (!steps.runs(t, b)) {  // the step passed its carry through: dh goes on
+          for (int g = 0; g < 3; ++g) {
+            zero_n(dp + g * H + col, n);
+            zero_n(dq + g * H + col, n);
+          }
+          continue;
+        }
+        const float* a = acts + row * 4 * H + col;
+        v16 reset = load_n(a, n), update = load_n(a + H, n), cand = load_n(a + 2 * H, n),
+            hn = load_n(a + 3 * H, n);
+        v16 dh = load_n(dhbuf + b * H + col, n) + load_n(dys + row * H + col, n);
+        v16 dn = dh * (1.0f - update) * (1.0f - cand * cand);
+        v16 dr = dn * hn * reset * (1.0f - reset);
+        v16 dz = dh * (load_n(h_prev(t, b) + col, n) - cand) * update * (1.0f - update);
+        store_n(dp + col, dr, n);
+        store_n(dp + H + col, dz, n);
+        store_n(dp + 2 * H + col, dn, n);
+        store_n(dq + col, dr, n);
+        store_n(dq + H + col, dz, n);
+        store_n(dq + 2 * H + col, dn * reset, n);
+        store_n(dhbuf + b * H + col, dh * update, n);
+      }
+    }
+  }
+
+  void run(const Units& units, Barrier& barrier) const {
+    const int64_t H = s.H, K = 3 * H;
+    units.copy(s, dh_final, dhbuf);
+    for (int64_t i = 0; i < s.T; ++i) {
+      const int64_t t = steps.nth(i, s.T, /*backward=*/true);
+      gates(t, units);
+      barrier.wait();  // dh needs every unit's gate gradients
+      // dh_(t-1) = dh * z + dG_hh W_hh^T for this worker's units; as in lstm.cc, one barrier
+      // a step is enough: a worker then reads and writes only its own units of dh.
+      tiles(s.B, units, [&](int64_t r0, int64_t u0, auto rows, auto blocks) {
+        constexpr int NR = decltype(rows)::value, NU = decltype(blocks)::value;
+        v16 acc[NR][NU];
+        matmul_tile<NR, NU>(d_hh + (t * s.B + r0) * K, K, K, wt + u0 * K * 16, K * 16, 16, acc);
+        for (int r = 0; r < NR; ++r) {
+          if (!steps.runs(t, r0 + r)) continue;
+          for (int j = 0; j < NU; ++j) {
+            const int64_t col = (u0 + j) * 16, n = std::min<int64_t>(16, H - col);
+            float* dh = dhbuf + (r0 + r) * H + col;
+            store_n(dh, load_n(dh, n) + acc[r][j], n);
+          }
+        }
+      });
+    }
+    units.copy(s, dhbuf, dh0);
+  }
+};
+
+using F32 = ffi::Buffer<ffi::F32>;
+using S32 = ffi::Buffer<ffi::S32>;
+using Out = ffi::ResultBuffer<ffi::F32>;
+
+ffi::Error gru_forward(F32 px, F32 bias, F32 w, F32 h0, S32 lengths, S32 start, bool reverse,
+                       bool has_lengths, bool keep, Out ys, Out acts, Out h_final,
+                       ffi::ThreadPool pool) {
+  auto d = px.dimensions();
+  if (d.size() != 3) return ffi::Error::InvalidArgument("gru_forward: px must be (T, B, 3H)");
+  const Shapes s = shapes_of(d[0], d[1], d[2] / 3);
+  if (auto e = invalid_unless(static_cast<int64_t>(w.element_count()) == s.U * s.H * 48,
+                              "gru_forward: w must be packed (U, H, 3, 16)");
+      e.failure())
+    return e;
+  std::vector<float> scratch(2 * s.B * s.H);
+  const Forward kernel{s, steps_of(lengths, start, reverse, has_lengths), keep,
+                       px.typed_data(), bias.typed_data(), w.typed_data(), h0.typed_data(),
+                       ys->typed_data(), acts->typed_data(), h_final->typed_data(),
+                       scratch.data()};
+  run_on_team(pool, s, 6 * s.B * s.H * s.H, kernel);
+  return ffi::Error::Success();
+}
+
+ffi::Error gru_backward(F32 wt, F32 dys, F32 ys, F32 acts, F32 h0, F32 dh_final, S32 lengths,
+                        S32 start, bool reverse, bool has_lengths, Out d_px, Out d_hh, Out dh0,
+                        ffi::ThreadPool pool) {
+  auto d = dys.dimensions();
+  if (d.size() != 3) return ffi::Error::InvalidArgument("gru_backward: dys must be (T, B, H)");
+  const Shapes s = shapes_of(d[0], d[1], d[2]);
+  if (auto e = invalid_unless(static_cast<int64_t>(wt.element_count()) == s.U * s.H * 48,
+                              "gru_backward: wt must be packed (U, 3H, 16)");
+      e.failure())
+    return e;
+  std::vector<float> scratch(s.B * s.H);
+  const Backward kernel{s, steps_of(lengths, start, reverse, has_lengths), wt.typed_data(),
+                        dys.typed_data(), ys.typed_data(), acts.typed_data(), h0.typed_data(),
+                        dh_final.typed_data(), d_px->typed_data(), d_hh->typed_data(),
+                        dh0->typed_data(), scratch.data()};
+  run_on_team(pool, s, 6 * s.B * s.H * s.H, kernel);
+  return ffi::Error::Success();
+}
+
+}  // namespace
+}  // namespace seqjax
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SeqjaxGruForward, seqjax::gru_forward,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Attr<bool>("reverse")
+                                  .Attr<bool>("has_lengths")
+                                  .Attr<bool>("keep")
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ctx<ffi::ThreadPool>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SeqjaxGruBackward, seqjax::gru_backward,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Attr<bool>("reverse")
+                                  .Attr<bool>("has_lengths")
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ctx<ffi::ThreadPool>());
