@@ -112,20 +112,22 @@ def markdown(rows: list[dict]) -> str:
         "| total s | / Flax total | run ms |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def total(r: dict) -> float:
+        return r["trace_lower_s"] + r["compile_s"] + r["first_run_s"]
+
     for r in rows:
-        flax = next(
-            (f for f in rows if f["contender"] == "flax linen"
-             and (f["cell"], f["config"], f["xla_flags"]) == (r["cell"], r["config"], r["xla_flags"])),
-            None,
-        )  # fmt: skip
-        total = r["trace_lower_s"] + r["compile_s"] + r["first_run_s"]
-        ratio = "n/a"
-        if flax:
-            ratio = f"{total / (flax['trace_lower_s'] + flax['compile_s'] + flax['first_run_s']):.2f}"
+        key = (r["cell"], r["config"], r["xla_flags"])
+        flax = [
+            f
+            for f in rows
+            if f["contender"] == "flax linen" and (f["cell"], f["config"], f["xla_flags"]) == key
+        ]
+        ratio = f"{total(r) / total(flax[0]):.2f}" if flax else "n/a"
         lines.append(
             f"| {r['cell']} | {r['config']} | {r['xla_flags']} | {r['contender']} | "
             f"{r['trace_lower_s']:.2f} | {r['compile_s']:.2f} | {r['first_run_s']:.2f} | "
-            f"{total:.2f} | {ratio} | {r['run_ms']:.2f} |"
+            f"{total(r):.2f} | {ratio} | {r['run_ms']:.2f} |"
         )
     return "\n".join(lines) + "\n"
 

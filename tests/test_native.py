@@ -1,5 +1,6 @@
-"""``seqjax.native``: the fused CPU kernels of the LSTM, GRU and Elman RNN against ``lax.scan`` (values
-and gradients, every ``unroll`` option), their activations against NumPy, and when they apply."""
+"""``seqjax.native``: the fused CPU kernels of the LSTM, GRU and Elman RNN against ``lax.scan``
+(values and gradients, every ``unroll`` option), their activations against NumPy, and when they
+apply."""
 
 from __future__ import annotations
 
