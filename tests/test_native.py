@@ -80,9 +80,12 @@ def test_native_equals_scan(name, options, with_lengths):
 
 
 @pytest.mark.parametrize("name", CELLS)
-@pytest.mark.parametrize("batch", [(), (2, 3)], ids=["unbatched", "two_batch_axes"])
+@pytest.mark.parametrize(
+    "batch", [(), (2, 3), (13,)], ids=["unbatched", "two_batch_axes", "thirteen_rows"]
+)
 def test_any_batch_shape(name, batch):
-    cell, params, xs, carry = setup(name, 8, batch=batch)
+    """Rows in every register-tile size: 13 = 8 + 4 + 1 (and 6 + 6 + 1 for the LSTM's)."""
+    cell, params, xs, carry = setup(name, 40, batch=batch)
     expected = value_and_grads(cell, params, xs, carry, False)
     got = value_and_grads(cell, params, xs, carry, True)
     assert_close(got, expected)
@@ -174,3 +177,10 @@ def test_missing_compiler_is_reported(monkeypatch):
     monkeypatch.setenv("PATH", "")
     with pytest.raises(_build.Unavailable, match="no C\\+\\+ compiler"):
         _build._compiler()
+
+
+def test_failed_build_is_reported_and_leaves_nothing(tmp_path):
+    """A compiler that fails: the error names the command, and the cache holds no partial file."""
+    with pytest.raises(_build.Unavailable, match="compiling the native kernels failed"):
+        _build._compile("false", jax.ffi.include_dir(), tmp_path / "kernels.so")
+    assert list(tmp_path.iterdir()) == []

@@ -249,4 +249,5 @@ def _previous_outputs(ys, h0, lengths, rows, start, reverse) -> Array:
 
 
 def _call(target: str, results, *operands, **attributes):
+    _build.load()  # registers the kernels with XLA (once); raises Unavailable saying why not
     return jax.ffi.ffi_call(target, results, vmap_method="sequential")(*operands, **attributes)

@@ -86,24 +86,41 @@ def _cpu_features() -> str:
 
 
 def _compile(compiler: str, include_dir: str, library: Path) -> None:
+    """Compiles each source to an object at once (in parallel processes), then links them."""
     here = Path(__file__).parent
-    sources = [str(here / name) for name in SOURCES if name.endswith(".cc")]
+    sources = [here / name for name in SOURCES if name.endswith(".cc")]
     try:
         library.parent.mkdir(parents=True, exist_ok=True)
-        fd, partial = tempfile.mkstemp(suffix=".so", dir=library.parent)
-        os.close(fd)
+        workdir = tempfile.mkdtemp(dir=library.parent)
     except OSError as err:
         raise Unavailable(f"cannot write the kernel cache {library.parent}: {err}") from err
-    command = [compiler, *FLAGS, "-isystem", include_dir, *sources, "-o", partial]
+    objects = [os.path.join(workdir, source.stem + ".o") for source in sources]
+    partial = os.path.join(workdir, library.name)
+    commands = [
+        [compiler, *FLAGS, "-isystem", include_dir, "-c", str(source), "-o", obj]
+        for source, obj in zip(sources, objects, strict=True)
+    ]
+    commands.append([compiler, *FLAGS, *objects, "-o", partial])
+    running: list[tuple[list[str], subprocess.Popen]] = []
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
-        if done.returncode != 0:
-            raise Unavailable(
-                f"compiling the native kernels failed ({' '.join(command)}):\n{done.stderr[-2000:]}"
-            )
+        for batch in (commands[:-1], commands[-1:]):
+            running = [
+                (command, subprocess.Popen(command, stderr=subprocess.PIPE, text=True))
+                for command in batch
+            ]
+            for command, process in running:
+                _, stderr = process.communicate(timeout=300)
+                if process.returncode != 0:
+                    raise Unavailable(
+                        f"compiling the native kernels failed ({' '.join(command)}):\n"
+                        f"{stderr[-2000:]}"
+                    )
         os.replace(partial, library)
     except subprocess.TimeoutExpired as err:
         raise Unavailable("compiling the native kernels took over 300 s") from err
     finally:
-        if os.path.exists(partial):
-            os.remove(partial)
+        for _, process in running:  # left running only when another failed or timed out
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        shutil.rmtree(workdir, ignore_errors=True)

@@ -70,11 +70,11 @@ struct Forward {
       const int64_t t = steps.nth(i, s.T);
       const float* h_prev = hbuf + (i % 2) * s.B * H;
       float* h_next = hbuf + ((i + 1) % 2) * s.B * H;
-      for (int64_t u = units.u_begin; u < units.u_end; ++u) {
-        int64_t r0 = 0;
-        for (; r0 + 4 <= s.B; r0 += 4) tile<4>(t, r0, u, h_prev, h_next);
-        for (; r0 < s.B; ++r0) tile<1>(t, r0, u, h_prev, h_next);
-      }
+      // 8 rows x 3 gates: 24 accumulators, as many as the registers hold beside the weights.
+      for (int64_t u = units.u_begin; u < units.u_end; ++u)
+        row_tiles<8>(s.B, [&](int64_t r0, auto rows) {
+          tile<decltype(rows)::value>(t, r0, u, h_prev, h_next);
+        });
       barrier.wait();
     }
     units.copy(s, hbuf + (s.T % 2) * s.B * H, h_final);
