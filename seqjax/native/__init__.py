@@ -61,16 +61,21 @@ def unsupported_reason(kernel: str | None, params: Any, xs: Array) -> str | None
 
 
 class Weights(NamedTuple):
-    """``W_hh`` packed for the forward kernel and ``W_hh^T`` for the reverse one (the layouts
-    in the kernels' sources): made once per call of ``unroll``, outside any loop over chunks."""
+    """``W_hh`` and ``W_ih`` packed for the forward kernel and ``W_hh^T`` for the reverse one
+    (the layouts in the kernels' sources): made once per call of ``unroll``, outside any loop
+    over chunks."""
 
     w: Array
     wt: Array
+    wi: Array
 
 
 def pack_weights(kernel: str, params: Any) -> Weights:
-    """The recurrent weights of ``params`` in the layouts ``kernel`` reads."""
-    return Weights(_pack(params["w_hh"], GATES[kernel]), _pack(params["w_hh"].T, 1))
+    """The weight matrices of ``params`` in the layouts ``kernel`` reads."""
+    gates = GATES[kernel]
+    return Weights(
+        _pack(params["w_hh"], gates), _pack(params["w_hh"].T, 1), _pack(params["w_ih"], gates)
+    )
 
 
 class Saved(NamedTuple):
@@ -101,8 +106,8 @@ def forward(
     T, batch = xs.shape[0], xs.shape[1:-1]
     rows = int(np.prod(batch))
     H = params["w_hh"].shape[0]
-    px = _project(params, xs.reshape(T, rows, -1))
-    bias = _bias(kernel, params, H)  # the kernels add it: no pass of its own over px
+    xs = xs.reshape(T, rows, -1)  # the kernels project it step by step (see lstm.cc)
+    bias = _bias(kernel, params, H)
     common = _common_operands(lengths, rows, start)
     attrs = dict(reverse=bool(reverse), has_lengths=lengths is not None)
     flat = jax.tree.map(lambda c: c.reshape(rows, H), carry)
@@ -111,25 +116,25 @@ def forward(
         residual = (T, rows) if keep else (0, 0)
         ys, cs, acts, h, c = _call(
             "seqjax_lstm_forward",
-            (out((T, rows, H), px.dtype), out((*residual, H), px.dtype),
-             out((*residual, 4 * H), px.dtype), out((rows, H), px.dtype), out((rows, H), px.dtype)),
-            px, bias, weights.w, flat.h, flat.c, *common, keep=bool(keep), **attrs,
+            (out((T, rows, H), xs.dtype), out((*residual, H), xs.dtype),
+             out((*residual, 4 * H), xs.dtype), out((rows, H), xs.dtype), out((rows, H), xs.dtype)),
+            xs, weights.wi, bias, weights.w, flat.h, flat.c, *common, keep=bool(keep), **attrs,
         )  # fmt: skip
         final, extra = type(carry)(h.reshape(*batch, H), c.reshape(*batch, H)), (cs, acts)
     elif kernel == "gru":
         residual = (T, rows) if keep else (0, 0)
         ys, acts, h = _call(
             "seqjax_gru_forward",
-            (out((T, rows, H), px.dtype), out((*residual, 4 * H), px.dtype),
-             out((rows, H), px.dtype)),
-            px, bias, weights.w, flat, *common, keep=bool(keep), **attrs,
+            (out((T, rows, H), xs.dtype), out((*residual, 4 * H), xs.dtype),
+             out((rows, H), xs.dtype)),
+            xs, weights.wi, bias, weights.w, flat, *common, keep=bool(keep), **attrs,
         )  # fmt: skip
         final, extra = h.reshape(*batch, H), (acts,)
     else:
         ys, h = _call(
             "seqjax_rnn_forward",
-            (out((T, rows, H), px.dtype), out((rows, H), px.dtype)),
-            px, bias, weights.w, flat, *common, relu=kernel == "rnn_relu", **attrs,
+            (out((T, rows, H), xs.dtype), out((rows, H), xs.dtype)),
+            xs, weights.wi, bias, weights.w, flat, *common, relu=kernel == "rnn_relu", **attrs,
         )  # fmt: skip
         final, extra = h.reshape(*batch, H), ()
     saved = Saved(flat, ys, extra) if keep else None
@@ -212,12 +217,6 @@ def _bias(kernel: str, params: Any, H: int) -> Array:
     if kernel != "gru":
         return b_ih + b_hh
     return jnp.concatenate([b_ih[: 2 * H] + b_hh[: 2 * H], b_ih[2 * H :], b_hh[2 * H :]])
-
-
-def _project(params: Any, xs: Array) -> Array:
-    """``x W_ih`` for every step at once, as one 2-D matmul."""
-    T, rows = xs.shape[:2]
-    return (xs.reshape(T * rows, -1) @ params["w_ih"]).reshape(T, rows, -1)
 
 
 def _pack(w: Array, gates: int) -> Array:

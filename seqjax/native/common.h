@@ -99,12 +99,14 @@ inline v16 tanh16(v16 x) {
 }
 
 // acc[r][j] = sum_k a[r * lda + k] * w[j * w_panel + k * w_k + 0..15]: NR rows of `a` times
-// NU 16-column panels of a packed weight matrix, the accumulators kept in registers.
-template <int NR, int NU>
+// NU 16-column panels of a packed weight matrix, the accumulators kept in registers. With
+// kAdd, the products are added to what acc holds.
+template <int NR, int NU, bool kAdd = false>
 inline void matmul_tile(const float* a, int64_t lda, int64_t K, const float* w, int64_t w_panel,
                         int64_t w_k, v16 (&acc)[NR][NU]) {
-  for (int r = 0; r < NR; ++r)
-    for (int j = 0; j < NU; ++j) acc[r][j] = zero16();
+  if (!kAdd)
+    for (int r = 0; r < NR; ++r)
+      for (int j = 0; j < NU; ++j) acc[r][j] = zero16();
   for (int64_t k = 0; k < K; ++k) {
     v16 wk[NU];
     for (int j = 0; j < NU; ++j) wk[j] = load16(w + j * w_panel + k * w_k);

@@ -1,20 +1,21 @@
 // The GRU recurrence (reset after the hidden matmul, PyTorch's form) on the CPU as two XLA custom
 // calls: the forward loop and the reverse loop of its gradient. Same scheme as lstm.cc: each
-// step's matmul h_(t-1) W_hh and the gate arithmetic in one pass, the hidden units split over
-// threads that meet at one barrier per step.
+// step's matmuls x_t W_ih and h_(t-1) W_hh and the gate arithmetic in one pass, the hidden units
+// split over threads that meet at one barrier per step.
 //
-//   r = sigmoid(px_r + h W_hr + b_ir + b_hr)      z = sigmoid(px_z + h W_hz + b_iz + b_hz)
-//   n = tanh(px_n + b_in + r * (h W_hn + b_hn))    h' = (1 - z) * n + z * h
+//   r = sigmoid(x W_ir + h W_hr + b_ir + b_hr)      z = sigmoid(x W_iz + h W_hz + b_iz + b_hz)
+//   n = tanh(x W_in + b_in + r * (h W_hn + b_hn))    h' = (1 - z) * n + z * h
 //
 // Layouts (float32, row-major; U = ceil(H / 16)):
-//   px      (T, B, 3H)    x_t W_ih, gates in PyTorch's order r, z, n
+//   xs      (T, B, D)     the inputs
+//   wi      (U, D, 3, 16) W_ih (D, 3H) packed like w; gates in PyTorch's order r, z, n
 //   bias    (4H,)         b_ir + b_hr, b_iz + b_hz, b_in, b_hn (b_hn stays inside r * (...))
 //   w       (U, H, 3, 16) W_hh (H, 3H) packed as in lstm.cc, 3 gates
 //   wt      (U, 3H, 16)   W_hh^T (3H, H) packed the same way, for dh = dG_hh W_hh^T
 //   h0      (B, H); lengths (B,) int32 and start () int32 as in lstm.cc
 //   ys      (T, B, H)     h_t, zero where the step did not run
 //   acts    (T, B, 4H)    r, z, n and h W_hn + b_hn: the backward pass's residuals
-//   d_px    (T, B, 3H)    the gradient of px (and of b_ih): dr, dz, dn
+//   d_px    (T, B, 3H)    the gradient of x W_ih + b_ih: dr, dz, dn
 //   d_hh    (T, B, 3H)    the gradient of h W_hh + b_hh: dr, dz, dn * r
 
 #include "common.h"
@@ -26,15 +27,22 @@ struct Forward {
   Shapes s;
   Steps steps;
   bool keep;  // write acts, the residuals of the backward pass
-  const float *px, *bias, *w, *h0;
+  int64_t D;
+  const float *xs, *wi, *bias, *w, *h0;
   float *ys, *acts, *h_final;
   float* hbuf;  // (2, B, H): the carry, double-buffered across steps
 
   template <int NR>
   void tile(int64_t t, int64_t r0, int64_t u, const float* h_prev, float* h_next) const {
     const int64_t H = s.H, n = std::min<int64_t>(16, H - u * 16), col = u * 16;
-    v16 acc[NR][3];
-    matmul_tile<NR, 3>(h_prev + r0 * H, H, H, w + u * H * 48, 16, 48, acc);
+    // x W_ih first; its n part is set aside, since r scales h W_hn alone.
+    v16 acc[NR][3], xn[NR];
+    matmul_tile<NR, 3>(xs + (t * s.B + r0) * D, D, D, wi + u * D * 48, 16, 48, acc);
+    for (int r = 0; r < NR; ++r) {
+      xn[r] = acc[r][2];
+      acc[r][2] = zero16();
+    }
+    matmul_tile<NR, 3, true>(h_prev + r0 * H, H, H, w + u * H * 48, 16, 48, acc);
     for (int r = 0; r < NR; ++r) {
       const int64_t b = r0 + r, row = t * s.B + b;
       const float* hp = h_prev + b * H + col;
@@ -45,11 +53,11 @@ struct Forward {
           for (int g = 0; g < 4; ++g) zero_n(acts + row * 4 * H + g * H + col, n);
         continue;
       }
-      const float *p = px + row * 3 * H + col, *bc = bias + col;
-      v16 reset = sigmoid16(acc[r][0] + load_n(p, n) + load_n(bc, n));
-      v16 update = sigmoid16(acc[r][1] + load_n(p + H, n) + load_n(bc + H, n));
+      const float* bc = bias + col;
+      v16 reset = sigmoid16(acc[r][0] + load_n(bc, n));
+      v16 update = sigmoid16(acc[r][1] + load_n(bc + H, n));
       v16 hn = acc[r][2] + load_n(bc + 3 * H, n);
-      v16 cand = tanh16(load_n(p + 2 * H, n) + load_n(bc + 2 * H, n) + reset * hn);
+      v16 cand = tanh16(xn[r] + load_n(bc + 2 * H, n) + reset * hn);
       v16 h = cand + update * (load_n(hp, n) - cand);
       store_n(h_next + b * H + col, h, n);
       store_n(ys + row * H + col, h, n);
@@ -160,22 +168,26 @@ using F32 = ffi::Buffer<ffi::F32>;
 using S32 = ffi::Buffer<ffi::S32>;
 using Out = ffi::ResultBuffer<ffi::F32>;
 
-ffi::Error gru_forward(F32 px, F32 bias, F32 w, F32 h0, S32 lengths, S32 start, bool reverse,
-                       bool has_lengths, bool keep, Out ys, Out acts, Out h_final,
+ffi::Error gru_forward(F32 xs, F32 wi, F32 bias, F32 w, F32 h0, S32 lengths, S32 start,
+                       bool reverse, bool has_lengths, bool keep, Out ys, Out acts, Out h_final,
                        ffi::ThreadPool pool) {
-  auto d = px.dimensions();
-  if (d.size() != 3) return ffi::Error::InvalidArgument("gru_forward: px must be (T, B, 3H)");
-  const Shapes s = shapes_of(d[0], d[1], d[2] / 3);
-  if (auto e = invalid_unless(static_cast<int64_t>(w.element_count()) == s.U * s.H * 48,
-                              "gru_forward: w must be packed (U, H, 3, 16)");
+  auto d = xs.dimensions(), dh = h0.dimensions();
+  if (d.size() != 3 || dh.size() != 2)
+    return ffi::Error::InvalidArgument("gru_forward: xs must be (T, B, D) and h0 (B, H)");
+  const Shapes s = shapes_of(d[0], d[1], dh[1]);
+  const int64_t D = d[2];
+  if (auto e = invalid_unless(static_cast<int64_t>(w.element_count()) == s.U * s.H * 48 &&
+                                  static_cast<int64_t>(wi.element_count()) == s.U * D * 48,
+                              "gru_forward: w and wi must be packed (U, H, 3, 16), (U, D, 3, 16)");
       e.failure())
     return e;
   std::vector<float> scratch(2 * s.B * s.H);
-  const Forward kernel{s, steps_of(lengths, start, reverse, has_lengths), keep,
-                       px.typed_data(), bias.typed_data(), w.typed_data(), h0.typed_data(),
+  const Forward kernel{s, steps_of(lengths, start, reverse, has_lengths), keep, D,
+                       xs.typed_data(), wi.typed_data(), bias.typed_data(), w.typed_data(),
+                       h0.typed_data(),
                        ys->typed_data(), acts->typed_data(), h_final->typed_data(),
                        scratch.data()};
-  run_on_team(pool, s, 6 * s.B * s.H * s.H, kernel);
+  run_on_team(pool, s, 6 * s.B * s.H * (s.H + D), kernel);
   return ffi::Error::Success();
 }
 
@@ -203,6 +215,7 @@ ffi::Error gru_backward(F32 wt, F32 dys, F32 ys, F32 acts, F32 h0, F32 dh_final,
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SeqjaxGruForward, seqjax::gru_forward,
                               ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()

@@ -1,13 +1,18 @@
 // The LSTM recurrence on the CPU as two XLA custom calls (jax.ffi): the forward loop over all
-// steps and the reverse loop of its gradient. Each step's matmul h_(t-1) W_hh and the gate
-// arithmetic run in one pass over registers, on all cores, with one barrier per step.
+// steps and the reverse loop of its gradient. Each step's matmuls x_t W_ih + h_(t-1) W_hh and
+// the gate arithmetic run in one pass over registers, on all cores, with one barrier per step.
 //
 // Why: under lax.scan, XLA:CPU runs the step's matmul and its elementwise work as separate
 // kernels with a per-step dispatch cost; at small sizes that overhead is as large as the
 // arithmetic (benchmarks/step_profile.py). This is the fused step PyTorch's oneDNN LSTM has.
+// The input projection is computed here too, step by step, rather than as one XLA matmul
+// before the loop: that matmul's (T, B, 4H) output was a fresh buffer on every call, and on
+// this project's VM the page faults of writing it cost as much as the matmul (16 MiB at
+// B=32, T=128, H=256: 23-28 ms against 14 ms when malloc kept its memory).
 //
 // Layouts (float32, row-major; B = batch rows, H = hidden, U = ceil(H / 16) unit blocks):
-//   px      (T, B, 4H)    x_t W_ih, gates in PyTorch's order i, f, g, o
+//   xs      (T, B, D)     the inputs
+//   wi      (U, D, 4, 16) W_ih (D, 4H) packed like w below; gates in PyTorch's order i, f, g, o
 //   bias    (4H,)         b_ih + b_hh (added here: XLA would give the sum its own pass)
 //   w       (U, H, 4, 16) W_hh (H, 4H) packed: for unit block u, row k, gate g, the 16 weights
 //                         of units 16u .. 16u + 15 (zero past H)
@@ -30,7 +35,8 @@ struct Forward {
   Shapes s;
   Steps steps;
   bool keep;  // write cs and acts, the residuals of the backward pass
-  const float *px, *bias, *w, *h0, *c0;
+  int64_t D;
+  const float *xs, *wi, *bias, *w, *h0, *c0;
   float *ys, *cs, *acts, *h_final, *c_final;
   float* hbuf;  // (2, B, H): the carry h, double-buffered across steps
   float* cbuf;  // (B, H)
@@ -40,7 +46,8 @@ struct Forward {
   void tile(int64_t t, int64_t r0, int64_t u, const float* h_prev, float* h_next) const {
     const int64_t H = s.H, n = std::min<int64_t>(16, H - u * 16), col = u * 16;
     v16 acc[NR][4];
-    matmul_tile<NR, 4>(h_prev + r0 * H, H, H, w + u * H * 64, 16, 64, acc);
+    matmul_tile<NR, 4>(xs + (t * s.B + r0) * D, D, D, wi + u * D * 64, 16, 64, acc);
+    matmul_tile<NR, 4, true>(h_prev + r0 * H, H, H, w + u * H * 64, 16, 64, acc);
     for (int r = 0; r < NR; ++r) {
       const int64_t b = r0 + r, row = t * s.B + b;
       float* hn = h_next + b * H + col;
@@ -54,11 +61,11 @@ struct Forward {
         }
         continue;
       }
-      const float *p = px + row * 4 * H + col, *bc = bias + col;
-      v16 i = sigmoid16(acc[r][0] + load_n(p, n) + load_n(bc, n));
-      v16 f = sigmoid16(acc[r][1] + load_n(p + H, n) + load_n(bc + H, n));
-      v16 g = tanh16(acc[r][2] + load_n(p + 2 * H, n) + load_n(bc + 2 * H, n));
-      v16 o = sigmoid16(acc[r][3] + load_n(p + 3 * H, n) + load_n(bc + 3 * H, n));
+      const float* bc = bias + col;
+      v16 i = sigmoid16(acc[r][0] + load_n(bc, n));
+      v16 f = sigmoid16(acc[r][1] + load_n(bc + H, n));
+      v16 g = tanh16(acc[r][2] + load_n(bc + 2 * H, n));
+      v16 o = sigmoid16(acc[r][3] + load_n(bc + 3 * H, n));
       v16 c_new = f * load_n(c, n) + i * g;
       v16 h = o * tanh16(c_new);
       store_n(c, c_new, n);
@@ -171,23 +178,27 @@ using F32 = ffi::Buffer<ffi::F32>;
 using S32 = ffi::Buffer<ffi::S32>;
 using Out = ffi::ResultBuffer<ffi::F32>;
 
-ffi::Error lstm_forward(F32 px, F32 bias, F32 w, F32 h0, F32 c0, S32 lengths, S32 start,
-                        bool reverse, bool has_lengths, bool keep, Out ys, Out cs, Out acts,
-                        Out h_final, Out c_final, ffi::ThreadPool pool) {
-  auto d = px.dimensions();
-  if (d.size() != 3) return ffi::Error::InvalidArgument("lstm_forward: px must be (T, B, 4H)");
-  const Shapes s = shapes_of(d[0], d[1], d[2] / 4);
-  if (auto e = invalid_unless(static_cast<int64_t>(w.element_count()) == s.U * s.H * 64,
-                              "lstm_forward: w must be packed (U, H, 4, 16)");
+ffi::Error lstm_forward(F32 xs, F32 wi, F32 bias, F32 w, F32 h0, F32 c0, S32 lengths,
+                        S32 start, bool reverse, bool has_lengths, bool keep, Out ys, Out cs,
+                        Out acts, Out h_final, Out c_final, ffi::ThreadPool pool) {
+  auto d = xs.dimensions(), dh = h0.dimensions();
+  if (d.size() != 3 || dh.size() != 2)
+    return ffi::Error::InvalidArgument("lstm_forward: xs must be (T, B, D) and h0 (B, H)");
+  const Shapes s = shapes_of(d[0], d[1], dh[1]);
+  const int64_t D = d[2];
+  if (auto e = invalid_unless(static_cast<int64_t>(w.element_count()) == s.U * s.H * 64 &&
+                                  static_cast<int64_t>(wi.element_count()) == s.U * D * 64,
+                              "lstm_forward: w and wi must be packed (U, H, 4, 16), (U, D, 4, 16)");
       e.failure())
     return e;
   std::vector<float> scratch(3 * s.B * s.H);
-  const Forward kernel{s, steps_of(lengths, start, reverse, has_lengths), keep,
-                       px.typed_data(), bias.typed_data(), w.typed_data(), h0.typed_data(),
+  const Forward kernel{s, steps_of(lengths, start, reverse, has_lengths), keep, D,
+                       xs.typed_data(), wi.typed_data(), bias.typed_data(), w.typed_data(),
+                       h0.typed_data(),
                        c0.typed_data(), ys->typed_data(), cs->typed_data(), acts->typed_data(),
                        h_final->typed_data(), c_final->typed_data(), scratch.data(),
                        scratch.data() + 2 * s.B * s.H};
-  run_on_team(pool, s, 8 * s.B * s.H * s.H, kernel);
+  run_on_team(pool, s, 8 * s.B * s.H * (s.H + D), kernel);
   return ffi::Error::Success();
 }
 
@@ -216,6 +227,7 @@ ffi::Error lstm_backward(F32 wt, F32 dys, F32 cs, F32 acts, F32 c0, F32 dh_final
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SeqjaxLstmForward, seqjax::lstm_forward,
                               ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()

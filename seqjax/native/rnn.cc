@@ -1,9 +1,10 @@
-// The Elman RNN recurrence, h_t = act(px_t + h_(t-1) W_hh), act tanh or ReLU, on the CPU as two
-// XLA custom calls: the forward loop and the reverse loop of its gradient. Same scheme as
-// lstm.cc: each step's matmul and activation in one pass, the hidden units split over threads.
+// The Elman RNN recurrence, h_t = act(x_t W_ih + h_(t-1) W_hh + b), act tanh or ReLU, on the CPU
+// as two XLA custom calls: the forward loop and the reverse loop of its gradient. Same scheme as
+// lstm.cc: each step's matmuls and activation in one pass, the hidden units split over threads.
 //
 // Layouts (float32, row-major; U = ceil(H / 16)):
-//   px      (T, B, H)     x_t W_ih
+//   xs      (T, B, D)     the inputs
+//   wi      (U, D, 16)    W_ih (D, H) packed like w
 //   bias    (H,)          b_ih + b_hh
 //   w       (U, H, 16)    W_hh (H, H) packed: for unit block u, row k, units 16u .. 16u + 15
 //   wt      (U, H, 16)    W_hh^T packed the same way
@@ -20,7 +21,8 @@ struct Forward {
   Shapes s;
   Steps steps;
   bool relu;
-  const float *px, *bias, *w, *h0;
+  int64_t D;
+  const float *xs, *wi, *bias, *w, *h0;
   float *ys, *h_final;
   float* hbuf;  // (2, B, H)
 
@@ -35,7 +37,8 @@ struct Forward {
       tiles(s.B, units, [&](int64_t r0, int64_t u0, auto rows, auto blocks) {
         constexpr int NR = decltype(rows)::value, NU = decltype(blocks)::value;
         v16 acc[NR][NU];
-        matmul_tile<NR, NU>(h_prev + r0 * H, H, H, w + u0 * H * 16, H * 16, 16, acc);
+        matmul_tile<NR, NU>(xs + (t * s.B + r0) * D, D, D, wi + u0 * D * 16, D * 16, 16, acc);
+        matmul_tile<NR, NU, true>(h_prev + r0 * H, H, H, w + u0 * H * 16, H * 16, 16, acc);
         for (int r = 0; r < NR; ++r) {
           const int64_t b = r0 + r, row = (t * s.B + b) * H;
           for (int j = 0; j < NU; ++j) {
@@ -45,7 +48,7 @@ struct Forward {
               zero_n(ys + row + col, n);
               continue;
             }
-            v16 z = acc[r][j] + load_n(px + row + col, n) + load_n(bias + col, n);
+            v16 z = acc[r][j] + load_n(bias + col, n);
             v16 h = relu ? (z > 0.0f ? z : zero16()) : tanh16(z);
             store_n(h_next + b * H + col, h, n);
             store_n(ys + row + col, h, n);
@@ -107,20 +110,24 @@ using F32 = ffi::Buffer<ffi::F32>;
 using S32 = ffi::Buffer<ffi::S32>;
 using Out = ffi::ResultBuffer<ffi::F32>;
 
-ffi::Error rnn_forward(F32 px, F32 bias, F32 w, F32 h0, S32 lengths, S32 start, bool reverse,
-                       bool has_lengths, bool relu, Out ys, Out h_final, ffi::ThreadPool pool) {
-  auto d = px.dimensions();
-  if (d.size() != 3) return ffi::Error::InvalidArgument("rnn_forward: px must be (T, B, H)");
-  const Shapes s = shapes_of(d[0], d[1], d[2]);
-  if (auto e = invalid_unless(static_cast<int64_t>(w.element_count()) == s.U * s.H * 16,
-                              "rnn_forward: w must be packed (U, H, 16)");
+ffi::Error rnn_forward(F32 xs, F32 wi, F32 bias, F32 w, F32 h0, S32 lengths, S32 start,
+                       bool reverse, bool has_lengths, bool relu, Out ys, Out h_final,
+                       ffi::ThreadPool pool) {
+  auto d = xs.dimensions(), dh = h0.dimensions();
+  if (d.size() != 3 || dh.size() != 2)
+    return ffi::Error::InvalidArgument("rnn_forward: xs must be (T, B, D) and h0 (B, H)");
+  const Shapes s = shapes_of(d[0], d[1], dh[1]);
+  const int64_t D = d[2];
+  if (auto e = invalid_unless(static_cast<int64_t>(w.element_count()) == s.U * s.H * 16 &&
+                                  static_cast<int64_t>(wi.element_count()) == s.U * D * 16,
+                              "rnn_forward: w and wi must be packed (U, H, 16), (U, D, 16)");
       e.failure())
     return e;
   std::vector<float> scratch(2 * s.B * s.H);
-  const Forward kernel{s, steps_of(lengths, start, reverse, has_lengths), relu, px.typed_data(),
-                       bias.typed_data(), w.typed_data(), h0.typed_data(), ys->typed_data(),
+  const Forward kernel{s, steps_of(lengths, start, reverse, has_lengths), relu, D,
+                       xs.typed_data(), wi.typed_data(), bias.typed_data(), w.typed_data(), h0.typed_data(), ys->typed_data(),
                        h_final->typed_data(), scratch.data()};
-  run_on_team(pool, s, 2 * s.B * s.H * s.H, kernel);
+  run_on_team(pool, s, 2 * s.B * s.H * (s.H + D), kernel);
   return ffi::Error::Success();
 }
 
@@ -147,6 +154,7 @@ ffi::Error rnn_backward(F32 wt, F32 dys, F32 ys, F32 dh_final, S32 lengths, S32 
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SeqjaxRnnForward, seqjax::rnn_forward,
                               ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
