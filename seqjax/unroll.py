@@ -366,12 +366,21 @@ def _scan_custom_vjp(
         return d_carry, d_params, d_xs.reshape(xs.shape)
 
     chunks = _Segments(num_steps, _chunk_size(num_steps), time_axis, reverse)
+    # The native kernels read and write (batch..., T, .) arrays as they are: no time-major
+    # copies of the inputs, outputs and their gradients (chunks for remat stay time-major).
+    native_batch_major = bool(native) and 0 < time_axis == xs.ndim - 2
 
     def forward(params, xs, carry, lengths, keep):
         """``((final_carry, ys), saved)``: with ``keep``, the time-major inputs and every
         step's residuals, or with ``remat`` only the carry at the start of each chunk;
         without ``keep``, nothing."""
         weights = loop_weights(params)
+        if native_batch_major and not (keep and remat):
+            final, ys, saved = seqjax_native.forward(
+                native, params, weights, xs, carry, 0, lengths if has_lengths else None,
+                reverse, keep, batch_major=True,
+            )  # fmt: skip
+            return (final, ys), (xs, saved) if keep else None
         if not (keep and remat):
             xs_tm = _time_major(xs, time_axis)
             final, (ys, saved) = run_steps(
@@ -409,6 +418,13 @@ def _scan_custom_vjp(
         d_final, d_ys = cotangents
         d_lengths = np.zeros(np.shape(lengths), jax.dtypes.float0)
         weights = loop_weights(params)
+        if native_batch_major and not remat:
+            xs, step_saved = saved
+            d_carry0, d_params, d_xs = seqjax_native.backward(
+                native, params, weights, xs, step_saved, d_final, d_ys, 0,
+                lengths if has_lengths else None, reverse, batch_major=True,
+            )  # fmt: skip
+            return d_params, d_xs, d_carry0, d_lengths
         if not remat:  # steps made here: the backward pass must close over no tracer
             steps = jnp.arange(num_steps)
             xs_tm, step_saved = saved  # the forward pass's time-major copy, not a second one

@@ -3,13 +3,14 @@
 Under ``lax.scan`` XLA:CPU runs each step's matmul ``h_(t-1) W_hh`` and the step's elementwise
 arithmetic as separate kernels, with a dispatch cost per step; at small and medium sizes that
 overhead is as large as the arithmetic. These kernels run a whole forward loop, or the whole
-reverse loop of its gradient, as one XLA custom call (``jax.ffi``): each step's matmul and
-activations in one pass over registers, the hidden units split over XLA's CPU threads, which
-meet at a barrier once per step. This is the fused step that PyTorch's oneDNN LSTM has.
+reverse loop of its gradient, as one XLA custom call (``jax.ffi``): each step's matmuls
+(``x_t W_ih`` and ``h_(t-1) W_hh``) and activations in one pass over registers, the hidden units
+split over XLA's CPU threads, which meet at a barrier once per step. This is the fused step that
+PyTorch's oneDNN LSTM has.
 
 :func:`seqjax.unroll` uses them by itself (``native=None``) on the CPU, in float32, for the
-cells they implement, as the inner loops of its own backward pass (``custom_vjp``); everything
-else (the input projection, the weight gradients) stays large XLA matmuls. They are compiled
+cells they implement, as the inner loops of its own backward pass (``custom_vjp``); the weight
+and input gradients stay large XLA matmuls over all steps at once. They are compiled
 on first use (see :mod:`seqjax.native._build`); without a C++ compiler ``unroll`` falls back to
 ``lax.scan`` with the same numbers, and :func:`unavailable_reason` says why.
 """
@@ -98,34 +99,35 @@ def forward(
     lengths: Array | None,
     reverse: bool,
     keep: bool,
+    batch_major: bool = False,
 ) -> tuple[Any, Array, Saved | None]:
-    """The recurrence over ``xs (T, batch..., D)``, time-major, from ``carry``, with ``weights``
-    from :func:`pack_weights`; the steps are ``start .. start + T - 1`` of the whole sequence
-    (for ``lengths``). Returns the final carry, ``ys (T, batch..., H)`` and, with ``keep``, what
-    :func:`backward` needs."""
-    T, batch = xs.shape[0], xs.shape[1:-1]
-    rows = int(np.prod(batch))
+    """The recurrence over ``xs (T, batch..., D)``, time-major (or with ``batch_major``,
+    ``(batch..., T, D)``), from ``carry``, with ``weights`` from :func:`pack_weights`; the steps
+    are ``start .. start + T - 1`` of the whole sequence (for ``lengths``). Returns the final
+    carry, ``ys`` in the layout of ``xs`` and, with ``keep``, what :func:`backward` needs."""
+    T, batch, rows, per_step = _layout(xs, batch_major)
     H = params["w_hh"].shape[0]
-    xs = xs.reshape(T, rows, -1)  # the kernels project it step by step (see lstm.cc)
+    xs = xs.reshape(*per_step, -1)  # the kernels project it step by step (see lstm.cc)
     bias = _bias(kernel, params, H)
     common = _common_operands(lengths, rows, start)
-    attrs = dict(reverse=bool(reverse), has_lengths=lengths is not None)
+    attrs = dict(
+        reverse=bool(reverse), has_lengths=lengths is not None, batch_major=bool(batch_major)
+    )
     flat = jax.tree.map(lambda c: c.reshape(rows, H), carry)
     out = jax.ShapeDtypeStruct
+    residual = per_step if keep else (0, 0)
     if kernel == "lstm":
-        residual = (T, rows) if keep else (0, 0)
         ys, cs, acts, h, c = _call(
             "seqjax_lstm_forward",
-            (out((T, rows, H), xs.dtype), out((*residual, H), xs.dtype),
+            (out((*per_step, H), xs.dtype), out((*residual, H), xs.dtype),
              out((*residual, 4 * H), xs.dtype), out((rows, H), xs.dtype), out((rows, H), xs.dtype)),
             xs, weights.wi, bias, weights.w, flat.h, flat.c, *common, keep=bool(keep), **attrs,
         )  # fmt: skip
         final, extra = type(carry)(h.reshape(*batch, H), c.reshape(*batch, H)), (cs, acts)
     elif kernel == "gru":
-        residual = (T, rows) if keep else (0, 0)
         ys, acts, h = _call(
             "seqjax_gru_forward",
-            (out((T, rows, H), xs.dtype), out((*residual, 4 * H), xs.dtype),
+            (out((*per_step, H), xs.dtype), out((*residual, 4 * H), xs.dtype),
              out((rows, H), xs.dtype)),
             xs, weights.wi, bias, weights.w, flat, *common, keep=bool(keep), **attrs,
         )  # fmt: skip
@@ -133,12 +135,12 @@ def forward(
     else:
         ys, h = _call(
             "seqjax_rnn_forward",
-            (out((T, rows, H), xs.dtype), out((rows, H), xs.dtype)),
+            (out((*per_step, H), xs.dtype), out((rows, H), xs.dtype)),
             xs, weights.wi, bias, weights.w, flat, *common, relu=kernel == "rnn_relu", **attrs,
         )  # fmt: skip
         final, extra = h.reshape(*batch, H), ()
     saved = Saved(flat, ys, extra) if keep else None
-    return final, ys.reshape(T, *batch, H), saved
+    return final, ys.reshape(*((*batch, T) if batch_major else (T, *batch)), H), saved
 
 
 def backward(
@@ -152,24 +154,27 @@ def backward(
     start: Array | int,
     lengths: Array | None,
     reverse: bool,
+    batch_major: bool = False,
 ) -> tuple[Any, Any, Array]:
-    """The gradient of :func:`forward` (with ``keep``) for the cotangents of its final carry
-    and outputs: ``(d_carry, d_params, d_xs)``. The reverse loop is one custom call; the
-    weight and input gradients are matmuls over all (time x batch) rows after it."""
-    T, batch = xs.shape[0], xs.shape[1:-1]
-    rows = int(np.prod(batch))
+    """The gradient of :func:`forward` (with ``keep``, and the same ``xs`` and layout) for the
+    cotangents of its final carry and outputs: ``(d_carry, d_params, d_xs)``. The reverse loop
+    is one custom call; the weight and input gradients are matmuls over all (time x batch) rows
+    after it."""
+    T, batch, rows, per_step = _layout(xs, batch_major)
     H = params["w_hh"].shape[0]
     common = _common_operands(lengths, rows, start)
-    attrs = dict(reverse=bool(reverse), has_lengths=lengths is not None)
+    attrs = dict(
+        reverse=bool(reverse), has_lengths=lengths is not None, batch_major=bool(batch_major)
+    )
     d_flat = jax.tree.map(lambda c: c.reshape(rows, H), d_carry)
-    d_ys = d_ys.reshape(T, rows, H)
+    d_ys = d_ys.reshape(*per_step, H)
     out = jax.ShapeDtypeStruct
     dtype = saved.ys.dtype
     if kernel == "lstm":
         cs, acts = saved.extra
         d_gates, dh, dc = _call(
             "seqjax_lstm_backward",
-            (out((T, rows, 4 * H), dtype), out((rows, H), dtype), out((rows, H), dtype)),
+            (out((*per_step, 4 * H), dtype), out((rows, H), dtype), out((rows, H), dtype)),
             weights.wt, d_ys, cs, acts, saved.carry.c, d_flat.h, d_flat.c,
             *common, **attrs,
         )  # fmt: skip
@@ -180,20 +185,21 @@ def backward(
         (acts,) = saved.extra
         d_gates, d_hh, dh = _call(
             "seqjax_gru_backward",
-            (out((T, rows, 3 * H), dtype), out((T, rows, 3 * H), dtype), out((rows, H), dtype)),
+            (out((*per_step, 3 * H), dtype), out((*per_step, 3 * H), dtype),
+             out((rows, H), dtype)),
             weights.wt, d_ys, saved.ys, acts, saved.carry, d_flat, *common, **attrs,
         )  # fmt: skip
         d_carry0, h0 = dh.reshape(*batch, H), saved.carry
     else:
         d_gates, dh = _call(
             "seqjax_rnn_backward",
-            (out((T, rows, H), dtype), out((rows, H), dtype)),
+            (out((*per_step, H), dtype), out((rows, H), dtype)),
             weights.wt, d_ys, saved.ys, d_flat, *common,
             relu=kernel == "rnn_relu", **attrs,
         )  # fmt: skip
         d_carry0, h0 = dh.reshape(*batch, H), saved.carry
         d_hh = d_gates
-    h_prev = _previous_outputs(saved.ys, h0, lengths, rows, start, reverse)
+    h_prev = _previous_outputs(saved.ys, h0, lengths, rows, start, reverse, batch_major)
     # The gradients of x W_ih + b_ih (d_gates) and of h W_hh + b_hh (d_hh) are one array but
     # for the GRU, whose reset gate scales h W_hn + b_hn alone.
     d_gates = d_gates.reshape(T * rows, -1)
@@ -208,6 +214,14 @@ def backward(
     }
     d_xs = (d_gates @ params["w_ih"].T).reshape(xs.shape)
     return d_carry0, d_params, d_xs
+
+
+def _layout(xs: Array, batch_major: bool) -> tuple[int, tuple[int, ...], int, tuple[int, int]]:
+    """``T``, the batch shape, the number of rows (batch flattened) and the shape of a per-step
+    array's leading axes: ``(T, rows)``, or with ``batch_major`` ``(rows, T)``."""
+    T, batch = (xs.shape[-2], xs.shape[:-2]) if batch_major else (xs.shape[0], xs.shape[1:-1])
+    rows = int(np.prod(batch))
+    return T, batch, rows, (rows, T) if batch_major else (T, rows)
 
 
 def _bias(kernel: str, params: Any, H: int) -> Array:
@@ -233,18 +247,21 @@ def _common_operands(lengths: Array | None, rows: int, start: Array | int) -> tu
     return lengths.astype(jnp.int32), jnp.asarray(start, jnp.int32)
 
 
-def _previous_outputs(ys, h0, lengths, rows, start, reverse) -> Array:
+def _previous_outputs(ys, h0, lengths, rows, start, reverse, batch_major) -> Array:
     """``h_(t-1)`` for every step, in the recurrence's order: the previous step's output, or
     the initial ``h0`` where there is none (the first step, or in reverse, a later step past
-    the sequence's length, which left the carry as it was)."""
+    the sequence's length, which left the carry as it was). ``ys`` is ``(T, rows, H)``, or
+    with ``batch_major`` ``(rows, T, H)``."""
+    axis = 1 if batch_major else 0
+    T = ys.shape[axis]
+    first = jnp.expand_dims(h0, axis)
     if not reverse:  # a step that ran follows one that ran
-        return jnp.concatenate([h0[None], ys[:-1]])
-    shifted = jnp.concatenate([ys[1:], h0[None]])
+        return jnp.concatenate([first, jax.lax.slice_in_dim(ys, 0, T - 1, axis=axis)], axis)
+    shifted = jnp.concatenate([jax.lax.slice_in_dim(ys, 1, T, axis=axis), first], axis)
     if lengths is None:
         return shifted
-    T = ys.shape[0]
     later_ran = (start + jnp.arange(1, T + 1))[:, None] < lengths.reshape(1, rows)
-    return jnp.where(later_ran[..., None], shifted, h0[None])
+    return jnp.where((later_ran.T if batch_major else later_ran)[..., None], shifted, first)
 
 
 def _call(target: str, results, *operands, **attributes):

@@ -177,11 +177,11 @@ inline std::pair<int64_t, int64_t> share(int64_t count, int i, int n) {
 
 // Runs fn(worker, workers, barrier) on this thread (worker 0) and on up to `wanted - 1` tasks
 // of XLA's intra-op thread pool, the threads XLA:CPU runs its own kernels on (threads of our
-// own would compete with them for the cores). The team is whoever has started within a short
-// wait: a task still queued behind busy pool threads is left out (it returns at once when it
-// runs), so the barrier never waits for a thread that may not come.
+// own would compete with them for the cores). The team is whoever has started within `wait_us`:
+// a task still queued behind busy pool threads is left out (it returns at once when it runs),
+// so the barrier never waits for a thread that may not come.
 template <typename Fn>
-void parallel(ffi::ThreadPool& pool, int wanted, Fn&& fn) {
+void parallel(ffi::ThreadPool& pool, int wanted, int64_t wait_us, Fn&& fn) {
   struct Team {
     std::atomic<int> claimed{1};  // worker ids handed out; -1 once the team is closed
     std::atomic<int> size{0};
@@ -204,7 +204,7 @@ void parallel(ffi::ThreadPool& pool, int wanted, Fn&& fn) {
       team->finished.fetch_add(1, std::memory_order_release);
     });
   }
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(200);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(wait_us);
   int size = team->claimed.load(std::memory_order_acquire);
   for (int spins = 0; size < wanted; ++spins) {
     if ((spins & 63) == 0 && std::chrono::steady_clock::now() > deadline) break;
@@ -220,11 +220,23 @@ void parallel(ffi::ThreadPool& pool, int wanted, Fn&& fn) {
     Barrier::relax(spins);
 }
 
-// The sizes of one call: T steps, B batch rows, H hidden units in U blocks of 16.
+// The sizes of one call: T steps, B batch rows, H hidden units in U blocks of 16; and where
+// the per-step arrays (inputs, outputs, residuals, gradients) keep row b of step t: time-major,
+// (T, B, .), or batch-major, (B, T, .), the caller's own layout, which spares XLA a transpose
+// (and a fresh buffer) on the way in and out.
 struct Shapes {
   int64_t T, B, H, U;
+  bool batch_major;
+
+  int64_t row(int64_t t, int64_t b) const { return batch_major ? b * T + t : t * B + b; }
+  // How many rows apart rows b and b + 1 of one step are.
+  int64_t row_step() const { return batch_major ? T : 1; }
 };
-inline Shapes shapes_of(int64_t T, int64_t B, int64_t H) { return {T, B, H, (H + 15) / 16}; }
+// From the dimensions of a per-step array: (T, B, .) or, batch-major, (B, T, .).
+inline Shapes shapes_of(ffi::Span<const int64_t> d, int64_t H, bool batch_major) {
+  const int64_t T = batch_major ? d[1] : d[0], B = batch_major ? d[0] : d[1];
+  return {T, B, H, (H + 15) / 16, batch_major};
+}
 
 // Which steps a row runs: all, or those with start + t < lengths[b] (the step's index in the
 // whole sequence below the row's length); and the order the recurrence visits them in.
@@ -288,10 +300,14 @@ void tiles(int64_t B, const Units& units, Tile&& tile) {
 }
 
 // Runs kernel.run(units, barrier) on a team of workers, each with its share of the units; a
-// step of `step_flops` decides how many are worth a barrier.
+// step of `step_flops` decides how many are worth a barrier. A team that forms short runs at
+// a fraction of the speed to the end (on 2 cores, a pool thread that started late, busy with
+// another XLA operation or descheduled, made the call 2x slower), so the wait for it grows with
+// the call's work: 5% of its time at 50 GFLOP/s, between 0.2 and 5 ms.
 template <typename Kernel>
 void run_on_team(ffi::ThreadPool& pool, const Shapes& s, int64_t step_flops, const Kernel& kernel) {
-  parallel(pool, workers_for(pool.num_threads(), s.U, step_flops),
+  const int64_t wait_us = std::clamp<int64_t>(step_flops * s.T / 1000000, 200, 5000);
+  parallel(pool, workers_for(pool.num_threads(), s.U, step_flops), wait_us,
            [&](int worker, int workers, Barrier& barrier) {
              kernel.run(Units(s, worker, workers), barrier);
            });

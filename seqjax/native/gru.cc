@@ -37,14 +37,14 @@ struct Forward {
     const int64_t H = s.H, n = std::min<int64_t>(16, H - u * 16), col = u * 16;
     // x W_ih first; its n part is set aside, since r scales h W_hn alone.
     v16 acc[NR][3], xn[NR];
-    matmul_tile<NR, 3>(xs + (t * s.B + r0) * D, D, D, wi + u * D * 48, 16, 48, acc);
+    matmul_tile<NR, 3>(xs + s.row(t, r0) * D, s.row_step() * D, D, wi + u * D * 48, 16, 48, acc);
     for (int r = 0; r < NR; ++r) {
       xn[r] = acc[r][2];
       acc[r][2] = zero16();
     }
     matmul_tile<NR, 3, true>(h_prev + r0 * H, H, H, w + u * H * 48, 16, 48, acc);
     for (int r = 0; r < NR; ++r) {
-      const int64_t b = r0 + r, row = t * s.B + b;
+      const int64_t b = r0 + r, row = s.row(t, b);
       const float* hp = h_prev + b * H + col;
       if (!steps.runs(t, b)) {  // past this row's length: the carry stays, the output is zero
         copy_n(hp, n, h_next + b * H + col);
@@ -101,14 +101,14 @@ struct Backward {
   const float* h_prev(int64_t t, int64_t b) const {
     const int64_t prev = steps.reverse ? t + 1 : t - 1;
     if (prev < 0 || prev >= s.T || !steps.runs(prev, b)) return h0 + b * s.H;
-    return ys + (prev * s.B + b) * s.H;
+    return ys + s.row(prev, b) * s.H;
   }
 
   // The gate gradients of step t for this worker's units; dh becomes its direct part dh * z.
   void gates(int64_t t, const Units& units) const {
     const int64_t H = s.H;
     for (int64_t b = 0; b < s.B; ++b) {
-      const int64_t row = t * s.B + b;
+      const int64_t row = s.row(t, b);
       float *dp = d_px + row * 3 * H, *dq = d_hh + row * 3 * H;
       for (int64_t col = units.col0; col < units.col1; col += 16) {
         const int64_t n = std::min<int64_t>(16, H - col);
@@ -149,7 +149,7 @@ struct Backward {
       tiles(s.B, units, [&](int64_t r0, int64_t u0, auto rows, auto blocks) {
         constexpr int NR = decltype(rows)::value, NU = decltype(blocks)::value;
         v16 acc[NR][NU];
-        matmul_tile<NR, NU>(d_hh + (t * s.B + r0) * K, K, K, wt + u0 * K * 16, K * 16, 16, acc);
+        matmul_tile<NR, NU>(d_hh + s.row(t, r0) * K, s.row_step() * K, K, wt + u0 * K * 16, K * 16, 16, acc);
         for (int r = 0; r < NR; ++r) {
           if (!steps.runs(t, r0 + r)) continue;
           for (int j = 0; j < NU; ++j) {
@@ -169,12 +169,12 @@ using S32 = ffi::Buffer<ffi::S32>;
 using Out = ffi::ResultBuffer<ffi::F32>;
 
 ffi::Error gru_forward(F32 xs, F32 wi, F32 bias, F32 w, F32 h0, S32 lengths, S32 start,
-                       bool reverse, bool has_lengths, bool keep, Out ys, Out acts, Out h_final,
+                       bool reverse, bool has_lengths, bool batch_major, bool keep, Out ys, Out acts, Out h_final,
                        ffi::ThreadPool pool) {
   auto d = xs.dimensions(), dh = h0.dimensions();
   if (d.size() != 3 || dh.size() != 2)
     return ffi::Error::InvalidArgument("gru_forward: xs must be (T, B, D) and h0 (B, H)");
-  const Shapes s = shapes_of(d[0], d[1], dh[1]);
+  const Shapes s = shapes_of(d, dh[1], batch_major);
   const int64_t D = d[2];
   if (auto e = invalid_unless(static_cast<int64_t>(w.element_count()) == s.U * s.H * 48 &&
                                   static_cast<int64_t>(wi.element_count()) == s.U * D * 48,
@@ -192,11 +192,11 @@ ffi::Error gru_forward(F32 xs, F32 wi, F32 bias, F32 w, F32 h0, S32 lengths, S32
 }
 
 ffi::Error gru_backward(F32 wt, F32 dys, F32 ys, F32 acts, F32 h0, F32 dh_final, S32 lengths,
-                        S32 start, bool reverse, bool has_lengths, Out d_px, Out d_hh, Out dh0,
+                        S32 start, bool reverse, bool has_lengths, bool batch_major, Out d_px, Out d_hh, Out dh0,
                         ffi::ThreadPool pool) {
   auto d = dys.dimensions();
   if (d.size() != 3) return ffi::Error::InvalidArgument("gru_backward: dys must be (T, B, H)");
-  const Shapes s = shapes_of(d[0], d[1], d[2]);
+  const Shapes s = shapes_of(d, d[2], batch_major);
   if (auto e = invalid_unless(static_cast<int64_t>(wt.element_count()) == s.U * s.H * 48,
                               "gru_backward: wt must be packed (U, 3H, 16)");
       e.failure())
@@ -224,6 +224,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SeqjaxGruForward, seqjax::gru_forward,
                                   .Arg<ffi::Buffer<ffi::S32>>()
                                   .Attr<bool>("reverse")
                                   .Attr<bool>("has_lengths")
+                                  .Attr<bool>("batch_major")
                                   .Attr<bool>("keep")
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
@@ -242,6 +243,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SeqjaxGruBackward, seqjax::gru_backward,
                                   .Arg<ffi::Buffer<ffi::S32>>()
                                   .Attr<bool>("reverse")
                                   .Attr<bool>("has_lengths")
+                                  .Attr<bool>("batch_major")
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()

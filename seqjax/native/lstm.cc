@@ -46,10 +46,10 @@ struct Forward {
   void tile(int64_t t, int64_t r0, int64_t u, const float* h_prev, float* h_next) const {
     const int64_t H = s.H, n = std::min<int64_t>(16, H - u * 16), col = u * 16;
     v16 acc[NR][4];
-    matmul_tile<NR, 4>(xs + (t * s.B + r0) * D, D, D, wi + u * D * 64, 16, 64, acc);
+    matmul_tile<NR, 4>(xs + s.row(t, r0) * D, s.row_step() * D, D, wi + u * D * 64, 16, 64, acc);
     matmul_tile<NR, 4, true>(h_prev + r0 * H, H, H, w + u * H * 64, 16, 64, acc);
     for (int r = 0; r < NR; ++r) {
-      const int64_t b = r0 + r, row = t * s.B + b;
+      const int64_t b = r0 + r, row = s.row(t, b);
       float* hn = h_next + b * H + col;
       float* c = cbuf + b * H + col;
       if (!steps.runs(t, b)) {  // past this row's length: the carry stays, the output is zero
@@ -114,14 +114,14 @@ struct Backward {
   const float* c_prev(int64_t t, int64_t b) const {
     const int64_t prev = steps.reverse ? t + 1 : t - 1;
     if (prev < 0 || prev >= s.T || !steps.runs(prev, b)) return c0 + b * s.H;
-    return cs + (prev * s.B + b) * s.H;
+    return cs + s.row(prev, b) * s.H;
   }
 
   // The gate gradients of step t for this worker's units; dc becomes dc_(t-1).
   void gates(int64_t t, const Units& units) const {
     const int64_t H = s.H;
     for (int64_t b = 0; b < s.B; ++b) {
-      const int64_t row = t * s.B + b;
+      const int64_t row = s.row(t, b);
       float* dg = dgates + row * 4 * H;
       for (int64_t col = units.col0; col < units.col1; col += 16) {
         const int64_t n = std::min<int64_t>(16, H - col);
@@ -159,7 +159,7 @@ struct Backward {
       tiles(s.B, units, [&](int64_t r0, int64_t u0, auto rows, auto blocks) {
         constexpr int NR = decltype(rows)::value, NU = decltype(blocks)::value;
         v16 acc[NR][NU];
-        matmul_tile<NR, NU>(dgates + (t * s.B + r0) * K, K, K, wt + u0 * K * 16, K * 16, 16, acc);
+        matmul_tile<NR, NU>(dgates + s.row(t, r0) * K, s.row_step() * K, K, wt + u0 * K * 16, K * 16, 16, acc);
         for (int r = 0; r < NR; ++r) {
           if (!steps.runs(t, r0 + r)) continue;
           for (int j = 0; j < NU; ++j) {
@@ -179,12 +179,12 @@ using S32 = ffi::Buffer<ffi::S32>;
 using Out = ffi::ResultBuffer<ffi::F32>;
 
 ffi::Error lstm_forward(F32 xs, F32 wi, F32 bias, F32 w, F32 h0, F32 c0, S32 lengths,
-                        S32 start, bool reverse, bool has_lengths, bool keep, Out ys, Out cs,
+                        S32 start, bool reverse, bool has_lengths, bool batch_major, bool keep, Out ys, Out cs,
                         Out acts, Out h_final, Out c_final, ffi::ThreadPool pool) {
   auto d = xs.dimensions(), dh = h0.dimensions();
   if (d.size() != 3 || dh.size() != 2)
     return ffi::Error::InvalidArgument("lstm_forward: xs must be (T, B, D) and h0 (B, H)");
-  const Shapes s = shapes_of(d[0], d[1], dh[1]);
+  const Shapes s = shapes_of(d, dh[1], batch_major);
   const int64_t D = d[2];
   if (auto e = invalid_unless(static_cast<int64_t>(w.element_count()) == s.U * s.H * 64 &&
                                   static_cast<int64_t>(wi.element_count()) == s.U * D * 64,
@@ -203,11 +203,11 @@ ffi::Error lstm_forward(F32 xs, F32 wi, F32 bias, F32 w, F32 h0, F32 c0, S32 len
 }
 
 ffi::Error lstm_backward(F32 wt, F32 dys, F32 cs, F32 acts, F32 c0, F32 dh_final, F32 dc_final,
-                         S32 lengths, S32 start, bool reverse, bool has_lengths, Out dgates,
+                         S32 lengths, S32 start, bool reverse, bool has_lengths, bool batch_major, Out dgates,
                          Out dh0, Out dc0, ffi::ThreadPool pool) {
   auto d = dys.dimensions();
   if (d.size() != 3) return ffi::Error::InvalidArgument("lstm_backward: dys must be (T, B, H)");
-  const Shapes s = shapes_of(d[0], d[1], d[2]);
+  const Shapes s = shapes_of(d, d[2], batch_major);
   if (auto e = invalid_unless(static_cast<int64_t>(wt.element_count()) == s.U * s.H * 64,
                               "lstm_backward: wt must be packed (U, 4H, 16)");
       e.failure())
@@ -237,6 +237,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SeqjaxLstmForward, seqjax::lstm_forward,
                                   .Arg<ffi::Buffer<ffi::S32>>()
                                   .Attr<bool>("reverse")
                                   .Attr<bool>("has_lengths")
+                                  .Attr<bool>("batch_major")
                                   .Attr<bool>("keep")
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
@@ -258,6 +259,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SeqjaxLstmBackward, seqjax::lstm_backward,
                                   .Arg<ffi::Buffer<ffi::S32>>()
                                   .Attr<bool>("reverse")
                                   .Attr<bool>("has_lengths")
+                                  .Attr<bool>("batch_major")
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()

@@ -37,10 +37,10 @@ struct Forward {
       tiles(s.B, units, [&](int64_t r0, int64_t u0, auto rows, auto blocks) {
         constexpr int NR = decltype(rows)::value, NU = decltype(blocks)::value;
         v16 acc[NR][NU];
-        matmul_tile<NR, NU>(xs + (t * s.B + r0) * D, D, D, wi + u0 * D * 16, D * 16, 16, acc);
+        matmul_tile<NR, NU>(xs + s.row(t, r0) * D, s.row_step() * D, D, wi + u0 * D * 16, D * 16, 16, acc);
         matmul_tile<NR, NU, true>(h_prev + r0 * H, H, H, w + u0 * H * 16, H * 16, 16, acc);
         for (int r = 0; r < NR; ++r) {
-          const int64_t b = r0 + r, row = (t * s.B + b) * H;
+          const int64_t b = r0 + r, row = s.row(t, b) * H;
           for (int j = 0; j < NU; ++j) {
             const int64_t col = (u0 + j) * 16, n = std::min<int64_t>(16, H - col);
             if (!steps.runs(t, b)) {
@@ -75,7 +75,7 @@ struct Backward {
     for (int64_t i = 0; i < s.T; ++i) {
       const int64_t t = steps.nth(i, s.T, /*backward=*/true);
       for (int64_t b = 0; b < s.B; ++b) {
-        const int64_t row = (t * s.B + b) * H;
+        const int64_t row = s.row(t, b) * H;
         for (int64_t col = units.col0; col < units.col1; col += 16) {
           const int64_t n = std::min<int64_t>(16, H - col);
           if (!steps.runs(t, b)) {
@@ -92,7 +92,7 @@ struct Backward {
       tiles(s.B, units, [&](int64_t r0, int64_t u0, auto rows, auto blocks) {
         constexpr int NR = decltype(rows)::value, NU = decltype(blocks)::value;
         v16 acc[NR][NU];
-        matmul_tile<NR, NU>(dz + (t * s.B + r0) * H, H, H, wt + u0 * H * 16, H * 16, 16, acc);
+        matmul_tile<NR, NU>(dz + s.row(t, r0) * H, s.row_step() * H, H, wt + u0 * H * 16, H * 16, 16, acc);
         for (int r = 0; r < NR; ++r) {
           if (!steps.runs(t, r0 + r)) continue;  // a step that did not run passes dh through
           for (int j = 0; j < NU; ++j) {
@@ -111,12 +111,12 @@ using S32 = ffi::Buffer<ffi::S32>;
 using Out = ffi::ResultBuffer<ffi::F32>;
 
 ffi::Error rnn_forward(F32 xs, F32 wi, F32 bias, F32 w, F32 h0, S32 lengths, S32 start,
-                       bool reverse, bool has_lengths, bool relu, Out ys, Out h_final,
+                       bool reverse, bool has_lengths, bool batch_major, bool relu, Out ys, Out h_final,
                        ffi::ThreadPool pool) {
   auto d = xs.dimensions(), dh = h0.dimensions();
   if (d.size() != 3 || dh.size() != 2)
     return ffi::Error::InvalidArgument("rnn_forward: xs must be (T, B, D) and h0 (B, H)");
-  const Shapes s = shapes_of(d[0], d[1], dh[1]);
+  const Shapes s = shapes_of(d, dh[1], batch_major);
   const int64_t D = d[2];
   if (auto e = invalid_unless(static_cast<int64_t>(w.element_count()) == s.U * s.H * 16 &&
                                   static_cast<int64_t>(wi.element_count()) == s.U * D * 16,
@@ -132,11 +132,11 @@ ffi::Error rnn_forward(F32 xs, F32 wi, F32 bias, F32 w, F32 h0, S32 lengths, S32
 }
 
 ffi::Error rnn_backward(F32 wt, F32 dys, F32 ys, F32 dh_final, S32 lengths, S32 start,
-                        bool reverse, bool has_lengths, bool relu, Out dz, Out dh0,
+                        bool reverse, bool has_lengths, bool batch_major, bool relu, Out dz, Out dh0,
                         ffi::ThreadPool pool) {
   auto d = dys.dimensions();
   if (d.size() != 3) return ffi::Error::InvalidArgument("rnn_backward: dys must be (T, B, H)");
-  const Shapes s = shapes_of(d[0], d[1], d[2]);
+  const Shapes s = shapes_of(d, d[2], batch_major);
   if (auto e = invalid_unless(static_cast<int64_t>(wt.element_count()) == s.U * s.H * 16,
                               "rnn_backward: wt must be packed (U, H, 16)");
       e.failure())
@@ -163,6 +163,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SeqjaxRnnForward, seqjax::rnn_forward,
                                   .Arg<ffi::Buffer<ffi::S32>>()
                                   .Attr<bool>("reverse")
                                   .Attr<bool>("has_lengths")
+                                  .Attr<bool>("batch_major")
                                   .Attr<bool>("relu")
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
@@ -178,6 +179,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SeqjaxRnnBackward, seqjax::rnn_backward,
                                   .Arg<ffi::Buffer<ffi::S32>>()
                                   .Attr<bool>("reverse")
                                   .Attr<bool>("has_lengths")
+                                  .Attr<bool>("batch_major")
                                   .Attr<bool>("relu")
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
