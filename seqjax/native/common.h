@@ -16,6 +16,12 @@
 #include <utility>
 #include <vector>
 
+#if defined(__linux__)
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -118,7 +124,9 @@ inline void matmul_tile(const float* a, int64_t lda, int64_t K, const float* w, 
 }
 
 // A barrier for a team of threads, reusable step after step. Waiters spin briefly (a step is
-// microseconds), then yield, so an oversubscribed machine still makes progress.
+// microseconds), then sleep until the last one arrives (a futex on Linux, else yield). Sleeping
+// frees the core: on 2 cores a descheduled team member otherwise waited out another thread's
+// time slice (calls of ~2 ms took 10 ms and more, one in ten).
 class Barrier {
  public:
   void set_size(int n) { n_ = n; }
@@ -127,11 +135,19 @@ class Barrier {
     const unsigned generation = generation_.load(std::memory_order_acquire);
     if (arrived_.fetch_add(1, std::memory_order_acq_rel) + 1 == n_) {
       arrived_.store(0, std::memory_order_relaxed);
-      generation_.store(generation + 1, std::memory_order_release);
+      generation_.store(generation + 1, std::memory_order_seq_cst);
+      if (sleepers_.load(std::memory_order_seq_cst) > 0) wake_all();
       return;
     }
-    for (int spins = 0; generation_.load(std::memory_order_acquire) == generation; ++spins)
-      relax(spins);
+    for (int spins = 0; generation_.load(std::memory_order_acquire) == generation; ++spins) {
+      if (spins < kSpins) {
+        relax(0);
+        continue;
+      }
+      sleepers_.fetch_add(1, std::memory_order_seq_cst);
+      if (generation_.load(std::memory_order_seq_cst) == generation) sleep_while(generation);
+      sleepers_.fetch_sub(1, std::memory_order_relaxed);
+    }
   }
 
   static void relax(int spins) {
@@ -145,9 +161,30 @@ class Barrier {
   }
 
  private:
+  static constexpr int kSpins = 2000;  // tens of microseconds
+
+  // Until generation_ moves on from `generation` (or a spurious wake-up: the caller rechecks).
+  void sleep_while(unsigned generation) {
+#if defined(__linux__)
+    static_assert(sizeof(generation_) == sizeof(uint32_t), "futex word");
+    syscall(SYS_futex, reinterpret_cast<uint32_t*>(&generation_), FUTEX_WAIT_PRIVATE, generation,
+            nullptr, nullptr, 0);
+#else
+    (void)generation;
+    std::this_thread::yield();
+#endif
+  }
+  void wake_all() {
+#if defined(__linux__)
+    syscall(SYS_futex, reinterpret_cast<uint32_t*>(&generation_), FUTEX_WAKE_PRIVATE, INT32_MAX,
+            nullptr, nullptr, 0);
+#endif
+  }
+
   int n_ = 1;
   std::atomic<int> arrived_{0};
   std::atomic<unsigned> generation_{0};
+  std::atomic<int> sleepers_{0};
 };
 
 // SEQJAX_NATIVE_THREADS when set, else 0.
@@ -158,9 +195,9 @@ inline int requested_threads() {
 
 // How many threads to ask for to split `units` unit blocks: SEQJAX_NATIVE_THREADS when set;
 // else at most one per pool thread, and at least 500k flops of a step's work (`step_flops`)
-// each, to repay a barrier a step (on 2 cores the Elman RNN's 0.5 MFLOP step, B=16 and H=128,
-// ran faster on one thread than on two; the GRU's 1.6 and the LSTM's 2.1 MFLOP steps 1.2-1.3x
-// faster on two). Never more than one per unit block.
+// each, to repay a barrier a step (on 2 cores, two threads gave the LSTM's, GRU's and Elman
+// RNN's steps at B=16, H=128, 0.5-4 MFLOP, lower medians than one; the RNN's forward alone,
+// 1 MFLOP a step, a worse mean). Never more than one per unit block.
 inline int workers_for(int64_t pool_threads, int64_t units, int64_t step_flops) {
   const int64_t by_work = std::max<int64_t>(1, step_flops / 500000);
   const int64_t threads = requested_threads() ? requested_threads()
