@@ -149,7 +149,8 @@ struct Backward {
       tiles(s.B, units, [&](int64_t r0, int64_t u0, auto rows, auto blocks) {
         constexpr int NR = decltype(rows)::value, NU = decltype(blocks)::value;
         v16 acc[NR][NU];
-        matmul_tile<NR, NU>(d_hh + s.row(t, r0) * K, s.row_step() * K, K, wt + u0 * K * 16, K * 16, 16, acc);
+        matmul_tile<NR, NU>(d_hh + s.row(t, r0) * K, s.row_step() * K, K,
+                            wt + u0 * K * 16, K * 16, 16, acc);
         for (int r = 0; r < NR; ++r) {
           if (!steps.runs(t, r0 + r)) continue;
           for (int j = 0; j < NU; ++j) {
@@ -169,7 +170,8 @@ using S32 = ffi::Buffer<ffi::S32>;
 using Out = ffi::ResultBuffer<ffi::F32>;
 
 ffi::Error gru_forward(F32 xs, F32 wi, F32 bias, F32 w, F32 h0, S32 lengths, S32 start,
-                       bool reverse, bool has_lengths, bool batch_major, bool keep, Out ys, Out acts, Out h_final,
+                       bool reverse, bool has_lengths, bool batch_major, bool keep, Out ys,
+                       Out acts, Out h_final,
                        ffi::ThreadPool pool) {
   auto d = xs.dimensions(), dh = h0.dimensions();
   if (d.size() != 3 || dh.size() != 2)
@@ -192,7 +194,8 @@ ffi::Error gru_forward(F32 xs, F32 wi, F32 bias, F32 w, F32 h0, S32 lengths, S32
 }
 
 ffi::Error gru_backward(F32 wt, F32 dys, F32 ys, F32 acts, F32 h0, F32 dh_final, S32 lengths,
-                        S32 start, bool reverse, bool has_lengths, bool batch_major, Out d_px, Out d_hh, Out dh0,
+                        S32 start, bool reverse, bool has_lengths, bool batch_major, Out d_px,
+                        Out d_hh, Out dh0,
                         ffi::ThreadPool pool) {
   auto d = dys.dimensions();
   if (d.size() != 3) return ffi::Error::InvalidArgument("gru_backward: dys must be (T, B, H)");

@@ -159,7 +159,8 @@ struct Backward {
       tiles(s.B, units, [&](int64_t r0, int64_t u0, auto rows, auto blocks) {
         constexpr int NR = decltype(rows)::value, NU = decltype(blocks)::value;
         v16 acc[NR][NU];
-        matmul_tile<NR, NU>(dgates + s.row(t, r0) * K, s.row_step() * K, K, wt + u0 * K * 16, K * 16, 16, acc);
+        matmul_tile<NR, NU>(dgates + s.row(t, r0) * K, s.row_step() * K, K,
+                            wt + u0 * K * 16, K * 16, 16, acc);
         for (int r = 0; r < NR; ++r) {
           if (!steps.runs(t, r0 + r)) continue;
           for (int j = 0; j < NU; ++j) {
@@ -179,7 +180,8 @@ using S32 = ffi::Buffer<ffi::S32>;
 using Out = ffi::ResultBuffer<ffi::F32>;
 
 ffi::Error lstm_forward(F32 xs, F32 wi, F32 bias, F32 w, F32 h0, F32 c0, S32 lengths,
-                        S32 start, bool reverse, bool has_lengths, bool batch_major, bool keep, Out ys, Out cs,
+                        S32 start, bool reverse, bool has_lengths, bool batch_major, bool keep,
+                        Out ys, Out cs,
                         Out acts, Out h_final, Out c_final, ffi::ThreadPool pool) {
   auto d = xs.dimensions(), dh = h0.dimensions();
   if (d.size() != 3 || dh.size() != 2)
@@ -203,7 +205,8 @@ ffi::Error lstm_forward(F32 xs, F32 wi, F32 bias, F32 w, F32 h0, F32 c0, S32 len
 }
 
 ffi::Error lstm_backward(F32 wt, F32 dys, F32 cs, F32 acts, F32 c0, F32 dh_final, F32 dc_final,
-                         S32 lengths, S32 start, bool reverse, bool has_lengths, bool batch_major, Out dgates,
+                         S32 lengths, S32 start, bool reverse, bool has_lengths, bool batch_major,
+                         Out dgates,
                          Out dh0, Out dc0, ffi::ThreadPool pool) {
   auto d = dys.dimensions();
   if (d.size() != 3) return ffi::Error::InvalidArgument("lstm_backward: dys must be (T, B, H)");

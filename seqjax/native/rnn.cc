@@ -37,7 +37,8 @@ struct Forward {
       tiles(s.B, units, [&](int64_t r0, int64_t u0, auto rows, auto blocks) {
         constexpr int NR = decltype(rows)::value, NU = decltype(blocks)::value;
         v16 acc[NR][NU];
-        matmul_tile<NR, NU>(xs + s.row(t, r0) * D, s.row_step() * D, D, wi + u0 * D * 16, D * 16, 16, acc);
+        matmul_tile<NR, NU>(xs + s.row(t, r0) * D, s.row_step() * D, D,
+                            wi + u0 * D * 16, D * 16, 16, acc);
         matmul_tile<NR, NU, true>(h_prev + r0 * H, H, H, w + u0 * H * 16, H * 16, 16, acc);
         for (int r = 0; r < NR; ++r) {
           const int64_t b = r0 + r, row = s.row(t, b) * H;
@@ -92,7 +93,8 @@ struct Backward {
       tiles(s.B, units, [&](int64_t r0, int64_t u0, auto rows, auto blocks) {
         constexpr int NR = decltype(rows)::value, NU = decltype(blocks)::value;
         v16 acc[NR][NU];
-        matmul_tile<NR, NU>(dz + s.row(t, r0) * H, s.row_step() * H, H, wt + u0 * H * 16, H * 16, 16, acc);
+        matmul_tile<NR, NU>(dz + s.row(t, r0) * H, s.row_step() * H, H,
+                            wt + u0 * H * 16, H * 16, 16, acc);
         for (int r = 0; r < NR; ++r) {
           if (!steps.runs(t, r0 + r)) continue;  // a step that did not run passes dh through
           for (int j = 0; j < NU; ++j) {
@@ -111,7 +113,8 @@ using S32 = ffi::Buffer<ffi::S32>;
 using Out = ffi::ResultBuffer<ffi::F32>;
 
 ffi::Error rnn_forward(F32 xs, F32 wi, F32 bias, F32 w, F32 h0, S32 lengths, S32 start,
-                       bool reverse, bool has_lengths, bool batch_major, bool relu, Out ys, Out h_final,
+                       bool reverse, bool has_lengths, bool batch_major, bool relu, Out ys,
+                       Out h_final,
                        ffi::ThreadPool pool) {
   auto d = xs.dimensions(), dh = h0.dimensions();
   if (d.size() != 3 || dh.size() != 2)
@@ -125,14 +128,16 @@ ffi::Error rnn_forward(F32 xs, F32 wi, F32 bias, F32 w, F32 h0, S32 lengths, S32
     return e;
   std::vector<float> scratch(2 * s.B * s.H);
   const Forward kernel{s, steps_of(lengths, start, reverse, has_lengths), relu, D,
-                       xs.typed_data(), wi.typed_data(), bias.typed_data(), w.typed_data(), h0.typed_data(), ys->typed_data(),
+                       xs.typed_data(), wi.typed_data(), bias.typed_data(), w.typed_data(),
+                       h0.typed_data(), ys->typed_data(),
                        h_final->typed_data(), scratch.data()};
   run_on_team(pool, s, 2 * s.B * s.H * (s.H + D), kernel);
   return ffi::Error::Success();
 }
 
 ffi::Error rnn_backward(F32 wt, F32 dys, F32 ys, F32 dh_final, S32 lengths, S32 start,
-                        bool reverse, bool has_lengths, bool batch_major, bool relu, Out dz, Out dh0,
+                        bool reverse, bool has_lengths, bool batch_major, bool relu, Out dz,
+                        Out dh0,
                         ffi::ThreadPool pool) {
   auto d = dys.dimensions();
   if (d.size() != 3) return ffi::Error::InvalidArgument("rnn_backward: dys must be (T, B, H)");
