@@ -293,6 +293,16 @@ inline Steps steps_of(ffi::Buffer<ffi::S32>& lengths, ffi::Buffer<ffi::S32>& sta
   return {has_lengths ? lengths.typed_data() : nullptr, start.typed_data()[0], reverse};
 }
 
+// The carry (a (B, H) array's row b) that entered step t: the previous step's in the forward
+// loop's order, kept per step in `per_step`, or `initial` where that step did not run (a row
+// past its length keeps its carry) or there is none.
+inline const float* carried_into(const Shapes& s, const Steps& steps, const float* per_step,
+                                 const float* initial, int64_t t, int64_t b) {
+  const int64_t prev = steps.reverse ? t + 1 : t - 1;
+  if (prev < 0 || prev >= s.T || !steps.runs(prev, b)) return initial + b * s.H;
+  return per_step + s.row(prev, b) * s.H;
+}
+
 // One worker's share of the hidden units: unit blocks [u_begin, u_end), columns [col0, col1).
 struct Units {
   int64_t u_begin, u_end, col0, col1;
@@ -348,6 +358,37 @@ void run_on_team(ffi::ThreadPool& pool, const Shapes& s, int64_t step_flops, con
            [&](int worker, int workers, Barrier& barrier) {
              kernel.run(Units(s, worker, workers), barrier);
            });
+}
+
+// The FFI signature every kernel entry has: kIn float32 buffers, then lengths and start, the
+// attributes reverse, has_lengths and batch_major, and any the caller appends; finished by
+// with_results, which adds kOut float32 results and XLA's thread pool.
+// (Each step returns the builder's new value: its copy and move constructors are private.)
+template <int kIn, typename Binding>
+auto f32_args(Binding&& b) {
+  static_assert(kIn >= 1, "every kernel takes float32 buffers");
+  if constexpr (kIn == 1) {
+    return std::move(b).template Arg<ffi::Buffer<ffi::F32>>();
+  } else {
+    return f32_args<kIn - 1>(std::move(b).template Arg<ffi::Buffer<ffi::F32>>());
+  }
+}
+template <int kIn>
+auto recurrence_binding() {
+  return f32_args<kIn>(ffi::Ffi::Bind())
+      .template Arg<ffi::Buffer<ffi::S32>>()
+      .template Arg<ffi::Buffer<ffi::S32>>()
+      .template Attr<bool>("reverse")
+      .template Attr<bool>("has_lengths")
+      .template Attr<bool>("batch_major");
+}
+template <int kOut, typename Binding>
+auto with_results(Binding&& b) {
+  if constexpr (kOut == 0) {
+    return std::move(b).template Ctx<ffi::ThreadPool>();
+  } else {
+    return with_results<kOut - 1>(std::move(b).template Ret<ffi::Buffer<ffi::F32>>());
+  }
 }
 
 inline ffi::Error invalid_unless(bool ok, const char* what) {

@@ -96,14 +96,6 @@ struct Backward {
   float *d_px, *d_hh, *dh0;
   float* dhbuf;  // (B, H): dh carried into the step being processed
 
-  // The h carried into step t for row b: the previous step's output in the forward loop's
-  // order, or h0 where that step did not run (or there is none).
-  const float* h_prev(int64_t t, int64_t b) const {
-    const int64_t prev = steps.reverse ? t + 1 : t - 1;
-    if (prev < 0 || prev >= s.T || !steps.runs(prev, b)) return h0 + b * s.H;
-    return ys + s.row(prev, b) * s.H;
-  }
-
   // The gate gradients of step t for this worker's units; dh becomes its direct part dh * z.
   void gates(int64_t t, const Units& units) const {
     const int64_t H = s.H;
@@ -125,7 +117,8 @@ struct Backward {
         v16 dh = load_n(dhbuf + b * H + col, n) + load_n(dys + row * H + col, n);
         v16 dn = dh * (1.0f - update) * (1.0f - cand * cand);
         v16 dr = dn * hn * reset * (1.0f - reset);
-        v16 dz = dh * (load_n(h_prev(t, b) + col, n) - cand) * update * (1.0f - update);
+        v16 h_prev = load_n(carried_into(s, steps, ys, h0, t, b) + col, n);
+        v16 dz = dh * (h_prev - cand) * update * (1.0f - update);
         store_n(dp + col, dr, n);
         store_n(dp + H + col, dz, n);
         store_n(dp + 2 * H + col, dn, n);
@@ -216,38 +209,10 @@ ffi::Error gru_backward(F32 wt, F32 dys, F32 ys, F32 acts, F32 h0, F32 dh_final,
 }  // namespace
 }  // namespace seqjax
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(SeqjaxGruForward, seqjax::gru_forward,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Attr<bool>("reverse")
-                                  .Attr<bool>("has_lengths")
-                                  .Attr<bool>("batch_major")
-                                  .Attr<bool>("keep")
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ctx<ffi::ThreadPool>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    SeqjaxGruForward, seqjax::gru_forward,
+    seqjax::with_results<3>(seqjax::recurrence_binding<5>().Attr<bool>("keep")));
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(SeqjaxGruBackward, seqjax::gru_backward,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Attr<bool>("reverse")
-                                  .Attr<bool>("has_lengths")
-                                  .Attr<bool>("batch_major")
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ctx<ffi::ThreadPool>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    SeqjaxGruBackward, seqjax::gru_backward,
+    seqjax::with_results<3>(seqjax::recurrence_binding<6>()));

@@ -110,13 +110,6 @@ struct Backward {
   float* dhbuf;  // (B, H), dh carried into the step being processed
   float* dcbuf;  // (B, H)
 
-  // The c carried into step t for row b: c_(t-1) in the forward loop's order, or c0.
-  const float* c_prev(int64_t t, int64_t b) const {
-    const int64_t prev = steps.reverse ? t + 1 : t - 1;
-    if (prev < 0 || prev >= s.T || !steps.runs(prev, b)) return c0 + b * s.H;
-    return cs + s.row(prev, b) * s.H;
-  }
-
   // The gate gradients of step t for this worker's units; dc becomes dc_(t-1).
   void gates(int64_t t, const Units& units) const {
     const int64_t H = s.H;
@@ -135,7 +128,7 @@ struct Backward {
         v16 tc = tanh16(load_n(cs + row * H + col, n));
         v16 dh = load_n(dhbuf + b * H + col, n) + load_n(dys + row * H + col, n);
         v16 dc = load_n(dcbuf + b * H + col, n) + dh * o * (1.0f - tc * tc);
-        v16 cp = load_n(c_prev(t, b) + col, n);
+        v16 cp = load_n(carried_into(s, steps, cs, c0, t, b) + col, n);
         store_n(dg + col, dc * g * i * (1.0f - i), n);
         store_n(dg + H + col, dc * cp * f * (1.0f - f), n);
         store_n(dg + 2 * H + col, dc * i * (1.0f - g * g), n);
@@ -228,42 +221,10 @@ ffi::Error lstm_backward(F32 wt, F32 dys, F32 cs, F32 acts, F32 c0, F32 dh_final
 }  // namespace
 }  // namespace seqjax
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(SeqjaxLstmForward, seqjax::lstm_forward,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Attr<bool>("reverse")
-                                  .Attr<bool>("has_lengths")
-                                  .Attr<bool>("batch_major")
-                                  .Attr<bool>("keep")
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ctx<ffi::ThreadPool>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    SeqjaxLstmForward, seqjax::lstm_forward,
+    seqjax::with_results<5>(seqjax::recurrence_binding<6>().Attr<bool>("keep")));
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(SeqjaxLstmBackward, seqjax::lstm_backward,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Attr<bool>("reverse")
-                                  .Attr<bool>("has_lengths")
-                                  .Attr<bool>("batch_major")
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ctx<ffi::ThreadPool>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    SeqjaxLstmBackward, seqjax::lstm_backward,
+    seqjax::with_results<3>(seqjax::recurrence_binding<7>()));

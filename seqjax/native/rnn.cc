@@ -157,35 +157,10 @@ ffi::Error rnn_backward(F32 wt, F32 dys, F32 ys, F32 dh_final, S32 lengths, S32 
 }  // namespace
 }  // namespace seqjax
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(SeqjaxRnnForward, seqjax::rnn_forward,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Attr<bool>("reverse")
-                                  .Attr<bool>("has_lengths")
-                                  .Attr<bool>("batch_major")
-                                  .Attr<bool>("relu")
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ctx<ffi::ThreadPool>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    SeqjaxRnnForward, seqjax::rnn_forward,
+    seqjax::with_results<2>(seqjax::recurrence_binding<5>().Attr<bool>("relu")));
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(SeqjaxRnnBackward, seqjax::rnn_backward,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Attr<bool>("reverse")
-                                  .Attr<bool>("has_lengths")
-                                  .Attr<bool>("batch_major")
-                                  .Attr<bool>("relu")
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ctx<ffi::ThreadPool>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    SeqjaxRnnBackward, seqjax::rnn_backward,
+    seqjax::with_results<2>(seqjax::recurrence_binding<4>().Attr<bool>("relu")));
