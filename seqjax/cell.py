@@ -84,8 +84,9 @@ class RecurSplit(NamedTuple):
       combine_vjp: optional ``CombineVJP``, ``combine``'s derivative written out; ``None``
         uses ``jax.vjp`` of ``combine``.
       native: the name of a fused CPU kernel in :mod:`seqjax.native` that runs this exact
-        recurrence over whole sequences (``"lstm"``, ``"rnn_tanh"``, ``"rnn_relu"``, for the
-        built-in cells with params ``w_ih, w_hh, b_ih, b_hh``); ``None`` for any other cell.
+        recurrence over whole sequences (``"lstm"``, ``"gru"``, ``"rnn_tanh"``, ``"rnn_relu"``,
+        for the built-in cells with params ``w_ih, w_hh, b_ih, b_hh``); ``None`` for any other
+        cell.
 
     The split lets the backward pass run only the cheap ``combine`` and ``dh = dhh @ W_hh^T``
     step by step, and compute ``dW_hh = sum_t h_(t-1)^T dhh_t`` as one large matmul afterwards.

@@ -308,13 +308,14 @@ def _scan_custom_vjp(
             return seqjax_native.pack_weights(native, params)
         return _transposed_matrices(params)
 
-    def run_steps(params, weights, xs, carry, steps, lengths, keep):
-        """The forward loop over ``steps`` (``xs`` time-major); with ``keep``, also each step's
+    def run_steps(params, weights, xs, carry, steps, lengths, keep, batch_major=False):
+        """The forward loop over ``steps`` (``xs`` time-major, or with ``batch_major``, which
+        only the native kernels take, ``(batch..., T, D)``); with ``keep``, also each step's
         input carry and residuals."""
         if native:
             final, ys, saved = seqjax_native.forward(
                 native, params, weights, xs, carry, steps[0],
-                lengths if has_lengths else None, reverse, keep,
+                lengths if has_lengths else None, reverse, keep, batch_major,
             )  # fmt: skip
             return final, (ys, saved)
         inputs = _project_all(project, params, xs) if hoist_projection else xs
@@ -328,13 +329,15 @@ def _scan_custom_vjp(
 
         return jax.lax.scan(body, carry, (steps, inputs), reverse=reverse, unroll=unroll)
 
-    def backward_steps(params, weights, xs, d_carry, steps, lengths, saved, d_ys):
-        """The reverse loop over ``steps`` (all time-major), then their weight and input
-        gradients."""
+    def backward_steps(
+        params, weights, xs, d_carry, steps, lengths, saved, d_ys, batch_major=False
+    ):
+        """The reverse loop over ``steps`` (all time-major, or all in the layout ``run_steps``
+        had), then their weight and input gradients."""
         if native:
             return seqjax_native.backward(
                 native, params, weights, xs, saved, d_carry, d_ys, steps[0],
-                lengths if has_lengths else None, reverse,
+                lengths if has_lengths else None, reverse, batch_major,
             )  # fmt: skip
         carries, step_residuals = saved
 
@@ -368,25 +371,27 @@ def _scan_custom_vjp(
     chunks = _Segments(num_steps, _chunk_size(num_steps), time_axis, reverse)
     # The native kernels read and write (batch..., T, .) arrays as they are: no time-major
     # copies of the inputs, outputs and their gradients (chunks for remat stay time-major).
-    native_batch_major = bool(native) and 0 < time_axis == xs.ndim - 2
+    batch_major = bool(native) and 0 < time_axis == xs.ndim - 2
+
+    def loop_layout(a):
+        """A whole sequence in the layout the loops take it in."""
+        return a if batch_major else _time_major(a, time_axis)
+
+    def caller_layout(a):
+        return a if batch_major else jnp.moveaxis(a, 0, time_axis)
 
     def forward(params, xs, carry, lengths, keep):
-        """``((final_carry, ys), saved)``: with ``keep``, the time-major inputs and every
-        step's residuals, or with ``remat`` only the carry at the start of each chunk;
+        """``((final_carry, ys), saved)``: with ``keep``, the inputs in the loops' layout and
+        every step's residuals, or with ``remat`` only the carry at the start of each chunk;
         without ``keep``, nothing."""
         weights = loop_weights(params)
-        if native_batch_major and not (keep and remat):
-            final, ys, saved = seqjax_native.forward(
-                native, params, weights, xs, carry, 0, lengths if has_lengths else None,
-                reverse, keep, batch_major=True,
-            )  # fmt: skip
-            return (final, ys), (xs, saved) if keep else None
         if not (keep and remat):
-            xs_tm = _time_major(xs, time_axis)
+            xs_loop = loop_layout(xs)
             final, (ys, saved) = run_steps(
-                params, weights, xs_tm, carry, jnp.arange(num_steps), lengths, keep
-            )
-            return (final, jnp.moveaxis(ys, 0, time_axis)), (xs_tm, saved) if keep else None
+                params, weights, xs_loop, carry, jnp.arange(num_steps), lengths, keep,
+                batch_major,
+            )  # fmt: skip
+            return (final, caller_layout(ys)), (xs_loop, saved) if keep else None
 
         def forward_chunk(state, start, size, _):
             carry, ys = state
@@ -418,27 +423,14 @@ def _scan_custom_vjp(
         d_final, d_ys = cotangents
         d_lengths = np.zeros(np.shape(lengths), jax.dtypes.float0)
         weights = loop_weights(params)
-        if native_batch_major and not remat:
-            xs, step_saved = saved
-            d_carry0, d_params, d_xs = seqjax_native.backward(
-                native, params, weights, xs, step_saved, d_final, d_ys, 0,
-                lengths if has_lengths else None, reverse, batch_major=True,
-            )  # fmt: skip
-            return d_params, d_xs, d_carry0, d_lengths
         if not remat:  # steps made here: the backward pass must close over no tracer
             steps = jnp.arange(num_steps)
-            xs_tm, step_saved = saved  # the forward pass's time-major copy, not a second one
+            xs_loop, step_saved = saved  # the forward pass's copy (if any), not a second one
             d_carry0, d_params, d_xs = backward_steps(
-                params,
-                weights,
-                xs_tm,
-                d_final,
-                steps,
-                lengths,
-                step_saved,
-                _time_major(d_ys, time_axis),
-            )
-            return d_params, jnp.moveaxis(d_xs, 0, time_axis), d_carry0, d_lengths
+                params, weights, xs_loop, d_final, steps, lengths, step_saved,
+                loop_layout(d_ys), batch_major,
+            )  # fmt: skip
+            return d_params, caller_layout(d_xs), d_carry0, d_lengths
 
         # Every chunk reads its d_ys before it writes its d_xs, and the chunks cover every
         # step once: when the shapes agree (stacked layers: input size = hidden size), the

@@ -478,7 +478,7 @@ def test_remat_holds_one_sequence_of_outputs_and_no_copies(time_major):
 )
 def test_default_hoists_on_cpu_only_cells_that_use_the_projection_whole(make_cell, hoisted):
     """The default traces to the same program as the option it picks (and the two differ), for
-    the scan (the native kernels always take the projection whole)."""
+    the scan (the native kernels project each step themselves: the option does not apply)."""
     cell = make_cell(4)
     params = cell.init(jax.random.key(0), 3)
     xs = jnp.ones((2, 5, 3))
