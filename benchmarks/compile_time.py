@@ -47,11 +47,7 @@ def child(cell: str, config: str, contender: str) -> dict:
     B, T, H = rnn.CONFIGS[config]
     xs = jax.random.normal(jax.random.key(0), (B, T, H))
     if contender.startswith("seqjax"):
-        options = {
-            "seqjax": {},
-            "seqjax (autodiff)": {"custom_vjp": False},
-            "seqjax (projection in step)": {"hoist_projection": False},
-        }[contender]
+        options = rnn.SEQJAX_VARIANTS[contender]
         import seqjax
 
         layer = rnn.CELLS[cell](H)

@@ -39,6 +39,13 @@ CONFIGS = {"small": (16, 64, 128), "medium": (32, 128, 256), "large": (64, 256, 
 CELLS = {"lstm": seqjax.lstm, "gru": seqjax.gru, "rnn": seqjax.simple_rnn}
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 RESULTS = pathlib.Path(__file__).parent / "results"
+# seqjax's rows: the defaults, and the defaults with one of unroll's choices turned the other way.
+SEQJAX_VARIANTS = {
+    "seqjax": {},
+    "seqjax (autodiff)": {"custom_vjp": False},
+    "seqjax (projection in step)": {"hoist_projection": False},
+    "seqjax (scan)": {"native": False},
+}
 
 
 class Contender:
@@ -61,12 +68,13 @@ def seqjax_contenders(cell_name: str, B: int, T: int, H: int, xs) -> list[Conten
     cell = CELLS[cell_name](H)
     params = cell.init(jax.random.key(1), H)
     out = []
-    variants = [("seqjax", {}), ("seqjax (autodiff)", {"custom_vjp": False})]
+    labels = ["seqjax", "seqjax (autodiff)"]
     if jax.default_backend() != "cpu":  # shows whether hoisting, the accelerator default, pays
-        variants.append(("seqjax (projection in step)", {"hoist_projection": False}))
+        labels.append("seqjax (projection in step)")
     elif cell.recur_split.native and seqjax.native.available():  # what the fused kernels give
-        variants.append(("seqjax (scan)", {"native": False}))
-    for label, options in variants:
+        labels.append("seqjax (scan)")
+    for label in labels:
+        options = SEQJAX_VARIANTS[label]
 
         def run(p, x, options=options):
             return seqjax.unroll(cell, p, x, **options)[1]
