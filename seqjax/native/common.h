@@ -346,6 +346,31 @@ void tiles(int64_t B, const Units& units, Tile&& tile) {
   });
 }
 
+// The reverse loop's matmul for step t: this worker's units of dh = dG W_hh^T, from the gate
+// gradients dgates (rows of width K = gates x H) and wt, W_hh^T packed (U, K, 16); with kAdd,
+// added to what dh holds. A row whose step did not run passed its carry through: its dh stays.
+// One barrier a step is enough around it: it reads every unit's gate gradients of step t
+// (written before the barrier) and writes only this worker's own units of dh, which the next
+// step's gate gradients read.
+template <bool kAdd>
+void hidden_gradient(const Shapes& s, const Steps& steps, const Units& units, int64_t t,
+                     const float* dgates, int64_t K, const float* wt, float* dh) {
+  tiles(s.B, units, [&](int64_t r0, int64_t u0, auto rows, auto blocks) {
+    constexpr int NR = decltype(rows)::value, NU = decltype(blocks)::value;
+    v16 acc[NR][NU];
+    matmul_tile<NR, NU>(dgates + s.row(t, r0) * K, s.row_step() * K, K, wt + u0 * K * 16,
+                        K * 16, 16, acc);
+    for (int r = 0; r < NR; ++r) {
+      if (!steps.runs(t, r0 + r)) continue;
+      for (int j = 0; j < NU; ++j) {
+        const int64_t col = (u0 + j) * 16, n = std::min<int64_t>(16, s.H - col);
+        float* out = dh + (r0 + r) * s.H + col;
+        store_n(out, kAdd ? load_n(out, n) + acc[r][j] : acc[r][j], n);
+      }
+    }
+  });
+}
+
 // Runs kernel.run(units, barrier) on a team of workers, each with its share of the units; a
 // step of `step_flops` decides how many are worth a barrier. A team that forms short runs at
 // a fraction of the speed to the end (on 2 cores, a pool thread that started late, busy with

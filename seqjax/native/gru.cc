@@ -137,22 +137,7 @@ struct Backward {
       const int64_t t = steps.nth(i, s.T, /*backward=*/true);
       gates(t, units);
       barrier.wait();  // dh needs every unit's gate gradients
-      // dh_(t-1) = dh * z + dG_hh W_hh^T for this worker's units; as in lstm.cc, one barrier
-      // a step is enough: a worker then reads and writes only its own units of dh.
-      tiles(s.B, units, [&](int64_t r0, int64_t u0, auto rows, auto blocks) {
-        constexpr int NR = decltype(rows)::value, NU = decltype(blocks)::value;
-        v16 acc[NR][NU];
-        matmul_tile<NR, NU>(d_hh + s.row(t, r0) * K, s.row_step() * K, K,
-                            wt + u0 * K * 16, K * 16, 16, acc);
-        for (int r = 0; r < NR; ++r) {
-          if (!steps.runs(t, r0 + r)) continue;
-          for (int j = 0; j < NU; ++j) {
-            const int64_t col = (u0 + j) * 16, n = std::min<int64_t>(16, H - col);
-            float* dh = dhbuf + (r0 + r) * H + col;
-            store_n(dh, load_n(dh, n) + acc[r][j], n);
-          }
-        }
-      });
+      hidden_gradient<true>(s, steps, units, t, d_hh, K, wt, dhbuf);  // dh * z + dG_hh W_hh^T
     }
     units.copy(s, dhbuf, dh0);
   }

@@ -146,22 +146,7 @@ struct Backward {
       const int64_t t = steps.nth(i, s.T, /*backward=*/true);
       gates(t, units);
       barrier.wait();  // dh needs every unit's gate gradients
-      // dh_(t-1) = dG_t W_hh^T for this worker's units; rows whose step did not run keep dh.
-      // No second barrier: the next step reads only this worker's own units of dh and dc,
-      // and writes gate gradients of another step than the ones the other workers read.
-      tiles(s.B, units, [&](int64_t r0, int64_t u0, auto rows, auto blocks) {
-        constexpr int NR = decltype(rows)::value, NU = decltype(blocks)::value;
-        v16 acc[NR][NU];
-        matmul_tile<NR, NU>(dgates + s.row(t, r0) * K, s.row_step() * K, K,
-                            wt + u0 * K * 16, K * 16, 16, acc);
-        for (int r = 0; r < NR; ++r) {
-          if (!steps.runs(t, r0 + r)) continue;
-          for (int j = 0; j < NU; ++j) {
-            const int64_t col = (u0 + j) * 16;
-            store_n(dhbuf + (r0 + r) * H + col, acc[r][j], std::min<int64_t>(16, H - col));
-          }
-        }
-      });
+      hidden_gradient<false>(s, steps, units, t, dgates, K, wt, dhbuf);  // dh_(t-1) = dG_t W_hh^T
     }
     units.copy(s, dhbuf, dh0);
     units.copy(s, dcbuf, dc0);

@@ -89,20 +89,8 @@ struct Backward {
           store_n(dz + row + col, dh * slope, n);
         }
       }
-      barrier.wait();  // dh needs every unit's dz; one barrier a step, as in lstm.cc
-      tiles(s.B, units, [&](int64_t r0, int64_t u0, auto rows, auto blocks) {
-        constexpr int NR = decltype(rows)::value, NU = decltype(blocks)::value;
-        v16 acc[NR][NU];
-        matmul_tile<NR, NU>(dz + s.row(t, r0) * H, s.row_step() * H, H,
-                            wt + u0 * H * 16, H * 16, 16, acc);
-        for (int r = 0; r < NR; ++r) {
-          if (!steps.runs(t, r0 + r)) continue;  // a step that did not run passes dh through
-          for (int j = 0; j < NU; ++j) {
-            const int64_t col = (u0 + j) * 16;
-            store_n(dhbuf + (r0 + r) * H + col, acc[r][j], std::min<int64_t>(16, H - col));
-          }
-        }
-      });
+      barrier.wait();  // dh needs every unit's dz
+      hidden_gradient<false>(s, steps, units, t, dz, H, wt, dhbuf);
     }
     units.copy(s, dhbuf, dh0);
   }
