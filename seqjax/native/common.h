@@ -346,6 +346,28 @@ void tiles(int64_t B, const Units& units, Tile&& tile) {
   });
 }
 
+// The forward loop of a gated cell, whose tile holds all its gates for one unit block: calls
+// tile(t, r0, u, rows, h_prev, h_next) for each step in order, over this worker's unit blocks
+// and the rows in tiles of kRows (rows: a std::integral_constant), then a barrier, since the
+// next step reads every unit of h. h is double-buffered in hbuf (2, B, H); each worker starts
+// and ends its own units of it.
+template <int kRows, typename Tile>
+void gated_forward_loop(const Shapes& s, const Steps& steps, const Units& units,
+                        Barrier& barrier, const float* h0, float* hbuf, float* h_final,
+                        Tile&& tile) {
+  units.copy(s, h0, hbuf);
+  barrier.wait();
+  for (int64_t i = 0; i < s.T; ++i) {
+    const int64_t t = steps.nth(i, s.T);
+    const float* h_prev = hbuf + (i % 2) * s.B * s.H;
+    float* h_next = hbuf + ((i + 1) % 2) * s.B * s.H;
+    for (int64_t u = units.u_begin; u < units.u_end; ++u)
+      row_tiles<kRows>(s.B, [&](int64_t r0, auto rows) { tile(t, r0, u, rows, h_prev, h_next); });
+    barrier.wait();
+  }
+  units.copy(s, hbuf + (s.T % 2) * s.B * s.H, h_final);
+}
+
 // The reverse loop's matmul for step t: this worker's units of dh = dG W_hh^T, from the gate
 // gradients dgates (rows of width K = gates x H) and wt, W_hh^T packed (U, K, 16); with kAdd,
 // added to what dh holds. A row whose step did not run passed its carry through: its dh stays.

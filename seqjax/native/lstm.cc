@@ -82,22 +82,13 @@ struct Forward {
   }
 
   void run(const Units& units, Barrier& barrier) const {
-    const int64_t H = s.H;
-    units.copy(s, h0, hbuf);  // each worker starts its own units of the carry
-    units.copy(s, c0, cbuf);
-    barrier.wait();
-    for (int64_t i = 0; i < s.T; ++i) {
-      const int64_t t = steps.nth(i, s.T);
-      const float* h_prev = hbuf + (i % 2) * s.B * H;
-      float* h_next = hbuf + ((i + 1) % 2) * s.B * H;
-      // 6 rows x 4 gates: 24 accumulators, as many as the registers hold beside the weights.
-      for (int64_t u = units.u_begin; u < units.u_end; ++u)
-        row_tiles<6>(s.B, [&](int64_t r0, auto rows) {
-          tile<decltype(rows)::value>(t, r0, u, h_prev, h_next);
-        });
-      barrier.wait();
-    }
-    units.copy(s, hbuf + (s.T % 2) * s.B * H, h_final);
+    units.copy(s, c0, cbuf);  // before the loop's first barrier, like h
+    // 6 rows x 4 gates: 24 accumulators, as many as the registers hold beside the weights.
+    gated_forward_loop<6>(s, steps, units, barrier, h0, hbuf, h_final,
+                          [&](int64_t t, int64_t r0, int64_t u, auto rows, const float* h_prev,
+                              float* h_next) {
+                            tile<decltype(rows)::value>(t, r0, u, h_prev, h_next);
+                          });
     units.copy(s, cbuf, c_final);
   }
 };
