@@ -3,12 +3,18 @@ and the share of calls over twice the median, for many calls interleaved in one 
 
     python -m benchmarks.native_tails                  # small config, 100 calls each
     python -m benchmarks.native_tails --config medium --calls 40
+    python -m benchmarks.native_tails --idle-ms 20     # each call after 20 ms of idleness
 
-The native kernels split a step's units over threads that meet at a barrier once per step, so
-a thread descheduled by the OS holds the others up; ``lax.scan``'s steps run on one thread at a
-time and spread less. ``benchmarks.rnn`` reports medians over a few rounds; this shows the tail.
-``SEQJAX_NATIVE_THREADS`` set in the environment applies as usual.
-Writes ``benchmarks/results/native_tails.md``.
+The native kernels split each step's units over threads, and no task of a step starts before
+the step before has finished, so a thread descheduled by the OS mid-task holds the others up;
+``lax.scan``'s steps run on one thread at a time. ``benchmarks.rnn`` reports medians over a few
+rounds; this shows the tail.
+
+With ``--idle-ms``, each call follows a pause, as in a notebook, a server between requests, or a
+training loop that waits for its data: XLA's pool threads have gone to sleep by then, and on a VM
+their cores may take milliseconds to come back. ``SEQJAX_NATIVE_THREADS`` set in the environment
+applies as usual. Writes ``benchmarks/results/native_tails.md`` (or
+``native_tails_idle<N>ms.md``).
 """
 
 from __future__ import annotations
@@ -55,6 +61,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="small", choices=list(CONFIGS))
     parser.add_argument("--calls", type=int, default=100)
+    parser.add_argument("--idle-ms", type=float, default=0.0, help="pause before each call")
     parser.add_argument("--out", type=pathlib.Path, default=RESULTS)
     args = parser.parse_args(argv)
     runs = contenders(args.config)
@@ -63,14 +70,15 @@ def main(argv=None) -> None:
     times: dict[tuple, list[float]] = {key: [] for key in runs}
     for _ in range(args.calls):
         for key, (fn, params, xs) in runs.items():
+            time.sleep(args.idle_ms / 1e3)
             start = time.perf_counter()
             jax.block_until_ready(fn(params, xs))
             times[key].append(1e3 * (time.perf_counter() - start))
     threads = os.environ.get("SEQJAX_NATIVE_THREADS", "default")
     lines = [
         f"{datetime.date.today()}, {os.cpu_count()} cores, jax {jax.__version__}, config "
-        f"{args.config} {CONFIGS[args.config]}, {args.calls} interleaved calls each, native "
-        f"threads: {threads}. Milliseconds.",
+        f"{args.config} {CONFIGS[args.config]}, {args.calls} interleaved calls each, each after "
+        f"{args.idle_ms:g} ms idle, native threads: {threads}. Milliseconds.",
         "",
         "| cell | pass | path | median | mean | p90 | calls > 2x median |",
         "|---|---|---|---|---|---|---|",
@@ -85,7 +93,8 @@ def main(argv=None) -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "native_tails.md").write_text(text)
+    name = f"native_tails_idle{args.idle_ms:g}ms.md" if args.idle_ms else "native_tails.md"
+    (args.out / name).write_text(text)
 
 
 if __name__ == "__main__":

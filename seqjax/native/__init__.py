@@ -4,9 +4,9 @@ Under ``lax.scan`` XLA:CPU runs each step's matmul ``h_(t-1) W_hh`` and the step
 arithmetic as separate kernels, with a dispatch cost per step; at small and medium sizes that
 overhead is as large as the arithmetic. These kernels run a whole forward loop, or the whole
 reverse loop of its gradient, as one XLA custom call (``jax.ffi``): each step's matmuls
-(``x_t W_ih`` and ``h_(t-1) W_hh``) and activations in one pass over registers, the hidden units
-split over XLA's CPU threads, which meet at a barrier once per step. This is the fused step that
-PyTorch's oneDNN LSTM has.
+(``x_t W_ih`` and ``h_(t-1) W_hh``) and activations in one pass over registers, each step's
+hidden units split over XLA's CPU threads. This is the fused step that PyTorch's oneDNN LSTM
+has.
 
 :func:`seqjax.unroll` uses them by itself (``native=None``) on the CPU, in float32, for the
 cells they implement, as the inner loops of its own backward pass (``custom_vjp``); the weight

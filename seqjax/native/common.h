@@ -1,6 +1,6 @@
 // What the native recurrent kernels share: 16-float vectors (GCC/Clang vector extensions, which
-// compile to AVX-512, AVX2 or NEON as the machine has), exp/sigmoid/tanh on them, and a team of
-// threads that split a recurrence's hidden units and meet at a barrier once per step.
+// compile to AVX-512, AVX2 or NEON as the machine has), exp/sigmoid/tanh on them, register-tiled
+// matmuls, and run_steps, which splits each step's hidden units over threads.
 #pragma once
 
 #include <algorithm>
@@ -123,67 +123,56 @@ inline void matmul_tile(const float* a, int64_t lda, int64_t K, const float* w, 
   }
 }
 
-// A barrier for a team of threads, reusable step after step. Waiters spin briefly (a step is
-// microseconds), then sleep until the last one arrives (a futex on Linux, else yield). Sleeping
-// frees the core: on 2 cores a descheduled team member otherwise waited out another thread's
-// time slice (calls of ~2 ms took 10 ms and more, one in ten).
-class Barrier {
+// Where threads wait for each other: spinning for up to kSpinMicros (a step is microseconds),
+// then asleep on a futex until notify(). Sleeping frees the core: on 2 cores a waiter that spun
+// on kept a descheduled partner off it for the rest of a time slice.
+class Waiting {
  public:
-  void set_size(int n) { n_ = n; }
-  void wait() {
-    if (n_ == 1) return;
-    const unsigned generation = generation_.load(std::memory_order_acquire);
-    if (arrived_.fetch_add(1, std::memory_order_acq_rel) + 1 == n_) {
-      arrived_.store(0, std::memory_order_relaxed);
-      generation_.store(generation + 1, std::memory_order_seq_cst);
-      if (sleepers_.load(std::memory_order_seq_cst) > 0) wake_all();
-      return;
-    }
-    for (int spins = 0; generation_.load(std::memory_order_acquire) == generation; ++spins) {
-      if (spins < kSpins) {
-        relax(0);
+  template <typename Ready>
+  void until(Ready&& ready) {
+    const auto start = std::chrono::steady_clock::now();
+    for (int spins = 1; !ready(); ++spins) {
+      if (spins % 64 != 0 ||
+          std::chrono::steady_clock::now() - start < std::chrono::microseconds(kSpinMicros)) {
+#if defined(__x86_64__)
+        __builtin_ia32_pause();
+#endif
         continue;
       }
       sleepers_.fetch_add(1, std::memory_order_seq_cst);
-      if (generation_.load(std::memory_order_seq_cst) == generation) sleep_while(generation);
+      std::atomic_thread_fence(std::memory_order_seq_cst);
+      const uint32_t seen = word_.load(std::memory_order_seq_cst);
+      if (!ready()) sleep_while(seen);
       sleepers_.fetch_sub(1, std::memory_order_relaxed);
     }
   }
-
-  static void relax(int spins) {
-    if (spins > 20000) {
-      std::this_thread::yield();
-      return;
-    }
-#if defined(__x86_64__)
-    __builtin_ia32_pause();
+  // Call after a change that may make a waiter's `ready` true.
+  void notify() {
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    if (sleepers_.load(std::memory_order_seq_cst) == 0) return;
+    word_.fetch_add(1, std::memory_order_seq_cst);
+#if defined(__linux__)
+    syscall(SYS_futex, reinterpret_cast<uint32_t*>(&word_), FUTEX_WAKE_PRIVATE, INT32_MAX,
+            nullptr, nullptr, 0);
 #endif
   }
 
  private:
-  static constexpr int kSpins = 2000;  // tens of microseconds
+  static constexpr int kSpinMicros = 50;
 
-  // Until generation_ moves on from `generation` (or a spurious wake-up: the caller rechecks).
-  void sleep_while(unsigned generation) {
+  // Until word_ moves on from `seen` (or a spurious wake-up: the caller rechecks).
+  void sleep_while(uint32_t seen) {
 #if defined(__linux__)
-    static_assert(sizeof(generation_) == sizeof(uint32_t), "futex word");
-    syscall(SYS_futex, reinterpret_cast<uint32_t*>(&generation_), FUTEX_WAIT_PRIVATE, generation,
-            nullptr, nullptr, 0);
+    static_assert(sizeof(word_) == sizeof(uint32_t), "futex word");
+    syscall(SYS_futex, reinterpret_cast<uint32_t*>(&word_), FUTEX_WAIT_PRIVATE, seen, nullptr,
+            nullptr, 0);
 #else
-    (void)generation;
+    (void)seen;
     std::this_thread::yield();
 #endif
   }
-  void wake_all() {
-#if defined(__linux__)
-    syscall(SYS_futex, reinterpret_cast<uint32_t*>(&generation_), FUTEX_WAKE_PRIVATE, INT32_MAX,
-            nullptr, nullptr, 0);
-#endif
-  }
 
-  int n_ = 1;
-  std::atomic<int> arrived_{0};
-  std::atomic<unsigned> generation_{0};
+  std::atomic<uint32_t> word_{0};
   std::atomic<int> sleepers_{0};
 };
 
@@ -193,11 +182,10 @@ inline int requested_threads() {
   return env ? std::max(0, std::atoi(env)) : 0;
 }
 
-// How many threads to ask for to split `units` unit blocks: SEQJAX_NATIVE_THREADS when set;
+// How many threads to plan for, to split `units` unit blocks: SEQJAX_NATIVE_THREADS when set;
 // else at most one per pool thread, and at least 500k flops of a step's work (`step_flops`)
-// each, to repay a barrier a step (on 2 cores, two threads gave the LSTM's, GRU's and Elman
-// RNN's steps at B=16, H=128, 0.5-4 MFLOP, lower medians than one; the RNN's forward alone,
-// 1 MFLOP a step, a worse mean). Never more than one per unit block.
+// each (on 2 cores, two threads gave the LSTM's, GRU's and Elman RNN's steps at B=16, H=128,
+// 0.5-4 MFLOP, lower medians than one). Never more than one per unit block.
 inline int workers_for(int64_t pool_threads, int64_t units, int64_t step_flops) {
   const int64_t by_work = std::max<int64_t>(1, step_flops / 500000);
   const int64_t threads = requested_threads() ? requested_threads()
@@ -210,51 +198,6 @@ inline std::pair<int64_t, int64_t> share(int64_t count, int i, int n) {
   const int64_t base = count / n, extra = count % n;
   const int64_t begin = i * base + std::min<int64_t>(i, extra);
   return {begin, begin + base + (i < extra ? 1 : 0)};
-}
-
-// Runs fn(worker, workers, barrier) on this thread (worker 0) and on up to `wanted - 1` tasks
-// of XLA's intra-op thread pool, the threads XLA:CPU runs its own kernels on (threads of our
-// own would compete with them for the cores). The team is whoever has started within `wait_us`:
-// a task still queued behind busy pool threads is left out (it returns at once when it runs),
-// so the barrier never waits for a thread that may not come.
-template <typename Fn>
-void parallel(ffi::ThreadPool& pool, int wanted, int64_t wait_us, Fn&& fn) {
-  struct Team {
-    std::atomic<int> claimed{1};  // worker ids handed out; -1 once the team is closed
-    std::atomic<int> size{0};
-    std::atomic<int> finished{0};
-    Barrier barrier;
-    Fn* fn = nullptr;
-  };
-  auto team = std::make_shared<Team>();
-  team->fn = &fn;
-  for (int i = 1; i < wanted; ++i) {
-    pool.Schedule([team] {
-      int id = team->claimed.load(std::memory_order_acquire);
-      while (id >= 0 && !team->claimed.compare_exchange_weak(id, id + 1)) {
-      }
-      if (id < 0) return;  // came too late: the team started without this task
-      int size;
-      for (int spins = 0; (size = team->size.load(std::memory_order_acquire)) == 0; ++spins)
-        Barrier::relax(spins);
-      (*team->fn)(id, size, team->barrier);
-      team->finished.fetch_add(1, std::memory_order_release);
-    });
-  }
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(wait_us);
-  int size = team->claimed.load(std::memory_order_acquire);
-  for (int spins = 0; size < wanted; ++spins) {
-    if ((spins & 63) == 0 && std::chrono::steady_clock::now() > deadline) break;
-    Barrier::relax(0);
-    size = team->claimed.load(std::memory_order_acquire);
-  }
-  while (!team->claimed.compare_exchange_weak(size, -1)) {
-  }
-  team->barrier.set_size(size);
-  team->size.store(size, std::memory_order_release);
-  fn(0, size, team->barrier);
-  for (int spins = 0; team->finished.load(std::memory_order_acquire) < size - 1; ++spins)
-    Barrier::relax(spins);
 }
 
 // The sizes of one call: T steps, B batch rows, H hidden units in U blocks of 16; and where
@@ -303,20 +246,12 @@ inline const float* carried_into(const Shapes& s, const Steps& steps, const floa
   return per_step + s.row(prev, b) * s.H;
 }
 
-// One worker's share of the hidden units: unit blocks [u_begin, u_end), columns [col0, col1).
+// A task's share of the hidden units: unit blocks [u_begin, u_end), columns [col0, col1).
 struct Units {
   int64_t u_begin, u_end, col0, col1;
 
-  Units(const Shapes& s, int worker, int workers) {
-    std::tie(u_begin, u_end) = share(s.U, worker, workers);
-    col0 = u_begin * 16;
-    col1 = std::min(u_end * 16, s.H);
-  }
-  // These columns of every row of a (B, H) array, from one to another.
-  void copy(const Shapes& s, const float* from, float* to) const {
-    for (int64_t b = 0; b < s.B; ++b)
-      copy_n(from + b * s.H + col0, col1 - col0, to + b * s.H + col0);
-  }
+  Units(const Shapes& s, int64_t begin, int64_t end)
+      : u_begin(begin), u_end(end), col0(begin * 16), col1(std::min(end * 16, s.H)) {}
 };
 
 // Calls f(r0, rows) over the batch rows in tiles of kMax rows, then 4, then 1 (`rows` is a
@@ -346,34 +281,27 @@ void tiles(int64_t B, const Units& units, Tile&& tile) {
   });
 }
 
-// The forward loop of a gated cell, whose tile holds all its gates for one unit block: calls
-// tile(t, r0, u, rows, h_prev, h_next) for each step in order, over this worker's unit blocks
-// and the rows in tiles of kRows (rows: a std::integral_constant), then a barrier, since the
-// next step reads every unit of h. h is double-buffered in hbuf (2, B, H); each worker starts
-// and ends its own units of it.
+// Step t of a gated cell's forward loop, whose tile holds all its gates for one unit block:
+// calls tile(t, r0, u, rows, h_prev, h_next) for these unit blocks and the rows in tiles of
+// kRows (rows: a std::integral_constant). h is double-buffered in hbuf (2, B, H): the i-th step
+// visited reads half i % 2 and writes the other; run_steps starts no task of step i + 1 before
+// every task of step i has finished reading.
 template <int kRows, typename Tile>
-void gated_forward_loop(const Shapes& s, const Steps& steps, const Units& units,
-                        Barrier& barrier, const float* h0, float* hbuf, float* h_final,
-                        Tile&& tile) {
-  units.copy(s, h0, hbuf);
-  barrier.wait();
-  for (int64_t i = 0; i < s.T; ++i) {
-    const int64_t t = steps.nth(i, s.T);
-    const float* h_prev = hbuf + (i % 2) * s.B * s.H;
-    float* h_next = hbuf + ((i + 1) % 2) * s.B * s.H;
-    for (int64_t u = units.u_begin; u < units.u_end; ++u)
-      row_tiles<kRows>(s.B, [&](int64_t r0, auto rows) { tile(t, r0, u, rows, h_prev, h_next); });
-    barrier.wait();
-  }
-  units.copy(s, hbuf + (s.T % 2) * s.B * s.H, h_final);
+void gated_forward_step(const Shapes& s, const Steps& steps, const Units& units, int64_t i,
+                        float* hbuf, Tile&& tile) {
+  const int64_t t = steps.nth(i, s.T);
+  const float* h_prev = hbuf + (i % 2) * s.B * s.H;
+  float* h_next = hbuf + ((i + 1) % 2) * s.B * s.H;
+  for (int64_t u = units.u_begin; u < units.u_end; ++u)
+    row_tiles<kRows>(s.B, [&](int64_t r0, auto rows) { tile(t, r0, u, rows, h_prev, h_next); });
 }
 
-// The reverse loop's matmul for step t: this worker's units of dh = dG W_hh^T, from the gate
-// gradients dgates (rows of width K = gates x H) and wt, W_hh^T packed (U, K, 16); with kAdd,
-// added to what dh holds. A row whose step did not run passed its carry through: its dh stays.
-// One barrier a step is enough around it: it reads every unit's gate gradients of step t
-// (written before the barrier) and writes only this worker's own units of dh, which the next
-// step's gate gradients read.
+// The reverse loop's matmul for step t: these units of dh = dG W_hh^T, from the gate gradients
+// dgates (rows of width K = gates x H) and wt, W_hh^T packed (U, K, 16); with kAdd, added to
+// what dh holds. A row whose step did not run passed its carry through: its dh stays. It reads
+// every unit's gate gradients of step t, and the next gate gradients read only these units of
+// dh: so a backward kernel's run_steps step i is this for the (i-1)-th step visited followed by
+// the gate gradients of the i-th, for the same units, T + 1 steps in all.
 template <bool kAdd>
 void hidden_gradient(const Shapes& s, const Steps& steps, const Units& units, int64_t t,
                      const float* dgates, int64_t K, const float* wt, float* dh) {
@@ -393,18 +321,87 @@ void hidden_gradient(const Shapes& s, const Steps& steps, const Units& units, in
   });
 }
 
-// Runs kernel.run(units, barrier) on a team of workers, each with its share of the units; a
-// step of `step_flops` decides how many are worth a barrier. A team that forms short runs at
-// a fraction of the speed to the end (on 2 cores, a pool thread that started late, busy with
-// another XLA operation or descheduled, made the call 2x slower), so the wait for it grows with
-// the call's work: 5% of its time at 50 GFLOP/s, between 0.2 and 5 ms.
+// Runs a kernel's steps, kernel.step(i, units) for i < kernel.num_steps(), on this thread and up to
+// workers_for(...) - 1 tasks of XLA's intra-op thread pool (the threads XLA:CPU runs its own
+// kernels on: threads of our own would compete with them for the cores), between
+// kernel.begin() and kernel.end() on this thread. Every task of step i finishes before any of
+// step i + 1 starts, since a step reads the whole carry the step before wrote.
+//
+// The hidden units are split into one range per planned thread, and each range into tasks of
+// Kernel::kGroup unit blocks. A thread takes the tasks of its own range first (its weights stay
+// in its cache, step after step), then those left in the others'. So no thread waits for one
+// that has not started: a pool thread that comes late (busy with another XLA operation,
+// asleep after an idle spell, or descheduled) joins at the step the others have reached, or
+// never, and the call runs at one thread's speed at worst. (With a fixed split and a barrier,
+// calls after 20 ms idle took 5-10x their median on this project's 2-core VM.)
 template <typename Kernel>
-void run_on_team(ffi::ThreadPool& pool, const Shapes& s, int64_t step_flops, const Kernel& kernel) {
-  const int64_t wait_us = std::clamp<int64_t>(step_flops * s.T / 1000000, 200, 5000);
-  parallel(pool, workers_for(pool.num_threads(), s.U, step_flops), wait_us,
-           [&](int worker, int workers, Barrier& barrier) {
-             kernel.run(Units(s, worker, workers), barrier);
-           });
+void run_steps(ffi::ThreadPool& pool, const Shapes& s, int64_t step_flops, const Kernel& kernel) {
+  struct alignas(64) Range {
+    std::atomic<int64_t> claimed{0}, finished{0};  // tasks, counted over all steps
+    int64_t u_begin = 0, u_end = 0, tasks = 0;      // unit blocks; tasks per step
+  };
+  struct Queue {
+    const Kernel* kernel;
+    Shapes s;
+    int64_t steps;
+    int ranges;
+    std::unique_ptr<Range[]> range;
+    Waiting waiting;
+
+    // How many steps have finished: all their tasks, in every range.
+    int64_t finished_steps() const {
+      int64_t n = steps;
+      for (int r = 0; r < ranges; ++r)
+        n = std::min(n, range[r].finished.load(std::memory_order_acquire) / range[r].tasks);
+      return n;
+    }
+    // Runs one task of step i not yet taken, from range `home` first; false if none is left.
+    bool run_one(int home, int64_t i) {
+      for (int k = 0; k < ranges; ++k) {
+        Range& r = range[(home + k) % ranges];
+        const int64_t end = (i + 1) * r.tasks;
+        for (int64_t c = r.claimed.load(std::memory_order_relaxed); c < end;) {
+          if (!r.claimed.compare_exchange_weak(c, c + 1, std::memory_order_acq_rel,
+                                               std::memory_order_relaxed))
+            continue;
+          const int64_t u = r.u_begin + (c - i * r.tasks) * Kernel::kGroup;
+          kernel->step(i, Units(s, u, std::min(u + Kernel::kGroup, r.u_end)));
+          r.finished.fetch_add(1, std::memory_order_release);
+          waiting.notify();
+          return true;
+        }
+      }
+      return false;
+    }
+    void work(int home) {
+      for (int64_t i = finished_steps(); i < steps;) {
+        if (run_one(home, i)) continue;
+        if (i + 1 == steps) return;  // the last step's tasks are all taken
+        waiting.until([&] { return finished_steps() > i; });
+        i = finished_steps();
+      }
+    }
+  };
+
+  const int workers = workers_for(pool.num_threads(), s.U, step_flops);
+  auto queue = std::make_shared<Queue>();
+  queue->kernel = &kernel;
+  queue->s = s;
+  queue->steps = kernel.num_steps();
+  queue->ranges = workers;
+  queue->range.reset(new Range[workers]);
+  for (int w = 0; w < workers; ++w) {
+    Range& r = queue->range[w];
+    std::tie(r.u_begin, r.u_end) = share(s.U, w, workers);
+    r.tasks = (r.u_end - r.u_begin + Kernel::kGroup - 1) / Kernel::kGroup;
+  }
+  kernel.begin();
+  // A helper calls kernel.step only for a task it took, and this thread returns only once every
+  // task has finished; a helper that starts later finds none and leaves.
+  for (int w = 1; w < workers; ++w) pool.Schedule([queue, w] { queue->work(w); });
+  queue->work(0);
+  queue->waiting.until([&] { return queue->finished_steps() == queue->steps; });
+  kernel.end();
 }
 
 // The FFI signature every kernel entry has: kIn float32 buffers, then lengths and start, the

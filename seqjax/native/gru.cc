@@ -1,7 +1,7 @@
 // The GRU recurrence (reset after the hidden matmul, PyTorch's form) on the CPU as two XLA custom
 // calls: the forward loop and the reverse loop of its gradient. Same scheme as lstm.cc: each
 // step's matmuls x_t W_ih and h_(t-1) W_hh and the gate arithmetic in one pass, the hidden units
-// split over threads that meet at one barrier per step.
+// split over threads (run_steps in common.h).
 //
 //   r = sigmoid(x W_ir + h W_hr + b_ir + b_hr)      z = sigmoid(x W_iz + h W_hz + b_iz + b_hz)
 //   n = tanh(x W_in + b_in + r * (h W_hn + b_hn))    h' = (1 - z) * n + z * h
@@ -70,9 +70,14 @@ struct Forward {
     }
   }
 
-  void run(const Units& units, Barrier& barrier) const {
+  static constexpr int kGroup = 1;  // unit blocks a task: its tile holds a block's 3 gates
+  int64_t num_steps() const { return s.T; }
+  void begin() const { copy_n(h0, s.B * s.H, hbuf); }
+  void end() const { copy_n(hbuf + (s.T % 2) * s.B * s.H, s.B * s.H, h_final); }
+
+  void step(int64_t i, const Units& units) const {
     // 8 rows x 3 gates: 24 accumulators, as many as the registers hold beside the weights.
-    gated_forward_loop<8>(s, steps, units, barrier, h0, hbuf, h_final,
+    gated_forward_step<8>(s, steps, units, i, hbuf,
                           [&](int64_t t, int64_t r0, int64_t u, auto rows, const float* h_prev,
                               float* h_next) {
                             tile<decltype(rows)::value>(t, r0, u, h_prev, h_next);
@@ -87,7 +92,7 @@ struct Backward {
   float *d_px, *d_hh, *dh0;
   float* dhbuf;  // (B, H): dh carried into the step being processed
 
-  // The gate gradients of step t for this worker's units; dh becomes its direct part dh * z.
+  // The gate gradients of step t for these units; dh becomes its direct part dh * z.
   void gates(int64_t t, const Units& units) const {
     const int64_t H = s.H;
     for (int64_t b = 0; b < s.B; ++b) {
@@ -121,16 +126,16 @@ struct Backward {
     }
   }
 
-  void run(const Units& units, Barrier& barrier) const {
-    const int64_t H = s.H, K = 3 * H;
-    units.copy(s, dh_final, dhbuf);
-    for (int64_t i = 0; i < s.T; ++i) {
-      const int64_t t = steps.nth(i, s.T, /*backward=*/true);
-      gates(t, units);
-      barrier.wait();  // dh needs every unit's gate gradients
-      hidden_gradient<true>(s, steps, units, t, d_hh, K, wt, dhbuf);  // dh * z + dG_hh W_hh^T
-    }
-    units.copy(s, dhbuf, dh0);
+  static constexpr int kGroup = 3;  // the tiles of hidden_gradient: up to 8 rows x 3 blocks
+  int64_t num_steps() const { return s.T + 1; }  // see hidden_gradient
+  void begin() const { copy_n(dh_final, s.B * s.H, dhbuf); }
+  void end() const { copy_n(dhbuf, s.B * s.H, dh0); }
+
+  void step(int64_t i, const Units& units) const {
+    if (i > 0)  // dh * z + dG_hh W_hh^T
+      hidden_gradient<true>(s, steps, units, steps.nth(i - 1, s.T, true), d_hh, 3 * s.H, wt,
+                            dhbuf);
+    if (i < s.T) gates(steps.nth(i, s.T, /*backward=*/true), units);
   }
 };
 
@@ -158,7 +163,7 @@ ffi::Error gru_forward(F32 xs, F32 wi, F32 bias, F32 w, F32 h0, S32 lengths, S32
                        h0.typed_data(),
                        ys->typed_data(), acts->typed_data(), h_final->typed_data(),
                        scratch.data()};
-  run_on_team(pool, s, 6 * s.B * s.H * (s.H + D), kernel);
+  run_steps(pool, s, 6 * s.B * s.H * (s.H + D), kernel);
   return ffi::Error::Success();
 }
 
@@ -178,7 +183,7 @@ ffi::Error gru_backward(F32 wt, F32 dys, F32 ys, F32 acts, F32 h0, F32 dh_final,
                         dys.typed_data(), ys.typed_data(), acts.typed_data(), h0.typed_data(),
                         dh_final.typed_data(), d_px->typed_data(), d_hh->typed_data(),
                         dh0->typed_data(), scratch.data()};
-  run_on_team(pool, s, 6 * s.B * s.H * s.H, kernel);
+  run_steps(pool, s, 6 * s.B * s.H * s.H, kernel);
   return ffi::Error::Success();
 }
 

@@ -1,6 +1,6 @@
 // The LSTM recurrence on the CPU as two XLA custom calls (jax.ffi): the forward loop over all
 // steps and the reverse loop of its gradient. Each step's matmuls x_t W_ih + h_(t-1) W_hh and
-// the gate arithmetic run in one pass over registers, on all cores, with one barrier per step.
+// the gate arithmetic run in one pass over registers, on all cores (run_steps in common.h).
 //
 // Why: under lax.scan, XLA:CPU runs the step's matmul and its elementwise work as separate
 // kernels with a per-step dispatch cost; at small sizes that overhead is as large as the
@@ -81,15 +81,24 @@ struct Forward {
     }
   }
 
-  void run(const Units& units, Barrier& barrier) const {
-    units.copy(s, c0, cbuf);  // before the loop's first barrier, like h
+  static constexpr int kGroup = 1;  // unit blocks a task: its tile holds a block's 4 gates
+  int64_t num_steps() const { return s.T; }
+  void begin() const {
+    copy_n(h0, s.B * s.H, hbuf);
+    copy_n(c0, s.B * s.H, cbuf);
+  }
+  void end() const {
+    copy_n(hbuf + (s.T % 2) * s.B * s.H, s.B * s.H, h_final);
+    copy_n(cbuf, s.B * s.H, c_final);
+  }
+
+  void step(int64_t i, const Units& units) const {
     // 6 rows x 4 gates: 24 accumulators, as many as the registers hold beside the weights.
-    gated_forward_loop<6>(s, steps, units, barrier, h0, hbuf, h_final,
+    gated_forward_step<6>(s, steps, units, i, hbuf,
                           [&](int64_t t, int64_t r0, int64_t u, auto rows, const float* h_prev,
                               float* h_next) {
                             tile<decltype(rows)::value>(t, r0, u, h_prev, h_next);
                           });
-    units.copy(s, cbuf, c_final);
   }
 };
 
@@ -101,7 +110,7 @@ struct Backward {
   float* dhbuf;  // (B, H), dh carried into the step being processed
   float* dcbuf;  // (B, H)
 
-  // The gate gradients of step t for this worker's units; dc becomes dc_(t-1).
+  // The gate gradients of step t for these units; dc becomes dc_(t-1).
   void gates(int64_t t, const Units& units) const {
     const int64_t H = s.H;
     for (int64_t b = 0; b < s.B; ++b) {
@@ -129,18 +138,22 @@ struct Backward {
     }
   }
 
-  void run(const Units& units, Barrier& barrier) const {
-    const int64_t H = s.H, K = 4 * H;
-    units.copy(s, dh_final, dhbuf);
-    units.copy(s, dc_final, dcbuf);
-    for (int64_t i = 0; i < s.T; ++i) {
-      const int64_t t = steps.nth(i, s.T, /*backward=*/true);
-      gates(t, units);
-      barrier.wait();  // dh needs every unit's gate gradients
-      hidden_gradient<false>(s, steps, units, t, dgates, K, wt, dhbuf);  // dh_(t-1) = dG_t W_hh^T
-    }
-    units.copy(s, dhbuf, dh0);
-    units.copy(s, dcbuf, dc0);
+  static constexpr int kGroup = 3;  // the tiles of hidden_gradient: up to 8 rows x 3 blocks
+  int64_t num_steps() const { return s.T + 1; }  // see hidden_gradient
+  void begin() const {
+    copy_n(dh_final, s.B * s.H, dhbuf);
+    copy_n(dc_final, s.B * s.H, dcbuf);
+  }
+  void end() const {
+    copy_n(dhbuf, s.B * s.H, dh0);
+    copy_n(dcbuf, s.B * s.H, dc0);
+  }
+
+  void step(int64_t i, const Units& units) const {
+    if (i > 0)  // dh_(t-1) = dG_t W_hh^T
+      hidden_gradient<false>(s, steps, units, steps.nth(i - 1, s.T, true), dgates, 4 * s.H, wt,
+                             dhbuf);
+    if (i < s.T) gates(steps.nth(i, s.T, /*backward=*/true), units);
   }
 };
 
@@ -169,7 +182,7 @@ ffi::Error lstm_forward(F32 xs, F32 wi, F32 bias, F32 w, F32 h0, F32 c0, S32 len
                        c0.typed_data(), ys->typed_data(), cs->typed_data(), acts->typed_data(),
                        h_final->typed_data(), c_final->typed_data(), scratch.data(),
                        scratch.data() + 2 * s.B * s.H};
-  run_on_team(pool, s, 8 * s.B * s.H * (s.H + D), kernel);
+  run_steps(pool, s, 8 * s.B * s.H * (s.H + D), kernel);
   return ffi::Error::Success();
 }
 
@@ -190,7 +203,7 @@ ffi::Error lstm_backward(F32 wt, F32 dys, F32 cs, F32 acts, F32 c0, F32 dh_final
                         dh_final.typed_data(), dc_final.typed_data(), dgates->typed_data(),
                         dh0->typed_data(), dc0->typed_data(), scratch.data(),
                         scratch.data() + s.B * s.H};
-  run_on_team(pool, s, 8 * s.B * s.H * s.H, kernel);
+  run_steps(pool, s, 8 * s.B * s.H * s.H, kernel);
   return ffi::Error::Success();
 }
 

@@ -26,39 +26,37 @@ struct Forward {
   float *ys, *h_final;
   float* hbuf;  // (2, B, H)
 
-  void run(const Units& units, Barrier& barrier) const {
-    const int64_t H = s.H;
-    units.copy(s, h0, hbuf);
-    barrier.wait();
-    for (int64_t i = 0; i < s.T; ++i) {
-      const int64_t t = steps.nth(i, s.T);
-      const float* h_prev = hbuf + (i % 2) * s.B * H;
-      float* h_next = hbuf + ((i + 1) % 2) * s.B * H;
-      tiles(s.B, units, [&](int64_t r0, int64_t u0, auto rows, auto blocks) {
-        constexpr int NR = decltype(rows)::value, NU = decltype(blocks)::value;
-        v16 acc[NR][NU];
-        matmul_tile<NR, NU>(xs + s.row(t, r0) * D, s.row_step() * D, D,
-                            wi + u0 * D * 16, D * 16, 16, acc);
-        matmul_tile<NR, NU, true>(h_prev + r0 * H, H, H, w + u0 * H * 16, H * 16, 16, acc);
-        for (int r = 0; r < NR; ++r) {
-          const int64_t b = r0 + r, row = s.row(t, b) * H;
-          for (int j = 0; j < NU; ++j) {
-            const int64_t col = (u0 + j) * 16, n = std::min<int64_t>(16, H - col);
-            if (!steps.runs(t, b)) {
-              copy_n(h_prev + b * H + col, n, h_next + b * H + col);
-              zero_n(ys + row + col, n);
-              continue;
-            }
-            v16 z = acc[r][j] + load_n(bias + col, n);
-            v16 h = relu ? (z > 0.0f ? z : zero16()) : tanh16(z);
-            store_n(h_next + b * H + col, h, n);
-            store_n(ys + row + col, h, n);
+  static constexpr int kGroup = 3;  // unit blocks a task: its tiles are up to 8 rows x 3 blocks
+  int64_t num_steps() const { return s.T; }
+  void begin() const { copy_n(h0, s.B * s.H, hbuf); }
+  void end() const { copy_n(hbuf + (s.T % 2) * s.B * s.H, s.B * s.H, h_final); }
+
+  void step(int64_t i, const Units& units) const {
+    const int64_t H = s.H, t = steps.nth(i, s.T);
+    const float* h_prev = hbuf + (i % 2) * s.B * H;  // double-buffered: see gated_forward_step
+    float* h_next = hbuf + ((i + 1) % 2) * s.B * H;
+    tiles(s.B, units, [&](int64_t r0, int64_t u0, auto rows, auto blocks) {
+      constexpr int NR = decltype(rows)::value, NU = decltype(blocks)::value;
+      v16 acc[NR][NU];
+      matmul_tile<NR, NU>(xs + s.row(t, r0) * D, s.row_step() * D, D, wi + u0 * D * 16, D * 16,
+                          16, acc);
+      matmul_tile<NR, NU, true>(h_prev + r0 * H, H, H, w + u0 * H * 16, H * 16, 16, acc);
+      for (int r = 0; r < NR; ++r) {
+        const int64_t b = r0 + r, row = s.row(t, b) * H;
+        for (int j = 0; j < NU; ++j) {
+          const int64_t col = (u0 + j) * 16, n = std::min<int64_t>(16, H - col);
+          if (!steps.runs(t, b)) {
+            copy_n(h_prev + b * H + col, n, h_next + b * H + col);
+            zero_n(ys + row + col, n);
+            continue;
           }
+          v16 z = acc[r][j] + load_n(bias + col, n);
+          v16 h = relu ? (z > 0.0f ? z : zero16()) : tanh16(z);
+          store_n(h_next + b * H + col, h, n);
+          store_n(ys + row + col, h, n);
         }
-      });
-      barrier.wait();
-    }
-    units.copy(s, hbuf + (s.T % 2) * s.B * H, h_final);
+      }
+    });
   }
 };
 
@@ -70,29 +68,34 @@ struct Backward {
   float *dz, *dh0;
   float* dhbuf;  // (B, H)
 
-  void run(const Units& units, Barrier& barrier) const {
+  static constexpr int kGroup = 3;
+  int64_t num_steps() const { return s.T + 1; }  // see hidden_gradient
+  void begin() const { copy_n(dh_final, s.B * s.H, dhbuf); }
+  void end() const { copy_n(dhbuf, s.B * s.H, dh0); }
+
+  // dz of step t for these units, from dh carried in and the step's own output gradient.
+  void pre_activation_gradient(int64_t t, const Units& units) const {
     const int64_t H = s.H;
-    units.copy(s, dh_final, dhbuf);
-    for (int64_t i = 0; i < s.T; ++i) {
-      const int64_t t = steps.nth(i, s.T, /*backward=*/true);
-      for (int64_t b = 0; b < s.B; ++b) {
-        const int64_t row = s.row(t, b) * H;
-        for (int64_t col = units.col0; col < units.col1; col += 16) {
-          const int64_t n = std::min<int64_t>(16, H - col);
-          if (!steps.runs(t, b)) {
-            zero_n(dz + row + col, n);
-            continue;
-          }
-          v16 h = load_n(ys + row + col, n);
-          v16 dh = load_n(dhbuf + b * H + col, n) + load_n(dys + row + col, n);
-          v16 slope = relu ? (h > 0.0f ? broadcast16(1.0f) : zero16()) : 1.0f - h * h;
-          store_n(dz + row + col, dh * slope, n);
+    for (int64_t b = 0; b < s.B; ++b) {
+      const int64_t row = s.row(t, b) * H;
+      for (int64_t col = units.col0; col < units.col1; col += 16) {
+        const int64_t n = std::min<int64_t>(16, H - col);
+        if (!steps.runs(t, b)) {
+          zero_n(dz + row + col, n);
+          continue;
         }
+        v16 h = load_n(ys + row + col, n);
+        v16 dh = load_n(dhbuf + b * H + col, n) + load_n(dys + row + col, n);
+        v16 slope = relu ? (h > 0.0f ? broadcast16(1.0f) : zero16()) : 1.0f - h * h;
+        store_n(dz + row + col, dh * slope, n);
       }
-      barrier.wait();  // dh needs every unit's dz
-      hidden_gradient<false>(s, steps, units, t, dz, H, wt, dhbuf);
     }
-    units.copy(s, dhbuf, dh0);
+  }
+
+  void step(int64_t i, const Units& units) const {
+    if (i > 0) hidden_gradient<false>(s, steps, units, steps.nth(i - 1, s.T, true), dz, s.H, wt,
+                                      dhbuf);
+    if (i < s.T) pre_activation_gradient(steps.nth(i, s.T, /*backward=*/true), units);
   }
 };
 
@@ -119,7 +122,7 @@ ffi::Error rnn_forward(F32 xs, F32 wi, F32 bias, F32 w, F32 h0, S32 lengths, S32
                        xs.typed_data(), wi.typed_data(), bias.typed_data(), w.typed_data(),
                        h0.typed_data(), ys->typed_data(),
                        h_final->typed_data(), scratch.data()};
-  run_on_team(pool, s, 2 * s.B * s.H * (s.H + D), kernel);
+  run_steps(pool, s, 2 * s.B * s.H * (s.H + D), kernel);
   return ffi::Error::Success();
 }
 
@@ -138,7 +141,7 @@ ffi::Error rnn_backward(F32 wt, F32 dys, F32 ys, F32 dh_final, S32 lengths, S32 
   const Backward kernel{s, steps_of(lengths, start, reverse, has_lengths), relu, wt.typed_data(),
                         dys.typed_data(), ys.typed_data(), dh_final.typed_data(),
                         dz->typed_data(), dh0->typed_data(), scratch.data()};
-  run_on_team(pool, s, 2 * s.B * s.H * s.H, kernel);
+  run_steps(pool, s, 2 * s.B * s.H * s.H, kernel);
   return ffi::Error::Success();
 }
 
