@@ -18,6 +18,7 @@ import shutil
 import statistics
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -246,7 +247,9 @@ def _check_resumable(run_dir: pathlib.Path, config: dict) -> None:
     number of steps, learning rate and clipping may change."""
     from seqjax.train import checkpoint
 
-    found = checkpoint.latest_metadata(run_dir / "checkpoints")  # the one fit will resume
+    with warnings.catch_warnings():  # a damaged newer file: fit warns when it skips it
+        warnings.simplefilter("ignore")
+        found = checkpoint.latest_metadata(run_dir / "checkpoints")  # the one fit will resume
     stored = found[1].get("config", {}) if found else {}
     changed = [
         f"--{key.replace('_', '-')} {config[key]} (the run has {stored[key]})"

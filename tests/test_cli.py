@@ -52,6 +52,17 @@ def test_resume_continues_from_the_checkpoint(tmp_path):
     assert steps[-1] == 40 and steps == sorted(set(steps))
 
 
+def test_resume_skips_a_damaged_newer_checkpoint_with_one_warning(tmp_path):
+    run_dir = tmp_path / "run"
+    assert cli.main(["train", "--steps", "20", "--run-dir", str(run_dir), *SMALL]) == 0
+    (run_dir / "checkpoints" / "ckpt_000000030.msgpack").write_bytes(b"torn write")
+    with pytest.warns(UserWarning) as caught:
+        code = cli.main(["train", "--steps", "40", "--run-dir", str(run_dir), "--resume", *SMALL])
+    assert code == 0
+    skipped = [str(w.message) for w in caught if "skipping" in str(w.message)]
+    assert len(skipped) == 1 and "ckpt_000000030.msgpack" in skipped[0], skipped
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -115,12 +126,12 @@ def test_a_run_dir_holding_a_run_is_continued_replaced_or_refused(tmp_path, caps
     metrics = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in metrics][-1] == 10 and len(metrics) == 10
 
-    # every checkpoint damaged: one line, exit 2, not a traceback
+    # every checkpoint damaged: one line that names each, exit 2, not a traceback
     for path in (tmp_path / "run" / "checkpoints").iterdir():
         path.write_bytes(path.read_bytes()[:100])
     capsys.readouterr()
-    with pytest.warns(UserWarning):
-        assert "no usable checkpoint" in refused("--steps", "20", "--resume", *SMALL)
+    err = refused("--steps", "20", "--resume", *SMALL)
+    assert "no usable checkpoint" in err and "ckpt_000000010.msgpack" in err, err
 
 
 def test_run_dir_that_is_a_file(tmp_path, capsys):

@@ -132,7 +132,7 @@ def _run(run_dir, steps, *extra):
 
 
 def test_killed_run_resumes_bit_identical(tmp_path):
-    steps = 3000
+    steps = 1200
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     reference = _run(straight, steps)
     victim = _run(killed, steps)

@@ -58,9 +58,10 @@ def test_cosine_schedule_with_warmup():
     )
     params = jnp.zeros(())
     state = opt.init(params)
+    step = jax.jit(opt.update)
     rates = []
     for _ in range(111):
-        update, state = opt.update(jnp.ones(()), state, params)
+        update, state = step(jnp.ones(()), state, params)
         rates.append(-float(update))
     assert rates[0] == 0.0
     np.testing.assert_allclose(rates[5], 0.5, rtol=1e-6)
