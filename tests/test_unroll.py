@@ -121,8 +121,8 @@ def test_options_do_not_change_numbers(x64, name, options):
         return jnp.sum(ys**2) + sum(jnp.sum(leaf) for leaf in jax.tree.leaves(final)), ys
 
     grad_fn = jax.grad(loss, argnums=(0, 1), has_aux=True)
-    reference = grad_fn(params, xs)
-    assert_close(grad_fn(params, xs, **options), reference, tol=1e-12)
+    reference = jax.jit(grad_fn)(params, xs)
+    assert_close(jax.jit(lambda p, x: grad_fn(p, x, **options))(params, xs), reference, tol=1e-12)
 
 
 def test_initial_carry_is_used():
@@ -190,16 +190,15 @@ def test_vmap_over_a_batch_of_params():
 @pytest.mark.parametrize("name", CELLS)
 def test_bfloat16_runs_and_stays_close_to_float32(name):
     cell, params, xs = setup(name, steps=16)
-    _, ys32 = seqjax.unroll(cell, params, xs)
+    run = jax.jit(lambda p, x: seqjax.unroll(cell, p, x))
+    _, ys32 = run(params, xs)
     params16 = jax.tree.map(lambda p: p.astype(jnp.bfloat16), params)
-    final16, ys16 = seqjax.unroll(cell, params16, xs.astype(jnp.bfloat16))
+    final16, ys16 = run(params16, xs.astype(jnp.bfloat16))
     assert ys16.dtype == jnp.bfloat16
     assert {leaf.dtype for leaf in jax.tree.leaves(final16)} == {jnp.dtype(jnp.bfloat16)}
     error = float(jnp.max(jnp.abs(ys16.astype(jnp.float32) - ys32)))
     assert error < 0.05, f"bfloat16 drifts {error:.3f} from float32"
-    grads = jax.grad(lambda p: jnp.sum(seqjax.unroll(cell, p, xs.astype(jnp.bfloat16))[1]))(
-        params16
-    )
+    grads = jax.jit(jax.grad(lambda p: jnp.sum(run(p, xs.astype(jnp.bfloat16))[1])))(params16)
     chex.assert_tree_all_finite(grads)
 
 
@@ -348,9 +347,13 @@ def test_remat_custom_vjp_equals_autodiff(x64, name, steps, options):
 
     grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2)), static_argnums=3)
     assert_close(grad(params, xs, carry, True), grad(params, xs, carry, False), tol=1e-12)
-    plain = jax.grad(lambda p: seqjax.unroll(cell, p, xs, lengths=lengths, **options)[1].sum())
-    remat = jax.grad(
-        lambda p: seqjax.unroll(cell, p, xs, lengths=lengths, remat=True, **options)[1].sum()
+    plain = jax.jit(
+        jax.grad(lambda p: seqjax.unroll(cell, p, xs, lengths=lengths, **options)[1].sum())
+    )
+    remat = jax.jit(
+        jax.grad(
+            lambda p: seqjax.unroll(cell, p, xs, lengths=lengths, remat=True, **options)[1].sum()
+        )
     )
     assert_close(remat(params), plain(params), tol=1e-12)
 
@@ -377,7 +380,8 @@ def test_custom_vjp_in_every_layout(x64, batch, time_major, remat):
         chex.assert_shape(ys, (*xs.shape[:-1], H))
         return jnp.sum(jnp.sin(ys)) + jnp.sum(final[1] ** 2)
 
-    assert_close(loss(params, xs, True), loss(params, xs, False), tol=1e-12)
+    value = jax.jit(loss, static_argnums=2)
+    assert_close(value(params, xs, True), value(params, xs, False), tol=1e-12)
     grad = jax.jit(jax.grad(loss, argnums=(0, 1)), static_argnums=2)
     assert_close(grad(params, xs, True), grad(params, xs, False), tol=1e-12)
 
@@ -399,10 +403,12 @@ def test_remat_input_gradient_in_the_output_cotangents_buffer(x64, reverse):
     cotangent = jax.random.normal(jax.random.key(2), (*xs.shape[:-1], H), jnp.float64)
     _, pullback = jax.vjp(lambda p, x: run(p, x, True, True), params, xs)
     first = pullback(cotangent)
-    expected = jax.vjp(lambda p, x: run(p, x, False, False), params, xs)[1](cotangent)
+    expected = jax.jit(lambda p, x, ct: jax.vjp(lambda p, x: run(p, x, False, False), p, x)[1](ct))(
+        params, xs, cotangent
+    )
     assert_close(first, expected, tol=1e-12)
     grad = jax.jit(jax.grad(lambda p, x: jnp.sum(run(p, x, True, True) ** 2), argnums=(0, 1)))
-    plain = jax.grad(lambda p, x: jnp.sum(run(p, x, False, False) ** 2), argnums=(0, 1))
+    plain = jax.jit(jax.grad(lambda p, x: jnp.sum(run(p, x, False, False) ** 2), argnums=(0, 1)))
     assert_close(grad(params, xs), plain(params, xs), tol=1e-12)
 
 
