@@ -383,6 +383,11 @@ void run_steps(ffi::ThreadPool& pool, const Shapes& s, int64_t step_flops, const
     }
   };
 
+  if (s.U == 0) {  // no hidden units (H = 0): no tasks, only the carries' copies
+    kernel.begin();
+    kernel.end();
+    return;
+  }
   const int workers = workers_for(pool.num_threads(), s.U, step_flops);
   auto queue = std::make_shared<Queue>();
   queue->kernel = &kernel;
