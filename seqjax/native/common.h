@@ -328,7 +328,10 @@ void hidden_gradient(const Shapes& s, const Steps& steps, const Units& units, in
 // step i + 1 starts, since a step reads the whole carry the step before wrote.
 //
 // The hidden units are split into one range per planned thread, and each range into tasks of
-// Kernel::kGroup unit blocks. A thread takes the tasks of its own range first (its weights stay
+// Kernel::kGroup unit blocks. Smaller tasks balance better and leave less for one thread to
+// wait on; larger ones fill wider register tiles. The reverse loops take 2 blocks a task (at
+// B=16, H=128, where a range is 4 blocks, the gradients' medians were 5-20% lower than with
+// 3, split 3 + 1, and no worse at the larger configs). A thread takes the tasks of its own range first (its weights stay
 // in its cache, step after step), then those left in the others'. So no thread waits for one
 // that has not started: a pool thread that comes late (busy with another XLA operation,
 // asleep after an idle spell, or descheduled) joins at the step the others have reached, or

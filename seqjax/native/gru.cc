@@ -126,7 +126,7 @@ struct Backward {
     }
   }
 
-  static constexpr int kGroup = 3;  // the tiles of hidden_gradient: up to 8 rows x 3 blocks
+  static constexpr int kGroup = 2;  // unit blocks a task: see run_steps
   int64_t num_steps() const { return s.T + 1; }  // see hidden_gradient
   void begin() const { copy_n(dh_final, s.B * s.H, dhbuf); }
   void end() const { copy_n(dhbuf, s.B * s.H, dh0); }

@@ -68,7 +68,7 @@ struct Backward {
   float *dz, *dh0;
   float* dhbuf;  // (B, H)
 
-  static constexpr int kGroup = 3;
+  static constexpr int kGroup = 2;  // unit blocks a task: see run_steps
   int64_t num_steps() const { return s.T + 1; }  // see hidden_gradient
   void begin() const { copy_n(dh_final, s.B * s.H, dhbuf); }
   void end() const { copy_n(dhbuf, s.B * s.H, dh0); }
