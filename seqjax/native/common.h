@@ -281,6 +281,12 @@ void tiles(int64_t B, const Units& units, Tile&& tile) {
   });
 }
 
+// The half of a forward loop's double-buffered carry hbuf (2, B, H) that the i-th step visited
+// reads (the (i-1)-th wrote it); after the last step, carry_half(s, hbuf, T) holds the final carry.
+inline float* carry_half(const Shapes& s, float* hbuf, int64_t i) {
+  return hbuf + (i % 2) * s.B * s.H;
+}
+
 // Step t of a gated cell's forward loop, whose tile holds all its gates for one unit block:
 // calls tile(t, r0, u, rows, h_prev, h_next) for these unit blocks and the rows in tiles of
 // kRows (rows: a std::integral_constant). h is double-buffered in hbuf (2, B, H): the i-th step
@@ -290,8 +296,8 @@ template <int kRows, typename Tile>
 void gated_forward_step(const Shapes& s, const Steps& steps, const Units& units, int64_t i,
                         float* hbuf, Tile&& tile) {
   const int64_t t = steps.nth(i, s.T);
-  const float* h_prev = hbuf + (i % 2) * s.B * s.H;
-  float* h_next = hbuf + ((i + 1) % 2) * s.B * s.H;
+  const float* h_prev = carry_half(s, hbuf, i);
+  float* h_next = carry_half(s, hbuf, i + 1);
   for (int64_t u = units.u_begin; u < units.u_end; ++u)
     row_tiles<kRows>(s.B, [&](int64_t r0, auto rows) { tile(t, r0, u, rows, h_prev, h_next); });
 }
@@ -300,8 +306,8 @@ void gated_forward_step(const Shapes& s, const Steps& steps, const Units& units,
 // dgates (rows of width K = gates x H) and wt, W_hh^T packed (U, K, 16); with kAdd, added to
 // what dh holds. A row whose step did not run passed its carry through: its dh stays. It reads
 // every unit's gate gradients of step t, and the next gate gradients read only these units of
-// dh: so a backward kernel's run_steps step i is this for the (i-1)-th step visited followed by
-// the gate gradients of the i-th, for the same units, T + 1 steps in all.
+// dh: so one run_steps step can be this for one step and the gate gradients of the next, for the
+// same units (reverse_step).
 template <bool kAdd>
 void hidden_gradient(const Shapes& s, const Steps& steps, const Units& units, int64_t t,
                      const float* dgates, int64_t K, const float* wt, float* dh) {
@@ -321,8 +327,20 @@ void hidden_gradient(const Shapes& s, const Steps& steps, const Units& units, in
   });
 }
 
-// Runs a kernel's steps, kernel.step(i, units) for i < kernel.num_steps(), on this thread and up to
-// workers_for(...) - 1 tasks of XLA's intra-op thread pool (the threads XLA:CPU runs its own
+// Step i of a reverse loop as run_steps runs it, T + 1 steps in all (see hidden_gradient):
+// these units of dh from the gate gradients of the (i-1)-th step visited (dh = dG W_hh^T, or with
+// kAdd dh += dG W_hh^T), then gates(t), the gate gradients of the i-th, t, for the same units.
+template <bool kAdd, typename Gates>
+void reverse_step(const Shapes& s, const Steps& steps, const Units& units, int64_t i,
+                  const float* dgates, int64_t K, const float* wt, float* dh, Gates&& gates) {
+  if (i > 0)
+    hidden_gradient<kAdd>(s, steps, units, steps.nth(i - 1, s.T, /*backward=*/true), dgates, K,
+                          wt, dh);
+  if (i < s.T) gates(steps.nth(i, s.T, /*backward=*/true));
+}
+
+// Runs a kernel's steps, kernel.step(i, units) for i < kernel.num_steps(), on this thread and
+// up to workers_for(...) - 1 tasks of XLA's intra-op thread pool (the threads XLA:CPU runs its own
 // kernels on: threads of our own would compete with them for the cores), between
 // kernel.begin() and kernel.end() on this thread. Every task of step i finishes before any of
 // step i + 1 starts, since a step reads the whole carry the step before wrote.
@@ -330,13 +348,13 @@ void hidden_gradient(const Shapes& s, const Steps& steps, const Units& units, in
 // The hidden units are split into one range per planned thread, and each range into tasks of
 // Kernel::kGroup unit blocks. Smaller tasks balance better and leave less for one thread to
 // wait on; larger ones fill wider register tiles. The reverse loops take 2 blocks a task (at
-// B=16, H=128, where a range is 4 blocks, the gradients' medians were 5-20% lower than with
-// 3, split 3 + 1, and no worse at the larger configs). A thread takes the tasks of its own range first (its weights stay
-// in its cache, step after step), then those left in the others'. So no thread waits for one
-// that has not started: a pool thread that comes late (busy with another XLA operation,
-// asleep after an idle spell, or descheduled) joins at the step the others have reached, or
-// never, and the call runs at one thread's speed at worst. (With a fixed split and a barrier,
-// calls after 20 ms idle took 5-10x their median on this project's 2-core VM.)
+// B=16, H=128, where a range is 4 blocks, the gradients' medians were 5-20% lower than with 3,
+// split 3 + 1, and no worse at the larger configs). A thread takes the tasks of its own range
+// first (its weights stay in its cache, step after step), then those left in the others'. So no
+// thread waits for one that has not started: a pool thread that comes late (busy with another
+// XLA operation, asleep after an idle spell, or descheduled) joins at the step the others have
+// reached, or never, and the call runs at one thread's speed at worst. (With a fixed split and
+// a barrier, calls after 20 ms idle took 5-10x their median on this project's 2-core VM.)
 template <typename Kernel>
 void run_steps(ffi::ThreadPool& pool, const Shapes& s, int64_t step_flops, const Kernel& kernel) {
   struct alignas(64) Range {

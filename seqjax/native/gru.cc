@@ -73,7 +73,7 @@ struct Forward {
   static constexpr int kGroup = 1;  // unit blocks a task: its tile holds a block's 3 gates
   int64_t num_steps() const { return s.T; }
   void begin() const { copy_n(h0, s.B * s.H, hbuf); }
-  void end() const { copy_n(hbuf + (s.T % 2) * s.B * s.H, s.B * s.H, h_final); }
+  void end() const { copy_n(carry_half(s, hbuf, s.T), s.B * s.H, h_final); }
 
   void step(int64_t i, const Units& units) const {
     // 8 rows x 3 gates: 24 accumulators, as many as the registers hold beside the weights.
@@ -127,15 +127,13 @@ struct Backward {
   }
 
   static constexpr int kGroup = 2;  // unit blocks a task: see run_steps
-  int64_t num_steps() const { return s.T + 1; }  // see hidden_gradient
+  int64_t num_steps() const { return s.T + 1; }  // see reverse_step
   void begin() const { copy_n(dh_final, s.B * s.H, dhbuf); }
   void end() const { copy_n(dhbuf, s.B * s.H, dh0); }
 
-  void step(int64_t i, const Units& units) const {
-    if (i > 0)  // dh * z + dG_hh W_hh^T
-      hidden_gradient<true>(s, steps, units, steps.nth(i - 1, s.T, true), d_hh, 3 * s.H, wt,
-                            dhbuf);
-    if (i < s.T) gates(steps.nth(i, s.T, /*backward=*/true), units);
+  void step(int64_t i, const Units& units) const {  // dh * z + dG_hh W_hh^T
+    reverse_step<true>(s, steps, units, i, d_hh, 3 * s.H, wt, dhbuf,
+                       [&](int64_t t) { gates(t, units); });
   }
 };
 

@@ -88,7 +88,7 @@ struct Forward {
     copy_n(c0, s.B * s.H, cbuf);
   }
   void end() const {
-    copy_n(hbuf + (s.T % 2) * s.B * s.H, s.B * s.H, h_final);
+    copy_n(carry_half(s, hbuf, s.T), s.B * s.H, h_final);
     copy_n(cbuf, s.B * s.H, c_final);
   }
 
@@ -139,7 +139,7 @@ struct Backward {
   }
 
   static constexpr int kGroup = 2;  // unit blocks a task: see run_steps
-  int64_t num_steps() const { return s.T + 1; }  // see hidden_gradient
+  int64_t num_steps() const { return s.T + 1; }  // see reverse_step
   void begin() const {
     copy_n(dh_final, s.B * s.H, dhbuf);
     copy_n(dc_final, s.B * s.H, dcbuf);
@@ -149,11 +149,9 @@ struct Backward {
     copy_n(dcbuf, s.B * s.H, dc0);
   }
 
-  void step(int64_t i, const Units& units) const {
-    if (i > 0)  // dh_(t-1) = dG_t W_hh^T
-      hidden_gradient<false>(s, steps, units, steps.nth(i - 1, s.T, true), dgates, 4 * s.H, wt,
-                             dhbuf);
-    if (i < s.T) gates(steps.nth(i, s.T, /*backward=*/true), units);
+  void step(int64_t i, const Units& units) const {  // dh_(t-1) = dG_t W_hh^T
+    reverse_step<false>(s, steps, units, i, dgates, 4 * s.H, wt, dhbuf,
+                        [&](int64_t t) { gates(t, units); });
   }
 };
 

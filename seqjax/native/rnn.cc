@@ -29,12 +29,12 @@ struct Forward {
   static constexpr int kGroup = 3;  // unit blocks a task: its tiles are up to 8 rows x 3 blocks
   int64_t num_steps() const { return s.T; }
   void begin() const { copy_n(h0, s.B * s.H, hbuf); }
-  void end() const { copy_n(hbuf + (s.T % 2) * s.B * s.H, s.B * s.H, h_final); }
+  void end() const { copy_n(carry_half(s, hbuf, s.T), s.B * s.H, h_final); }
 
   void step(int64_t i, const Units& units) const {
     const int64_t H = s.H, t = steps.nth(i, s.T);
-    const float* h_prev = hbuf + (i % 2) * s.B * H;  // double-buffered: see gated_forward_step
-    float* h_next = hbuf + ((i + 1) % 2) * s.B * H;
+    const float* h_prev = carry_half(s, hbuf, i);
+    float* h_next = carry_half(s, hbuf, i + 1);
     tiles(s.B, units, [&](int64_t r0, int64_t u0, auto rows, auto blocks) {
       constexpr int NR = decltype(rows)::value, NU = decltype(blocks)::value;
       v16 acc[NR][NU];
@@ -69,7 +69,7 @@ struct Backward {
   float* dhbuf;  // (B, H)
 
   static constexpr int kGroup = 2;  // unit blocks a task: see run_steps
-  int64_t num_steps() const { return s.T + 1; }  // see hidden_gradient
+  int64_t num_steps() const { return s.T + 1; }  // see reverse_step
   void begin() const { copy_n(dh_final, s.B * s.H, dhbuf); }
   void end() const { copy_n(dhbuf, s.B * s.H, dh0); }
 
@@ -93,9 +93,8 @@ struct Backward {
   }
 
   void step(int64_t i, const Units& units) const {
-    if (i > 0) hidden_gradient<false>(s, steps, units, steps.nth(i - 1, s.T, true), dz, s.H, wt,
-                                      dhbuf);
-    if (i < s.T) pre_activation_gradient(steps.nth(i, s.T, /*backward=*/true), units);
+    reverse_step<false>(s, steps, units, i, dz, s.H, wt, dhbuf,
+                        [&](int64_t t) { pre_activation_gradient(t, units); });
   }
 };
 
