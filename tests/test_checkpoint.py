@@ -141,7 +141,8 @@ def test_a_state_of_another_shape_is_refused(tmp_path):
     path = checkpoint.save(tmp_path, make_state(), step=0)
     other = make_state()
     other["params"]["w"] = jnp.zeros((5, 3))
-    with pytest.raises(checkpoint.CheckpointError, match=r"params/w .*\[4, 3\].*\[5, 3\]"):
+    mismatch = r"does not match this state: at params/w expected .*\[5, 3\], found .*\[4, 3\]"
+    with pytest.raises(checkpoint.CheckpointMismatchError, match=mismatch):
         checkpoint.load(path, other)
     with pytest.raises(checkpoint.CheckpointError, match="expected keys"):
         checkpoint.load(path, {"params": other["params"]})

@@ -35,6 +35,11 @@ class CheckpointError(ValueError):
     structure than the state it should restore."""
 
 
+class CheckpointMismatchError(CheckpointError):
+    """A sound checkpoint that holds another structure, shape or dtype than the state it was
+    asked to restore: the file is fine, the template is not the one it was written from."""
+
+
 def _encode(state: Any) -> Any:
     """Plain host arrays: typed PRNG keys become their raw key data (msgpack knows only plain
     arrays), and an array replicated over several hosts' devices is read from a local copy."""
@@ -164,8 +169,17 @@ def read_metadata(path: str | os.PathLike) -> tuple[int, dict]:
     """``(step, metadata)`` from a checkpoint's header, without restoring its arrays (to learn
     how to rebuild the state it holds). The whole file is verified as :func:`load` does."""
     path = pathlib.Path(path)
-    header, _ = _split(path.read_bytes(), f"checkpoint {str(path)!r}")
+    where = f"checkpoint {str(path)!r}"
+    header, payload = _split(path.read_bytes(), where)
+    _decode(payload, where)
     return header["step"], header["metadata"]
+
+
+def _decode(payload: bytes, where: str) -> Any:
+    try:  # msgpack restores plain data only: nothing in the payload can run code
+        return serialization.msgpack_restore(payload)
+    except Exception as err:  # a payload that passed its checksum but is not msgpack
+        raise CheckpointError(f"{where} has a payload that is not msgpack ({err})") from None
 
 
 def load(path: str | os.PathLike, target: Any) -> tuple[Any, int, dict]:
@@ -178,7 +192,7 @@ def load(path: str | os.PathLike, target: Any) -> tuple[Any, int, dict]:
     path = pathlib.Path(path)
     where = f"checkpoint {str(path)!r}"
     header, payload = _split(path.read_bytes(), where)
-    stored = serialization.msgpack_restore(payload)
+    stored = _decode(payload, where)
     template = serialization.to_state_dict(_encode(target))
     _check_structure(stored, template, where, ())
     restored = serialization.from_state_dict(_encode(target), stored)
@@ -195,26 +209,44 @@ def _check_structure(stored: Any, template: Any, where: str, path: tuple) -> Non
     if isinstance(template, dict):
         if not isinstance(stored, dict) or set(stored) != set(template):
             got = sorted(stored) if isinstance(stored, dict) else type(stored).__name__
-            raise CheckpointError(
-                f"{where} does not match the state: at {name} expected keys {sorted(template)}, "
-                f"found {got}"
+            raise CheckpointMismatchError(
+                f"{where} does not match this state: at {name} expected keys "
+                f"{sorted(template)}, found {got}{_hint(stored, template)}"
             )
         for key in template:
             _check_structure(stored[key], template[key], where, (*path, key))
         return
     got, want = np.asarray(stored), np.asarray(template)
     if got.shape != want.shape or got.dtype != want.dtype:
-        raise CheckpointError(
-            f"{where} does not match the state: {name} is {got.dtype}{list(got.shape)} in the "
-            f"file, {want.dtype}{list(want.shape)} in the state"
+        raise CheckpointMismatchError(
+            f"{where} does not match this state: at {name} expected "
+            f"{want.dtype}{list(want.shape)}, found {got.dtype}{list(got.shape)}"
         )
+
+
+_TRAIN_STATE_KEYS = {"params", "opt_state", "step"}  # TrainState as a state dict
+
+
+def _hint(stored: Any, template: dict) -> str:
+    """What to do when a whole TrainState and bare params are mistaken for each other."""
+    if isinstance(stored, dict) and set(stored) == _TRAIN_STATE_KEYS != set(template):
+        return (
+            "; the file holds a whole training state: load it into "
+            "seqjax.train.TrainState.create(params, optimizer) and take .params"
+        )
+    if set(template) == _TRAIN_STATE_KEYS and isinstance(stored, dict):
+        return "; the file holds another pytree than a TrainState (bare params?)"
+    return ""
 
 
 def latest(directory: str | os.PathLike, target: Any) -> tuple[Any, int, dict] | None:
     """The newest checkpoint in ``directory`` that loads cleanly, or None if there is none.
 
-    A newer file that fails its checks is skipped with a warning naming it and why, and the
-    previous good one is used; if every file fails, :class:`CheckpointError` lists them.
+    A newer file that is damaged (truncated, altered, not a checkpoint) is skipped with a
+    warning naming it and why, and the previous good one is used; if every file is damaged,
+    :class:`CheckpointError` lists them. A sound file of another structure than ``target`` is
+    not skipped: :class:`CheckpointMismatchError` is raised at once, since every older file of
+    the same run would mismatch too.
     """
     return _newest_good(directory, lambda path: load(path, target))
 
@@ -234,6 +266,8 @@ def _newest_good(directory: str | os.PathLike, read: Callable[[pathlib.Path], An
     for path in sorted(directory.glob(f"{PREFIX}*{SUFFIX}"), reverse=True):
         try:
             return read(path)
+        except CheckpointMismatchError:
+            raise
         except CheckpointError as err:
             warnings.warn(f"skipping {err}", stacklevel=3)
             failures.append(str(err))
