@@ -15,8 +15,10 @@ import json
 import math
 import os
 import pathlib
+import signal
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -26,7 +28,9 @@ import numpy as np
 import optax
 import tqdm
 
-from seqjax.train import checkpoint, sharding
+from seqjax.train import checkpoint, rundir, sharding
+from seqjax.train.rundir import RUN_FILES, previous_run  # noqa: F401 (public here too)
+from seqjax.train.signals import Interrupted, catch_stop_signals
 from seqjax.train.step import TrainState, make_train_step
 
 Batch = Mapping[str, Any]
@@ -90,14 +94,6 @@ def _next_batch(batches: Iterator[Batch], step: int) -> Batch:
     return batch
 
 
-RUN_FILES = ("checkpoints", "metrics.jsonl", "steps.jsonl", "curve.png", "result.json")
-
-
-def previous_run(run_dir: pathlib.Path) -> list[pathlib.Path]:
-    """The files a run left in ``run_dir`` (``fit``'s, and the CLI's ``result.json``)."""
-    return [run_dir / name for name in RUN_FILES if (run_dir / name).exists()]
-
-
 def fit(
     model: Callable,
     loss: Callable,
@@ -116,6 +112,7 @@ def fit(
     checkpoint_every: int = 100,
     keep_checkpoints: int = 3,
     resume: bool = False,
+    overwrite: bool = False,
     log: Callable[[str], None] | None = None,
     progress: bool | None = None,
     config: dict | None = None,
@@ -139,6 +136,11 @@ def fit(
         ``curve.png`` and checkpoints (``checkpoints/``, every ``checkpoint_every`` steps and at
         the end; the newest ``keep_checkpoints`` are kept) go.
       resume: continue from the newest good checkpoint in ``run_dir``.
+      overwrite: replace the run already in ``run_dir``. Its files are moved aside and deleted
+        only once this run has written its first checkpoint; if this run ends before that (an
+        error, a signal, a kill), the old run is put back. Without ``resume`` or ``overwrite``
+        a ``run_dir`` holding a run is refused. ``run_dir`` is locked while ``fit`` runs: a
+        second run on it is refused.
       log: called with each report line (default: print to stdout).
       progress: show a live tqdm bar on stderr (default: when stderr is a terminal).
       config: JSON-serialisable settings stored in every checkpoint's metadata (how to rebuild
@@ -151,18 +153,53 @@ def fit(
         multiple of the number of devices on the axis. Checkpoints hold plain arrays, so a run
         resumes on any number of devices.
 
+    Each report's ``steps_per_s`` is the training rate since the previous report, without
+    the first step of the call (its compilation) and without evaluation, plotting and
+    checkpointing (``None`` when no step was timed: a report at the first step).
+
+    On SIGINT or SIGTERM the step in progress is finished, reported and checkpointed, and
+    :class:`seqjax.train.Interrupted` (a ``KeyboardInterrupt``) is raised; resume with
+    ``resume=True``. A second signal stops at once.
+
     Returns:
       The final params and the list of the reported metric dicts.
     """
-    sizes = {"steps": steps, "batch_size": batch_size, "eval_every": eval_every,
-             "checkpoint_every": checkpoint_every,
-             "keep_checkpoints": keep_checkpoints}  # fmt: skip
+    _check_fit_arguments(data, eval_data, mesh, sizes={
+        "steps": steps, "batch_size": batch_size, "eval_every": eval_every,
+        "checkpoint_every": checkpoint_every, "keep_checkpoints": keep_checkpoints,
+    })  # fmt: skip
+    if time_limit is not None and not time_limit > 0:
+        raise ValueError(
+            f"fit: time_limit must be a positive number of seconds; got {time_limit!r}"
+        )
+    if resume and run_dir is None:
+        raise ValueError("fit: resume=True needs the run_dir of the run to continue")
+    if resume and overwrite:
+        raise ValueError("fit: resume=True continues the run in run_dir, overwrite=True "
+                         "replaces it; pass one of them")  # fmt: skip
+    metadata = {"seed": seed, **({"config": config} if config is not None else {})}
+    json.dumps(metadata)  # fail now, not at the first checkpoint, if it cannot be stored
+    options = {
+        "steps": steps, "batch_size": batch_size, "eval_data": eval_data,
+        "eval_every": eval_every, "metrics": metrics, "clip_norm": clip_norm, "seed": seed,
+        "checkpoint_every": checkpoint_every, "keep_checkpoints": keep_checkpoints,
+        "resume": resume, "log": log, "progress": progress, "metadata": metadata,
+        "time_limit": time_limit, "mesh": mesh,
+    }  # fmt: skip
+    if run_dir is None:
+        return _train(model, loss, params, optimizer, data, None, options)
+    with rundir.open_run(pathlib.Path(run_dir), resume=resume, overwrite=overwrite) as run:
+        return _train(model, loss, params, optimizer, data, run, options)
+
+
+def _check_fit_arguments(data: Any, eval_data: Any, mesh: Any, sizes: dict) -> None:
     for name, value in sizes.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"fit: {name} must be a positive integer; got {value!r}")
     if isinstance(data, Mapping):
         n = _num_examples(data, "data")
-        if batch_size > n:
+        if sizes["batch_size"] > n:
+            batch_size = sizes["batch_size"]
             raise ValueError(f"fit: batch_size {batch_size} is larger than the {n} examples")
     elif not (callable(data) or isinstance(data, Iterable)):
         raise TypeError(
@@ -172,32 +209,18 @@ def fit(
     if eval_data is not None:
         _num_examples(eval_data, "eval_data")
     if mesh is not None:
-        sharding.check_mesh(mesh, batch_size, "fit")
-    if time_limit is not None and not time_limit > 0:
-        raise ValueError(
-            f"fit: time_limit must be a positive number of seconds; got {time_limit!r}"
-        )
-    if resume and run_dir is None:
-        raise ValueError("fit: resume=True needs the run_dir of the run to continue")
-    if progress is None:
-        progress = sys.stderr.isatty()
-    run_dir = pathlib.Path(run_dir) if run_dir is not None else None
-    if run_dir is not None:
-        if run_dir.exists() and not run_dir.is_dir():
-            raise ValueError(f"fit: run_dir {str(run_dir)!r} is a file; pass a folder")
-        previous = previous_run(run_dir)
-        if previous and not resume:
-            raise ValueError(
-                f"fit: run_dir {str(run_dir)!r} holds another run "
-                f"({', '.join(p.name for p in previous)}); pass resume=True to continue it, or "
-                "an empty or new run_dir (a new run there would mix its files with the old one's)"
-            )
-        run_dir.mkdir(parents=True, exist_ok=True)
+        sharding.check_mesh(mesh, sizes["batch_size"], "fit")
 
+
+def _train(model, loss, params, optimizer, data, run: rundir.RunDirectory | None, options: dict):
+    """``fit``'s loop, with its checked ``options``; ``run`` is the locked run directory."""
+    steps, eval_every, seed = options["steps"], options["eval_every"], options["seed"]
+    eval_data, mesh, time_limit = options["eval_data"], options["mesh"], options["time_limit"]
+    run_dir = run.path if run is not None else None
     # The train step donates its state: train a copy, so the caller's params stay usable.
     state = TrainState.create(jax.tree.map(jnp.copy, params), optimizer)
     history: list[dict] = []
-    if resume:
+    if options["resume"]:
         found = checkpoint.latest(run_dir / "checkpoints", state)
         if found is None:
             raise ValueError(f"fit: nothing to resume in {str(run_dir)!r}: no checkpoint there")
@@ -210,29 +233,27 @@ def fit(
     if jax.process_index() != 0:
         run_dir = None  # one writer: with several hosts, process 0 keeps the files
 
-    metadata = {"seed": seed, **({"config": config} if config is not None else {})}
-    json.dumps(metadata)  # fail now, not at the first checkpoint, if it cannot be stored
-    step_fn = make_train_step(model, loss, optimizer, clip_norm=clip_norm)
-    evaluate = jax.jit(
-        lambda params, batch: (metrics or (lambda p, b: {"loss": loss(p, b)}))(
-            model(params, batch, None), batch
-        )
-    )
+    step_fn = make_train_step(model, loss, optimizer, clip_norm=options["clip_norm"])
+    metrics = options["metrics"] or (lambda p, b: {"loss": loss(p, b)})
+    evaluate = jax.jit(lambda params, batch: metrics(model(params, batch, None), batch))
     key = jax.random.key(seed)
     start_step, start_time = int(state.step), time.perf_counter()
-    batches = _batch_source(data, batch_size, seed, start_step)
+    batches = _batch_source(data, options["batch_size"], seed, start_step)
+    progress = sys.stderr.isatty() if options["progress"] is None else options["progress"]
     bar = tqdm.tqdm(total=steps, initial=start_step, disable=not progress, unit="step",
                     dynamic_ncols=True, leave=False)  # fmt: skip
-    if log is None:
-        log = bar.write if progress else (lambda line: print(line, flush=True))
-    if resume:
+    log = options["log"] or (bar.write if progress else (lambda line: print(line, flush=True)))
+    if options["resume"]:
         log(f"resumed from step {start_step}")
     # Device metrics are read only at report and checkpoint time (one transfer for all the
     # steps since the last one): no host sync per step.
     unread: list[dict] = []  # on the device
     since_report: list[dict] = []  # on the host
     next_plot = time.perf_counter()
-    with bar:
+    # Throughput is timed over the steps since the last report, leaving out the first step of
+    # this call (it compiles) and the time spent evaluating, plotting and checkpointing.
+    timer = _StepTimer()
+    with bar, catch_stop_signals() as stop:
         for step in range(start_step, steps):
             batch = _next_batch(batches, step)
             if mesh is not None:
@@ -241,11 +262,13 @@ def fit(
             unread.append(step_metrics)
             bar.update(1)
             done = step + 1
+            if step == start_step:
+                jax.block_until_ready(state)
+                timer.restart(done)
             out_of_time = time_limit is not None and time.perf_counter() - start_time > time_limit
-            report = done % eval_every == 0 or done == steps or out_of_time
-            save = run_dir is not None and (
-                done % checkpoint_every == 0 or done == steps or out_of_time
-            )
+            last = done == steps or out_of_time or bool(stop)
+            report = done % eval_every == 0 or last
+            save = run_dir is not None and (done % options["checkpoint_every"] == 0 or last)
             if report or save:
                 values = jax.device_get(unread)
                 if run_dir is not None:
@@ -253,7 +276,8 @@ def fit(
                 since_report += values
                 unread = []
             if report:
-                record = _summarise(since_report, done, start_step, start_time)
+                record = _summarise(since_report, done)
+                record["steps_per_s"] = timer.rate(done)
                 since_report = []
                 if eval_data is not None:
                     evaluated = evaluate(state.params, eval_data)
@@ -265,7 +289,7 @@ def fit(
                     with open(run_dir / "metrics.jsonl", "a") as f:
                         f.write(json.dumps(record) + "\n")
                     # Redrawn at most every 20 s (and at the end): a PNG costs ~0.1 s.
-                    if done == steps or out_of_time or time.perf_counter() > next_plot:
+                    if last or time.perf_counter() > next_plot:
                         plot_curve(history, run_dir / "curve.png")
                         next_plot = time.perf_counter() + 20.0
             if save:
@@ -273,13 +297,35 @@ def fit(
                     run_dir / "checkpoints",
                     state,
                     step=done,
-                    metadata=metadata,
-                    keep=keep_checkpoints,
+                    metadata=options["metadata"],
+                    keep=options["keep_checkpoints"],
                 )
+                run.checkpoint_written()
+            if report or save:
+                timer.restart(done)
+            if stop:
+                log(f"{signal.Signals(stop.signum).name} received: stopped at step {done}/{steps}"
+                    + (f", checkpoint in {run_dir / 'checkpoints'}" if save else ""))  # fmt: skip
+                raise Interrupted(stop.signum, done, checkpointed=save)
             if out_of_time:
                 log(f"time limit of {time_limit:.0f} s reached: stopped at step {done}/{steps}")
                 break
     return state.params, history
+
+
+class _StepTimer:
+    """Steps per second since the last restart (``None`` until a step has been timed)."""
+
+    def __init__(self) -> None:
+        self.step, self.time = None, 0.0
+
+    def restart(self, step: int) -> None:
+        self.step, self.time = step, time.perf_counter()
+
+    def rate(self, step: int) -> float | None:
+        if self.step is None or step <= self.step:
+            return None
+        return (step - self.step) / max(time.perf_counter() - self.time, 1e-9)
 
 
 def plot_curve(history: list[dict], path: str | pathlib.Path) -> None:
@@ -317,7 +363,7 @@ def _append_steps(path: pathlib.Path, first_step: int, values: list[dict]) -> No
             f.write(json.dumps(line) + "\n")
 
 
-def _summarise(stacked: list[dict], done: int, start_step: int, start_time: float) -> dict:
+def _summarise(stacked: list[dict], done: int) -> dict:
     """The mean of each metric over the steps since the last report (host values)."""
     record = {"step": done}
     for name in stacked[0]:
@@ -327,7 +373,6 @@ def _summarise(stacked: list[dict], done: int, start_step: int, start_time: floa
         record["clipped_fraction"] = record.pop("clipped")
     record["nonfinite_steps"] = int(sum(m["nonfinite"] for m in stacked))
     record.pop("nonfinite", None)
-    record["steps_per_s"] = (done - start_step) / max(time.perf_counter() - start_time, 1e-9)
     return record
 
 
@@ -338,7 +383,8 @@ def _progress_line(record: dict, steps: int) -> str:
              f"loss {record['loss']:.4f}"]  # fmt: skip
     parts += [f"{k} {v:.4f}" for k, v in record.items() if k.startswith("eval_")]
     parts.append(f"|grad| {record['grad_norm']:.3g}")
-    parts.append(f"{record['steps_per_s']:.1f} steps/s")
+    rate = record.get("steps_per_s")
+    parts.append("compiling" if rate is None else f"{rate:.1f} steps/s")
     return "  ".join(parts)
 
 
@@ -349,7 +395,26 @@ def _read_history(run_dir: pathlib.Path, upto: int) -> list[dict]:
     for name in kept:
         path = run_dir / name
         if path.exists():
-            lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            lines = _json_lines(path)
             kept[name] = [record for record in lines if record["step"] <= upto]
             path.write_text("".join(json.dumps(record) + "\n" for record in kept[name]))
     return kept["metrics.jsonl"]
+
+
+def _json_lines(path: pathlib.Path) -> list[dict]:
+    """The records of a JSON-lines log; a line cut short (the disk filled up, the process was
+    killed mid-write) is dropped with a warning instead of ending the resume."""
+    records = []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+            warnings.warn(f"{str(path)!r}: line {number} is not a complete record; dropped",
+                          stacklevel=3)  # fmt: skip
+            continue
+        records.append(record)
+    return records
