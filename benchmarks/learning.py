@@ -112,7 +112,8 @@ def _time_to_target(run_dir: pathlib.Path, task: str) -> tuple[int, float] | Non
     seconds, previous = 0.0, 0
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
         report = json.loads(line)
-        seconds += (report["step"] - previous) / report["steps_per_s"]
+        if report["steps_per_s"]:  # the rate since the last report; None before any was timed
+            seconds += (report["step"] - previous) / report["steps_per_s"]
         previous = report["step"]
         if report.get(key, float("inf")) <= target:
             return report["step"], seconds

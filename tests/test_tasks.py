@@ -68,6 +68,30 @@ def test_sunspots_data_and_published_baselines():
     assert abs(sunspots.ar_rmse(9) - 17.5) < 0.05
 
 
+def test_sunspots_task_is_judged_against_its_strongest_baseline():
+    from seqjax.tasks import registry
+
+    task = registry.get("sunspots", None, 0)
+    # Zhang (2003): AR(9) at 17.5 is stronger than persistence at 30.3, so it is the bar
+    assert task.baseline_name == "AR(9)" and abs(task.baseline - 17.5) < 0.05
+    assert set(task.all_baselines()) == {"persistence", "AR(9)"}
+    assert abs(task.all_baselines()["persistence"] - 30.3) < 0.05
+    assert task.verdict(17.0) == "beats AR(9), the strongest baseline"
+    assert task.verdict(20.0).startswith("beats persistence but not AR(9)")
+    assert task.verdict(31.0) == "no better than persistence"
+
+
+def test_charlm_baselines_are_uniform_and_unigram():
+    from seqjax.tasks import registry
+
+    task = registry.get("charlm", 64, 0)
+    baselines = task.all_baselines()
+    vocab = task.extras["vocab"]
+    assert baselines["uniform"] == pytest.approx(math.log2(vocab.size))
+    assert baselines["unigram model"] < baselines["uniform"]  # letters are not equally common
+    assert task.baseline == baselines["unigram model"]
+
+
 def test_sunspots_windows_forecast_the_next_year():
     data = sunspots.dataset(window=12)
     years, values = sunspots.load()

@@ -19,9 +19,10 @@ class Task(NamedTuple):
     ids when ``token_inputs``, which the model one-hot encodes; ``targets``); ``per_step`` says
     whether the model predicts at every step (else from the last one); ``loss(predictions,
     batch)`` is minimised; ``metric(predictions, batch)`` is the reported test figure, logged as
-    ``metric_key`` and compared with ``baseline`` by ``verdict``. ``defaults`` holds the task's
-    own defaults for the command line (hidden, steps, batch_size, lr); ``extras`` anything else
-    a caller may want (the vocabulary of a language model).
+    ``metric_key`` and compared by ``verdict`` with ``baseline``, the strongest of the
+    baselines the task computes (``baselines``, name to value, when there are several).
+    ``defaults`` holds the task's own defaults for the command line (hidden, steps, batch_size,
+    lr); ``extras`` anything else a caller may want (the vocabulary of a language model).
     """
 
     name: str
@@ -40,6 +41,11 @@ class Task(NamedTuple):
     token_inputs: bool = False
     defaults: dict | None = None
     extras: dict | None = None
+    baselines: dict | None = None
+
+    def all_baselines(self) -> dict[str, float]:
+        """Every baseline the task computes, name to value (the strongest is ``baseline``)."""
+        return dict(self.baselines or {self.baseline_name: self.baseline})
 
 
 def _squeeze_mse(predictions, batch):
@@ -102,11 +108,13 @@ def _sunspots(seq_len: int, seed: int) -> Task:
         train=split(data.train), test=split(data.test),
         input_size=1, output_size=1, per_step=False,
         loss=_squeeze_mse, metric_name="test RMSE 1921-1987", metric=rmse,
-        baseline=persistence, baseline_name="persistence",
-        verdict=lambda m: f"beats AR(9) ({autoregression:.1f})" if m < autoregression else
-        ("beats persistence" if m < persistence else "no better than persistence"),
+        baseline=autoregression, baseline_name="AR(9)",
+        verdict=lambda m: "beats AR(9), the strongest baseline" if m < autoregression else
+        ("beats persistence but not AR(9), the strongest baseline" if m < persistence
+         else "no better than persistence"),
         metric_key="rmse", defaults={"hidden": 32, "steps": 1000, "batch_size": 32, "lr": 3e-3},
         extras={"ar9_rmse": autoregression},
+        baselines={"persistence": persistence, "AR(9)": autoregression},
     )  # fmt: skip
 
 
@@ -167,6 +175,7 @@ def _charlm(seq_len: int, seed: int, corpus: str | None = None) -> Task:
     del seed  # the split is contiguous and fixed
     data = charlm.dataset(seq_len, path=corpus)
     unigram = charlm.unigram_bits_per_character(data)
+    uniform = charlm.uniform_bits_per_character(data.vocab)
 
     def ce(logits, batch):
         return losses.sequence_cross_entropy(logits, batch["targets"])
@@ -184,6 +193,7 @@ def _charlm(seq_len: int, seed: int, corpus: str | None = None) -> Task:
         verdict=lambda m: "learns words and spelling" if m < 2.5 else
         ("beats the unigram model" if m < unigram else "no better than the unigram model"),
         token_inputs=True, extras={"vocab": data.vocab},
+        baselines={"uniform": uniform, "unigram model": unigram},
         defaults={"hidden": 256, "steps": 1500, "batch_size": 32, "lr": 3e-3},
     )  # fmt: skip
 
