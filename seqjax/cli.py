@@ -523,7 +523,11 @@ def diagnose_command(args: argparse.Namespace) -> int:
             rate, _, last, middle, first = row
             print(f"  {label:<12}{layer:>6}{last:>12.3e}{middle:>12.3e}{first:>12.3e}"
                   f"{rate:>10.4f}")  # fmt: skip
-    _plot_flows(curves, title, out)
+    try:
+        _plot_flows(curves, title, out)
+    except ImportError:
+        print("plot not drawn: matplotlib is not installed (pip install 'seqjax[plot]')")
+        return 0
     print(f"plot: {out}  (per step: the factor by which |dL/dh_t| changes per step back in "
           "time, from a log-linear fit; below 1 it vanishes, above 1 it explodes)")  # fmt: skip
     return 0

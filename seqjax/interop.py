@@ -45,7 +45,8 @@ def from_torch(
         arguments, if given, must agree), or a mapping like its ``state_dict()`` whose values are
         arrays or tensors (then ``mode`` is required).
       mode: ``"RNN_TANH"``, ``"RNN_RELU"``, ``"LSTM"`` or ``"GRU"``.
-      num_layers, bidirectional: read from the keys when not given, checked against them if given.
+      num_layers: read from the keys when not given, checked against them if given.
+      bidirectional: read from the keys when not given, checked against them if given.
       batch_first: the layout of the module's inputs; default False, as in PyTorch.
       dropout: between layers, active when ``apply`` gets a key; default 0.
       dtype: the params' dtype; default: the source's.

@@ -55,7 +55,7 @@ class Recurrent(nnx.Module):
     """
 
     def __init__(
-        self, cell: Cell, in_features: int, *, rngs: nnx.Rngs, dtype: Any = None, **options
+        self, cell: Cell, in_features: int, *, rngs: nnx.Rngs, dtype: Any = None, **options: Any
     ):
         _checks.check_cell(cell, type(self).__name__)
         self.cell = nnx.static(cell)

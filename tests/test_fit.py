@@ -62,6 +62,20 @@ def test_fit_learns_and_logs(tmp_path):
     assert [r["clipped"] for r in per_step[200:]] == clipped
 
 
+def test_fit_without_matplotlib_trains_and_says_it_drew_no_curve(tmp_path, monkeypatch):
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
+    model, loss, params, data, _ = _problem()
+    lines = []
+    train.fit(model, loss, params, train.optimizer(learning_rate=1e-2), data, steps=4,
+              batch_size=32, eval_every=2, run_dir=tmp_path, log=lines.append)  # fmt: skip
+    assert [line for line in lines if "curve.png not drawn" in line] == [
+        "curve.png not drawn: matplotlib is not installed (pip install 'seqjax[plot]')"
+    ]
+    assert not (tmp_path / "curve.png").exists() and (tmp_path / "metrics.jsonl").exists()
+
+
 def _fit_params(data, steps, run_dir=None, resume=False):
     model, loss, params, _, _ = _problem()
     final, _ = train.fit(model, loss, params, train.optimizer(learning_rate=1e-2), data,

@@ -122,8 +122,10 @@ def fit(
     """Trains ``params`` for ``steps`` optimizer steps and returns ``(params, history)``.
 
     Args:
-      model, loss, optimizer: as for :func:`seqjax.train.make_train_step`; ``model(params,
-        batch, key)`` gets a dropout key.
+      model: ``model(params, batch, key) -> predictions``, as for
+        :func:`seqjax.train.make_train_step`; the key is for dropout.
+      loss: ``loss(predictions, batch) -> scalar``.
+      optimizer: an optax transformation (:func:`seqjax.train.optimizer` builds one).
       params: the initial parameters.
       data: training arrays, a dict such as ``{"inputs": (N, T, D), "targets": ..., "lengths":
         (N,)}``, from which batches are drawn in shuffled epochs; or a function ``step ->
@@ -249,7 +251,7 @@ def _train(model, loss, params, optimizer, data, run: rundir.RunDirectory | None
     # steps since the last one): no host sync per step.
     unread: list[dict] = []  # on the device
     since_report: list[dict] = []  # on the host
-    next_plot = time.perf_counter()
+    next_plot = time.perf_counter() if _can_plot(run_dir, log) else float("inf")
     # Throughput is timed over the steps since the last report, leaving out the first step of
     # this call (it compiles) and the time spent evaluating, plotting and checkpointing.
     timer = _StepTimer()
@@ -289,7 +291,7 @@ def _train(model, loss, params, optimizer, data, run: rundir.RunDirectory | None
                     with open(run_dir / "metrics.jsonl", "a") as f:
                         f.write(json.dumps(record) + "\n")
                     # Redrawn at most every 20 s (and at the end): a PNG costs ~0.1 s.
-                    if last or time.perf_counter() > next_plot:
+                    if time.perf_counter() > next_plot or (last and next_plot < float("inf")):
                         plot_curve(history, run_dir / "curve.png")
                         next_plot = time.perf_counter() + 20.0
             if save:
@@ -326,6 +328,18 @@ class _StepTimer:
         if self.step is None or step <= self.step:
             return None
         return (step - self.step) / max(time.perf_counter() - self.time, 1e-9)
+
+
+def _can_plot(run_dir: pathlib.Path | None, log) -> bool:
+    """Whether ``curve.png`` can be drawn; matplotlib is optional (``pip install seqjax[plot]``)."""
+    if run_dir is None:
+        return False
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        log("curve.png not drawn: matplotlib is not installed (pip install 'seqjax[plot]')")
+        return False
+    return True
 
 
 def plot_curve(history: list[dict], path: str | pathlib.Path) -> None:

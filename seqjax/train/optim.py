@@ -4,6 +4,7 @@ decay, and a guard that skips a step whose gradients are not finite."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import optax
 
@@ -31,7 +32,7 @@ def optimizer(
     weight_decay: float = 0.0,
     skip_nonfinite: bool = True,
     max_consecutive_nonfinite: int = 100,
-    **kwargs,
+    **kwargs: Any,
 ) -> optax.GradientTransformation:
     """An optax ``GradientTransformation`` for training recurrent networks.
 
