@@ -1,7 +1,9 @@
 """seqjax: recurrent sequence models in JAX, as pure functions.
 
-Cells (one step) -> ``unroll`` (a whole sequence, one ``lax.scan``) -> layers (``rnn``,
-``bidirectional``, ``stack``). See ``README.md`` for the equations and a worked example.
+Cells (one step, :mod:`seqjax.cells`) -> ``unroll`` (a whole sequence: a scan, seqjax's own
+backward pass over scans or native CPU kernels, or a parallel scan; :mod:`seqjax.unroll`) ->
+layers (``rnn``, ``bidirectional``, ``stack``; :mod:`seqjax.layers`). The documentation site
+(``mkdocs serve`` in a checkout, sources in ``docs/``) has the concepts and the API.
 """
 
 from seqjax import diagnostics, host_memory, initializers, interop
@@ -9,6 +11,7 @@ from seqjax.cell import Cell, CombineVJP, LinearRecurrence, RecurSplit, step
 from seqjax.cells import LSTMCarry, gru, indrnn, irnn, lru, lstm, min_gru, min_lstm, simple_rnn
 from seqjax.layers import Layer, bidirectional, reverse_sequences, rnn, stack
 from seqjax.unroll import unroll
+from seqjax.unrolling.options import UnrollOptions
 
 __version__ = "0.1.0"
 
@@ -30,6 +33,7 @@ __all__ = [
     "Layer",
     "LinearRecurrence",
     "RecurSplit",
+    "UnrollOptions",
     "bidirectional",
     "diagnostics",
     "gru",

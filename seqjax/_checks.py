@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from seqjax.types import Cell
+
 
 def is_concrete(x: Any) -> bool:
     """True when the values of ``x`` can be read on the host (not a tracer under jit/vmap)."""
@@ -20,8 +22,6 @@ def is_concrete(x: Any) -> bool:
 
 
 def check_cell(cell: Any, fn: str) -> None:
-    from seqjax.cell import Cell
-
     if not isinstance(cell, Cell):
         raise TypeError(
             f"{fn}: cell must be a seqjax.Cell (for example seqjax.lstm(hidden_size=64)); "
@@ -215,31 +215,3 @@ def check_batch_shape(batch_shape: Any, fn: str) -> tuple[int, ...]:
             f"got {batch_shape!r}"
         )
     return tuple(int(d) for d in shape)
-
-
-# seqjax.unroll's options and their kinds ("?": None allowed, meaning "choose for me").
-UNROLL_OPTIONS = {"reverse": "bool", "time_major": "bool", "unroll": "int", "remat": "bool",
-                  "hoist_projection": "bool?", "custom_vjp": "bool?", "parallel": "bool",
-                  "chunk_size": "int?", "native": "bool?"}  # fmt: skip
-
-
-def check_unroll_options(
-    options: dict, allowed: tuple[str, ...], fn: str, elsewhere: str = ""
-) -> dict:
-    """``options`` (names from ``allowed``, a subset of :data:`UNROLL_OPTIONS`) checked and
-    normalised; ``elsewhere`` says where the other options of ``unroll`` go instead."""
-    checked = {}
-    for name, value in options.items():
-        if name not in allowed:
-            note = f" ({elsewhere})" if name in UNROLL_OPTIONS and elsewhere else ""
-            raise TypeError(
-                f"{fn}: unknown option {name!r}{note}; the options here are {sorted(allowed)}"
-            )
-        kind = UNROLL_OPTIONS[name]
-        if value is None and kind.endswith("?"):
-            checked[name] = None
-        elif kind.startswith("bool"):
-            checked[name] = check_bool(value, name, fn)
-        else:
-            checked[name] = check_positive_int(value, name, fn)
-    return checked

@@ -46,8 +46,9 @@ from jax.flatten_util import ravel_pytree
 
 from seqjax import _checks
 from seqjax.cell import Carry, Cell, Params, RecurSplit
-from seqjax.layers import Layer, reverse_sequences
+from seqjax.layers import BidirectionalSpec, Layer, RNNSpec, StackSpec, reverse_sequences
 from seqjax.unroll import unroll
+from seqjax.unrolling.options import UnrollOptions
 
 Array = jax.Array
 
@@ -192,7 +193,7 @@ def _fit_decay(norms: np.ndarray) -> DecayFit:
 
 class _Run(NamedTuple):
     cell: Cell
-    options: tuple  # (name, value) pairs for unroll
+    options: UnrollOptions
 
 
 class _Level(NamedTuple):
@@ -207,40 +208,43 @@ class _Plan(NamedTuple):
 
 def _plan(model: Any, fn: str) -> _Plan:
     if isinstance(model, Cell):
-        return _Plan((_Level((_Run(model, ()),)),), stacked=False, time_major=False)
+        return _Plan((_Level((_Run(model, UnrollOptions()),)),), stacked=False, time_major=False)
     if not isinstance(model, Layer):
         raise TypeError(f"{fn}: model must be {SUPPORTED_MODELS}; got {type(model).__name__}")
-    parts = model.parts
-    if parts is not None and parts[0] == "stack":
-        levels = tuple(_level(layer, fn, f"stack layer {i}") for i, layer in enumerate(parts[1]))
+    if isinstance(model.spec, StackSpec):
+        layers = model.spec.layers
+        levels = tuple(_level(layer, fn, f"stack layer {i}") for i, layer in enumerate(layers))
         return _Plan(levels, stacked=True, time_major=model.time_major)
     return _Plan((_level(model, fn, "model"),), stacked=False, time_major=model.time_major)
 
 
 def _level(layer: Layer, fn: str, what: str) -> _Level:
-    parts = layer.parts
-    if parts is not None and parts[0] == "rnn":
-        return _Level((_Run(parts[1], parts[2]),))
-    if parts is not None and parts[0] == "bidirectional":
+    spec = layer.spec
+    if isinstance(spec, RNNSpec):
+        return _Level((_Run(spec.cell, spec.options),))
+    if isinstance(spec, BidirectionalSpec):
         runs = []
-        for name, inner in zip(("forward", "backward"), parts[1:], strict=True):
-            if inner.parts is None or inner.parts[0] != "rnn":
+        for name, inner in (("forward", spec.forward), ("backward", spec.backward)):
+            if not isinstance(inner.spec, RNNSpec):
                 raise TypeError(
                     f"{fn}: the {name} layer of a bidirectional {what} must be seqjax.rnn(cell); "
                     f"got {_describe(inner)}. Supported: {SUPPORTED_MODELS}"
                 )
-            runs.append(_Run(inner.parts[1], inner.parts[2]))
+            runs.append(_Run(inner.spec.cell, inner.spec.options))
         return _Level(tuple(runs))
     raise TypeError(f"{fn}: {what} must be {SUPPORTED_MODELS}; got {_describe(layer)}")
 
 
+_SPEC_NAMES = {RNNSpec: "rnn", BidirectionalSpec: "bidirectional", StackSpec: "stack"}
+
+
 def _describe(layer: Layer) -> str:
-    if layer.parts is None:
+    if layer.spec is None:
         return (
-            "a Layer built by hand (its .parts is None; seqjax.rnn, seqjax.bidirectional and "
+            "a Layer built by hand (its .spec is None; seqjax.rnn, seqjax.bidirectional and "
             "seqjax.stack record how a layer is built)"
         )
-    return f"a {layer.parts[0]} layer"
+    return f"a {_SPEC_NAMES[type(layer.spec)]} layer"
 
 
 def _state_leaves(carry: Any) -> tuple[Any, Any]:
@@ -517,8 +521,8 @@ def _flow(
             aug = reverse_sequences(aug, lengths, time_axis)
         # The perturbed cell runs step by step: a parallel (associative-scan) unroll would have
         # no per-step state to perturb, and gives the same numbers.
-        sequential = {k: v for k, v in options if k not in ("parallel", "chunk_size")}
-        final, ys = unroll(cell, rp, aug, carry=rc, lengths=lengths, **sequential)
+        sequential = options.replace(parallel=False, chunk_size=None, custom_vjp=None, native=None)
+        final, ys = unroll(cell, rp, aug, carry=rc, lengths=lengths, options=sequential)
         if reverse_input:
             ys = reverse_sequences(ys, lengths, time_axis)
         return final, ys

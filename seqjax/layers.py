@@ -13,6 +13,8 @@ A layer is a NamedTuple of pure functions, like a cell one level up:
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
@@ -21,8 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from seqjax import _checks
-from seqjax.cell import Carry, Cell, Params
+from seqjax.types import Carry, Cell, Params
 from seqjax.unroll import unroll
+from seqjax.unrolling.options import UnrollOptions, merged_options
 
 Array = jax.Array
 
@@ -41,6 +44,30 @@ class ApplyFn(Protocol):
         ``key`` enables the layer's randomness (dropout); without it the layer is deterministic."""
 
 
+class RNNSpec(NamedTuple):
+    """A layer built by :func:`rnn`: its cell and the options it unrolls it with."""
+
+    cell: Cell
+    options: UnrollOptions
+
+
+class BidirectionalSpec(NamedTuple):
+    """A layer built by :func:`bidirectional` from these two layers."""
+
+    forward: Layer
+    backward: Layer
+
+
+class StackSpec(NamedTuple):
+    """A layer built by :func:`stack` from these layers, with this dropout between them."""
+
+    layers: tuple[Layer, ...]
+    dropout: float
+
+
+LayerSpec = RNNSpec | BidirectionalSpec | StackSpec
+
+
 class Layer(NamedTuple):
     """A sequence-to-sequence layer.
 
@@ -50,10 +77,9 @@ class Layer(NamedTuple):
       initial_carry: ``initial_carry(params, batch_shape=()) -> carry`` (zeros).
       output_size: features of the outputs.
       time_major: whether ``xs`` and ``ys`` have time first.
-      parts: how the layer was built, for code that inspects a model (``seqjax.diagnostics``):
-        ``("rnn", cell, options)`` with ``options`` the ``(name, value)`` pairs ``rnn`` passes to
-        ``unroll``, ``("bidirectional", forward, backward)`` or ``("stack", layers, dropout)``;
-        ``None`` for a layer built by hand.
+      spec: how the layer was built, for code that inspects a model (``seqjax.diagnostics``):
+        an :class:`RNNSpec`, :class:`BidirectionalSpec` or :class:`StackSpec`; ``None`` for a
+        layer built by hand.
     """
 
     init: Callable[..., Params]
@@ -61,48 +87,54 @@ class Layer(NamedTuple):
     initial_carry: Callable[..., Carry]
     output_size: int
     time_major: bool = False
-    parts: tuple | None = None
+    spec: LayerSpec | None = None
+
+    @property
+    def parts(self) -> tuple | None:
+        """Deprecated: ``spec`` as the string-tagged tuple of earlier versions."""
+        warnings.warn(
+            "Layer.parts is deprecated; use Layer.spec (RNNSpec, BidirectionalSpec, StackSpec)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        spec = self.spec
+        if isinstance(spec, RNNSpec):
+            return ("rnn", spec.cell, tuple(dataclasses.asdict(spec.options).items()))
+        if isinstance(spec, BidirectionalSpec):
+            return ("bidirectional", spec.forward, spec.backward)
+        if isinstance(spec, StackSpec):
+            return ("stack", spec.layers, spec.dropout)
+        return None
 
 
-def rnn(
-    cell: Cell,
-    *,
-    reverse: bool = False,
-    time_major: bool = False,
-    unroll: int = 1,
-    remat: bool = False,
-    hoist_projection: bool | None = None,
-    parallel: bool = False,
-    chunk_size: int | None = None,
-) -> Layer:
-    """The layer that runs ``cell`` over a sequence with :func:`seqjax.unroll` and these options.
+def rnn(cell: Cell, *, options: UnrollOptions | None = None, **unroll_options: Any) -> Layer:
+    """The layer that runs ``cell`` over a sequence with :func:`seqjax.unroll`.
+
+    Args:
+      cell: the cell.
+      options: the unroll options as one :class:`~seqjax.UnrollOptions`, or
+      **unroll_options: the same as keywords (``reverse``, ``time_major``, ``unroll``,
+        ``remat``, ``hoist_projection``, ``custom_vjp``, ``parallel``, ``chunk_size``,
+        ``native``).
 
     Params are the cell's; the carry is the cell's carry.
     """
     _checks.check_cell(cell, "rnn")
-    run_options = dict(
-        reverse=reverse, time_major=time_major, unroll=unroll, remat=remat,
-        hoist_projection=hoist_projection, parallel=parallel, chunk_size=chunk_size,
-    )  # fmt: skip
-    run_options = _checks.check_unroll_options(run_options, tuple(run_options), "rnn")
-    if parallel:
-        _checks.check_parallel(cell, "rnn")
+    options = merged_options(options, unroll_options, "rnn")
+    options.check_cell(cell, "rnn")
 
     def apply(params, xs, *, lengths=None, carry=None, key=None):
         del key  # a plain recurrent layer has no randomness
-        return unroll_fn(cell, params, xs, carry=carry, lengths=lengths, **run_options)
+        return unroll(cell, params, xs, carry=carry, lengths=lengths, options=options)
 
     return Layer(
         init=cell.init,
         apply=apply,
         initial_carry=cell.initial_carry,
         output_size=cell.output_size,
-        time_major=time_major,
-        parts=("rnn", cell, tuple(run_options.items())),
+        time_major=options.time_major,
+        spec=RNNSpec(cell, options),
     )
-
-
-unroll_fn = unroll  # `rnn` has a parameter named `unroll`
 
 
 def bidirectional(forward: Layer, backward: Layer) -> Layer:
@@ -171,7 +203,7 @@ def bidirectional(forward: Layer, backward: Layer) -> Layer:
         initial_carry=initial_carry,
         output_size=forward.output_size + backward.output_size,
         time_major=time_major,
-        parts=("bidirectional", forward, backward),
+        spec=BidirectionalSpec(forward, backward),
     )
 
 
@@ -237,7 +269,7 @@ def stack(*layers: Layer, dropout: float = 0.0) -> Layer:
         initial_carry=initial_carry,
         output_size=layers[-1].output_size,
         time_major=layers[0].time_major,
-        parts=("stack", tuple(layers), dropout),
+        spec=StackSpec(tuple(layers), dropout),
     )
 
 
@@ -304,12 +336,10 @@ def _check_layer(layer: Any, name: str, fn: str) -> None:
 
 def _runs_in_reverse(layer: Layer) -> bool:
     """Whether ``layer`` (or a layer stacked in it) was built with ``rnn(..., reverse=True)``."""
-    if layer.parts is None:
-        return False
-    if layer.parts[0] == "rnn":
-        return bool(dict(layer.parts[2]).get("reverse"))
-    if layer.parts[0] == "stack":
-        return any(_runs_in_reverse(inner) for inner in layer.parts[1])
+    if isinstance(layer.spec, RNNSpec):
+        return layer.spec.options.reverse
+    if isinstance(layer.spec, StackSpec):
+        return any(_runs_in_reverse(inner) for inner in layer.spec.layers)
     return False
 
 

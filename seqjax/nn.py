@@ -32,6 +32,7 @@ from seqjax import _checks, layers
 from seqjax.cell import Carry, Cell
 from seqjax.cells import gru, lru, lstm, min_gru, min_lstm, simple_rnn
 from seqjax.unroll import unroll
+from seqjax.unrolling.options import options_from
 
 Array = jax.Array
 
@@ -59,10 +60,12 @@ class Recurrent(nnx.Module):
     ):
         _checks.check_cell(cell, type(self).__name__)
         self.cell = nnx.static(cell)
-        options = _checks.check_unroll_options(
-            options, MODULE_OPTIONS, type(self).__name__, "it is an argument of each call"
-        )
-        self.options = nnx.static(tuple(sorted(options.items())))
+        self.options = nnx.static(
+            options_from(
+                options, type(self).__name__, allowed=MODULE_OPTIONS,
+                elsewhere="it is an argument of each call",
+            )
+        )  # fmt: skip
         params = cell.init(rngs.params(), in_features, dtype)
         self.param_names = nnx.static(tuple(params))
         for name, value in params.items():
@@ -95,7 +98,7 @@ class Recurrent(nnx.Module):
         lengths = _lengths(seq_lengths, lengths)
         final, ys = unroll(
             self.cell, self.params, inputs, carry=initial_carry, lengths=lengths,
-            reverse=reverse, time_major=time_major, **dict(self.options),
+            options=self.options.replace(reverse=reverse, time_major=time_major),
         )  # fmt: skip
         if reverse and not keep_order:
             time_axis = 0 if time_major else ys.ndim - 2

@@ -43,9 +43,9 @@ def test_module_equals_functional_unroll(name, reverse, keep_order):
     carry0 = jax.tree.map(lambda c: c + 0.2, module.initialize_carry((B,)))
     final, ys = module(x, initial_carry=carry0, seq_lengths=LENGTHS, return_carry=True,
                        reverse=reverse, keep_order=keep_order)  # fmt: skip
-    options = dict(module.options)
+    options = module.options.replace(reverse=reverse)
     want_final, want = seqjax.unroll(module.cell, module.params, x, carry=carry0,
-                                     lengths=LENGTHS, reverse=reverse, **options)  # fmt: skip
+                                     lengths=LENGTHS, options=options)  # fmt: skip
     if reverse and not keep_order:
         want = seqjax.reverse_sequences(want, LENGTHS, 1)
     np.testing.assert_allclose(ys, want, rtol=1e-6, atol=1e-6)

@@ -54,54 +54,69 @@ def gru(
     def init_fn(key: jax.Array, input_size: int, dtype=None) -> Params:
         return _common.init_params(key, input_size, H, 3, config, dtype, "gru")
 
-    def recur_reset_before(params: Params, h: jax.Array, projected_x: jax.Array):
-        # The reset gate enters before the second matmul, so the step has two matmuls in
-        # sequence and no parameter-free tail: it is differentiated by plain autodiff.
-        with jax.named_scope("seqjax.gru_reset_before"):
-            w_hh, b_hh = params["w_hh"], params["b_hh"]
-            hh_rz = h @ w_hh[:, : 2 * H] + b_hh[: 2 * H]
-            r, z = jnp.split(jax.nn.sigmoid(projected_x[..., : 2 * H] + hh_rz), 2, axis=-1)
-            n = jnp.tanh(projected_x[..., 2 * H :] + (r * h) @ w_hh[:, 2 * H :] + b_hh[2 * H :])
-            h = (1.0 - z) * n + z * h
-            return h, h
-
-    def combine_forward(h_prev: jax.Array, projected_x: jax.Array, hh: jax.Array):
-        with jax.named_scope("seqjax.gru"):
-            r, z = jnp.split(jax.nn.sigmoid(projected_x[..., : 2 * H] + hh[..., : 2 * H]), 2, -1)
-            hh_n = hh[..., 2 * H :]
-            n = jnp.tanh(projected_x[..., 2 * H :] + r * hh_n)
-            h = (1.0 - z) * n + z * h_prev
-            return (h, h), (r, z, n, hh_n)  # separate arrays: see lstm.combine_forward
-
-    def combine(h_prev: jax.Array, projected_x: jax.Array, hh: jax.Array):
-        return combine_forward(h_prev, projected_x, hh)[0]  # unused residuals: dropped by XLA
-
-    def combine_backward(h_prev: jax.Array, residuals: tuple[jax.Array, ...], d_out):
-        with jax.named_scope("seqjax.gru_backward"):
-            d_new, dy = d_out
-            r, z, n, hh_n = residuals
-            dh = d_new + dy
-            dn = dh * (1.0 - z) * (1.0 - n * n)
-            dr = dn * hh_n * r * (1.0 - r)
-            dz = dh * (h_prev - n) * z * (1.0 - z)
-            d_px = jnp.concatenate([dr, dz, dn], axis=-1)
-            d_hh = jnp.concatenate([dr, dz, dn * r], axis=-1)
-            return dh * z, d_px, d_hh
-
-    split = None
-    if reset_after:
-        split = RecurSplit(
-            _common.hidden_projection, combine,
-            combine_vjp=CombineVJP(combine_forward, combine_backward), native="gru",
-        )  # fmt: skip
+    split = GRU_SPLIT if reset_after else None
 
     return Cell(
         init=init_fn,
         initial_carry=_common.zeros_carry(H),
         project=_common.project,
-        recur=split_recur(split) if reset_after else recur_reset_before,
+        recur=split_recur(split) if reset_after else gru_reset_before_step,
         output_size=H,
         name="gru" if reset_after else "gru_reset_before",
         input_size=_common.input_size,
         recur_split=split,
     )
+
+
+def gru_step_with_residuals(h_prev: jax.Array, projected_x: jax.Array, hh: jax.Array):
+    """One GRU step (reset after the matmul) from ``x W_ih + b_ih`` and ``h W_hh + b_hh``
+    (each ``(batch..., 3H)``), and what its derivative needs: ``((h, h), (r, z, n, hh_n))``."""
+    H = h_prev.shape[-1]
+    with jax.named_scope("seqjax.gru"):
+        r, z = jnp.split(jax.nn.sigmoid(projected_x[..., : 2 * H] + hh[..., : 2 * H]), 2, -1)
+        hh_n = hh[..., 2 * H :]
+        n = jnp.tanh(projected_x[..., 2 * H :] + r * hh_n)
+        h = (1.0 - z) * n + z * h_prev
+        return (h, h), (r, z, n, hh_n)  # separate arrays: see lstm.lstm_step_with_residuals
+
+
+def gru_step(h_prev: jax.Array, projected_x: jax.Array, hh: jax.Array):
+    """One GRU step (reset after the matmul): ``(h, h)``."""
+    return gru_step_with_residuals(h_prev, projected_x, hh)[0]  # residuals dropped by XLA
+
+
+def gru_step_backward(h_prev: jax.Array, residuals: tuple[jax.Array, ...], d_out):
+    """The derivative of :func:`gru_step`: ``(d_h_prev, d_px, d_hh)`` for
+    ``d_out = (d_new_h, d_y)``. The two products get different gradients: the candidate's
+    block of ``hh`` is scaled by the reset gate."""
+    with jax.named_scope("seqjax.gru_backward"):
+        d_new, dy = d_out
+        r, z, n, hh_n = residuals
+        dh = d_new + dy
+        dn = dh * (1.0 - z) * (1.0 - n * n)
+        dr = dn * hh_n * r * (1.0 - r)
+        dz = dh * (h_prev - n) * z * (1.0 - z)
+        d_px = jnp.concatenate([dr, dz, dn], axis=-1)
+        d_hh = jnp.concatenate([dr, dz, dn * r], axis=-1)
+        return dh * z, d_px, d_hh
+
+
+GRU_SPLIT = RecurSplit(
+    _common.hidden_projection, gru_step,
+    combine_vjp=CombineVJP(gru_step_with_residuals, gru_step_backward),
+)  # fmt: skip
+"""The GRU's step (reset after) as ``unroll``'s custom VJP and the native kernel take it."""
+
+
+def gru_reset_before_step(params: Params, h: jax.Array, projected_x: jax.Array):
+    """One step of the original GRU (reset before the matmul): ``(h, h)``. The reset gate
+    enters before the second matmul, so the step has two matmuls in sequence and no
+    parameter-free tail: it is differentiated by plain autodiff."""
+    H = h.shape[-1]
+    with jax.named_scope("seqjax.gru_reset_before"):
+        w_hh, b_hh = params["w_hh"], params["b_hh"]
+        hh_rz = h @ w_hh[:, : 2 * H] + b_hh[: 2 * H]
+        r, z = jnp.split(jax.nn.sigmoid(projected_x[..., : 2 * H] + hh_rz), 2, axis=-1)
+        n = jnp.tanh(projected_x[..., 2 * H :] + (r * h) @ w_hh[:, 2 * H :] + b_hh[2 * H :])
+        h = (1.0 - z) * n + z * h
+        return h, h

@@ -23,6 +23,7 @@ differentiated by plain autodiff.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -42,6 +43,59 @@ class LSTMCarry(NamedTuple):
 
     h: jax.Array
     c: jax.Array
+
+
+def lstm_hidden_projection(params: Params, carry: LSTMCarry) -> jax.Array:
+    """``h_(t-1) W_hh + b_hh``: the recurrent product, ``(batch..., 4H)``."""
+    return _common.hidden_projection(params, carry.h)
+
+
+def lstm_step_with_residuals(carry: LSTMCarry, projected_x: jax.Array, hh: jax.Array):
+    """One LSTM step from its two products (the equations above), and what its derivative
+    needs: ``((LSTMCarry(h, c), h), (i, f, g, o, tanh(c)))``, the gates after activation."""
+    with jax.named_scope("seqjax.lstm"):
+        i, f, g, o = jnp.split(projected_x + hh, 4, axis=-1)
+        i, f, g, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
+        c = f * carry.c + i * g
+        tanh_c = jnp.tanh(c)
+        h = o * tanh_c
+        # Five (batch, H) arrays, not one (batch, 5H): XLA:CPU runs the backward step's
+        # arithmetic ~2.5x slower when it slices gate columns out of a per-step slice.
+        return (LSTMCarry(h, c), h), (i, f, g, o, tanh_c)
+
+
+def lstm_step(carry: LSTMCarry, projected_x: jax.Array, hh: jax.Array):
+    """One LSTM step: ``(LSTMCarry(h, c), h)`` from the carry, ``x W_ih + b_ih`` and
+    ``h W_hh + b_hh`` (each ``(batch..., 4H)``)."""
+    return lstm_step_with_residuals(carry, projected_x, hh)[0]  # residuals dropped by XLA
+
+
+def lstm_step_backward(carry: LSTMCarry, residuals: tuple[jax.Array, ...], d_out):
+    """The derivative of :func:`lstm_step`: ``(d_carry, d_gates, d_gates)`` for
+    ``d_out = (d_new_carry, d_h)``, from the residuals of :func:`lstm_step_with_residuals`.
+    The gates' gradient serves both products (the split is additive)."""
+    with jax.named_scope("seqjax.lstm_backward"):
+        d_new, dy = d_out
+        i, f, g, o, tanh_c = residuals
+        dh = d_new.h + dy
+        dc = d_new.c + dh * o * (1.0 - tanh_c * tanh_c)
+        d_gates = jnp.concatenate(
+            [
+                dc * g * i * (1.0 - i),
+                dc * carry.c * f * (1.0 - f),
+                dc * i * (1.0 - g * g),
+                dh * tanh_c * o * (1.0 - o),
+            ],
+            axis=-1,
+        )
+        return LSTMCarry(jnp.zeros_like(dh), dc * f), d_gates, d_gates
+
+
+LSTM_SPLIT = RecurSplit(
+    lstm_hidden_projection, lstm_step, additive=True,
+    combine_vjp=CombineVJP(lstm_step_with_residuals, lstm_step_backward),
+)  # fmt: skip
+"""The plain LSTM's step as ``unroll``'s custom VJP and the native kernel take it."""
 
 
 def lstm(
@@ -111,54 +165,15 @@ def lstm(
         zeros = jnp.zeros((*batch_shape, H), params["w_hh"].dtype)
         return LSTMCarry(zeros, zeros)
 
-    def hidden_projection(params: Params, carry: LSTMCarry) -> jax.Array:
-        return _common.hidden_projection(params, carry.h)
-
-    def combine_forward(carry: LSTMCarry, projected_x: jax.Array, hh: jax.Array):
-        with jax.named_scope("seqjax.lstm"):
-            i, f, g, o = jnp.split(projected_x + hh, 4, axis=-1)
-            i, f, g, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
-            c = f * carry.c + i * g
-            tanh_c = jnp.tanh(c)
-            h = o * tanh_c
-            # Five (batch, H) arrays, not one (batch, 5H): XLA:CPU runs the backward step's
-            # arithmetic ~2.5x slower when it slices gate columns out of a per-step slice.
-            return (LSTMCarry(h, c), h), (i, f, g, o, tanh_c)
-
-    def combine(carry: LSTMCarry, projected_x: jax.Array, hh: jax.Array):
-        return combine_forward(carry, projected_x, hh)[0]  # unused residuals: dropped by XLA
-
-    def combine_backward(carry: LSTMCarry, residuals: tuple[jax.Array, ...], d_out):
-        with jax.named_scope("seqjax.lstm_backward"):
-            d_new, dy = d_out
-            i, f, g, o, tanh_c = residuals
-            dh = d_new.h + dy
-            dc = d_new.c + dh * o * (1.0 - tanh_c * tanh_c)
-            d_gates = jnp.concatenate(
-                [
-                    dc * g * i * (1.0 - i),
-                    dc * carry.c * f * (1.0 - f),
-                    dc * i * (1.0 - g * g),
-                    dh * tanh_c * o * (1.0 - o),
-                ],
-                axis=-1,
-            )
-            return LSTMCarry(jnp.zeros_like(dh), dc * f), d_gates, d_gates
-
-    split = RecurSplit(
-        hidden_projection, combine, additive=True,
-        combine_vjp=CombineVJP(combine_forward, combine_backward), native="lstm",
-    )  # fmt: skip
-
     return Cell(
         init=init_fn,
         initial_carry=initial_carry,
         project=_common.project,
-        recur=split_recur(split),
+        recur=split_recur(LSTM_SPLIT),
         output_size=H,
         name="lstm",
         input_size=_common.input_size,
-        recur_split=split,
+        recur_split=LSTM_SPLIT,
     )
 
 
@@ -216,23 +231,9 @@ def _lstm_variant(
             return _common.project(params, xs)
         return _normalized(xs @ params["w_ih"]) * params["ln_ih_scale"] + params["b_ih"]
 
-    def recur(params: Params, carry: LSTMCarry, projected_x: jax.Array):
-        with jax.named_scope(f"seqjax.{name}"):
-            hh = carry.h @ params["w_hh"]
-            if layer_norm:
-                hh = _normalized(hh) * params["ln_hh_scale"]
-            i, f, g, o = jnp.split(projected_x + hh + params["b_hh"], 4, axis=-1)
-            if peephole:
-                i = i + params["w_ci"] * carry.c
-                f = f + params["w_cf"] * carry.c
-            c = jax.nn.sigmoid(f) * carry.c + jax.nn.sigmoid(i) * jnp.tanh(g)
-            if peephole:
-                o = o + params["w_co"] * c
-            shown = _normalized(c) * params["ln_c_scale"] + params["ln_c_bias"] if layer_norm else c
-            h = jax.nn.sigmoid(o) * jnp.tanh(shown)
-            if P:
-                h = h @ params["w_hr"]
-            return LSTMCarry(h, c), h
+    recur = functools.partial(
+        lstm_variant_step, peephole=peephole, layer_norm=layer_norm, name=name
+    )
 
     return Cell(
         init=init_fn,
@@ -243,3 +244,33 @@ def _lstm_variant(
         name=name,
         input_size=_common.input_size,
     )
+
+
+def lstm_variant_step(
+    params: Params,
+    carry: LSTMCarry,
+    projected_x: jax.Array,
+    *,
+    peephole: bool,
+    layer_norm: bool,
+    name: str = "lstm_variant",
+) -> tuple[LSTMCarry, jax.Array]:
+    """One step of the LSTM with its variants (module docstring): the peepholes, the layer
+    norms and the output projection (``w_hr`` in ``params``) put parameters inside the step,
+    so it is one ``recur`` differentiated by plain autodiff."""
+    with jax.named_scope(f"seqjax.{name}"):
+        hh = carry.h @ params["w_hh"]
+        if layer_norm:
+            hh = _normalized(hh) * params["ln_hh_scale"]
+        i, f, g, o = jnp.split(projected_x + hh + params["b_hh"], 4, axis=-1)
+        if peephole:
+            i = i + params["w_ci"] * carry.c
+            f = f + params["w_cf"] * carry.c
+        c = jax.nn.sigmoid(f) * carry.c + jax.nn.sigmoid(i) * jnp.tanh(g)
+        if peephole:
+            o = o + params["w_co"] * c
+        shown = _normalized(c) * params["ln_c_scale"] + params["ln_c_bias"] if layer_norm else c
+        h = jax.nn.sigmoid(o) * jnp.tanh(shown)
+        if "w_hr" in params:
+            h = h @ params["w_hr"]
+        return LSTMCarry(h, c), h

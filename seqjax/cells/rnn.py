@@ -10,33 +10,57 @@ from seqjax import initializers as inits
 from seqjax.cell import Cell, CombineVJP, Params, RecurSplit, split_recur
 from seqjax.cells import _common
 
-ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu}
-# d act(z) / dz from the output h = act(z): what the backward pass keeps is h alone.
-DERIVATIVES = {"tanh": lambda h: 1.0 - h * h, "relu": lambda h: (h > 0).astype(h.dtype)}
+
+def tanh_step(h: jax.Array, projected_x: jax.Array, hh: jax.Array):
+    """One Elman step, ``h = tanh(x W_ih + b_ih + h W_hh + b_hh)``: ``(h, h)``."""
+    with jax.named_scope("seqjax.rnn_tanh"):
+        h = jnp.tanh(projected_x + hh)
+        return h, h
 
 
-def _activation_split(
-    hidden_projection, activation: str, name: str, native: str | None = None
-) -> RecurSplit:
-    """The split ``h = act(px + hh)`` of the Elman RNN and the IndRNN."""
-    act, derivative = ACTIVATIONS[activation], DERIVATIVES[activation]
+def relu_step(h: jax.Array, projected_x: jax.Array, hh: jax.Array):
+    """One Elman step with ReLU, ``h = max(0, x W_ih + b_ih + h W_hh + b_hh)``: ``(h, h)``."""
+    with jax.named_scope("seqjax.rnn_relu"):
+        h = jax.nn.relu(projected_x + hh)
+        return h, h
 
-    def combine(h: jax.Array, projected_x: jax.Array, hh: jax.Array):
-        with jax.named_scope(name):
-            h = act(projected_x + hh)
-            return h, h
 
-    def combine_forward(h: jax.Array, projected_x: jax.Array, hh: jax.Array):
-        new_h, y = combine(h, projected_x, hh)
+def tanh_step_backward(h: jax.Array, new_h: jax.Array, d_out):
+    """The derivative of :func:`tanh_step` from its output alone: ``tanh' = 1 - h^2``."""
+    d_new, dy = d_out
+    d_z = (d_new + dy) * (1.0 - new_h * new_h)
+    return jnp.zeros_like(h), d_z, d_z
+
+
+def relu_step_backward(h: jax.Array, new_h: jax.Array, d_out):
+    """The derivative of :func:`relu_step` from its output alone: ``relu' = [h > 0]``."""
+    d_new, dy = d_out
+    d_z = (d_new + dy) * (new_h > 0).astype(new_h.dtype)
+    return jnp.zeros_like(h), d_z, d_z
+
+
+ACTIVATIONS = {"tanh": (tanh_step, tanh_step_backward), "relu": (relu_step, relu_step_backward)}
+
+
+def _keeping_output(step):
+    """``step`` as a ``CombineVJP.forward`` whose residual is the new state itself."""
+
+    def step_with_residuals(h: jax.Array, projected_x: jax.Array, hh: jax.Array):
+        new_h, y = step(h, projected_x, hh)
         return (new_h, y), new_h
 
-    def combine_backward(h: jax.Array, new_h: jax.Array, d_out):
-        d_new, dy = d_out
-        d_z = (d_new + dy) * derivative(new_h)
-        return jnp.zeros_like(h), d_z, d_z
+    return step_with_residuals
 
-    vjp = CombineVJP(combine_forward, combine_backward)
-    return RecurSplit(hidden_projection, combine, additive=True, combine_vjp=vjp, native=native)
+
+def _activation_split(hidden_projection, activation: str) -> RecurSplit:
+    """The split ``h = act(px + hh)`` of the Elman RNN and the IndRNN."""
+    step, backward = ACTIVATIONS[activation]
+    vjp = CombineVJP(_keeping_output(step), backward)
+    return RecurSplit(hidden_projection, step, additive=True, combine_vjp=vjp)
+
+
+RNN_SPLITS = {name: _activation_split(_common.hidden_projection, name) for name in ACTIVATIONS}
+"""The Elman RNN's steps, by activation, as ``unroll``'s custom VJP and the kernels take them."""
 
 
 def simple_rnn(
@@ -66,12 +90,7 @@ def simple_rnn(
     def init_fn(key: jax.Array, input_size: int, dtype=None) -> Params:
         return _common.init_params(key, input_size, hidden_size, 1, config, dtype, "simple_rnn")
 
-    split = _activation_split(
-        _common.hidden_projection,
-        activation,
-        f"seqjax.simple_rnn_{activation}",
-        native=f"rnn_{activation}",
-    )
+    split = RNN_SPLITS[activation]
 
     return Cell(
         init=init_fn,
@@ -149,7 +168,7 @@ def indrnn(
             u = jnp.clip(u, -recurrent_max, recurrent_max)
         return u * h
 
-    split = _activation_split(hidden_projection, activation, f"seqjax.indrnn_{activation}")
+    split = _activation_split(hidden_projection, activation)
 
     return Cell(
         init=init_fn,

@@ -17,18 +17,58 @@ on first use (see :mod:`seqjax.native._build`); without a C++ compiler ``unroll`
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from seqjax.cells.gru import GRU_SPLIT
+from seqjax.cells.lstm import LSTM_SPLIT
+from seqjax.cells.rnn import RNN_SPLITS
 from seqjax.native import _build
+from seqjax.types import RecurSplit
 
 Array = jax.Array
 
 KERNELS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
 GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
+
+# Which recurrence each kernel computes: a kernel serves a cell whose RecurSplit has exactly
+# this hidden product and this step, so a user cell that reuses the built-in step with another
+# hidden product (the IndRNN) is never routed to a kernel that assumes h @ W_hh.
+_SERVES: dict[tuple, str] = {}
+
+
+def register(split: RecurSplit, kernel: str) -> None:
+    """Routes cells with this ``split`` (same ``hidden_projection`` and ``combine``) to
+    ``kernel``, one of :data:`KERNELS`."""
+    if kernel not in KERNELS:
+        raise ValueError(f"register: unknown kernel {kernel!r}; expected one of {KERNELS}")
+    _SERVES[(split.hidden_projection, split.combine)] = kernel
+
+
+register(LSTM_SPLIT, "lstm")
+register(GRU_SPLIT, "gru")
+register(RNN_SPLITS["tanh"], "rnn_tanh")
+register(RNN_SPLITS["relu"], "rnn_relu")
+
+
+def kernel_for(split: RecurSplit | None) -> str | None:
+    """The kernel that computes the recurrence ``split`` defines, or ``None``."""
+    if split is None:
+        return None
+    kernel = _SERVES.get((split.hidden_projection, split.combine))
+    if kernel is None and split.native is not None:
+        warnings.warn(
+            "RecurSplit(native=...) is deprecated: seqjax.native.register(split, kernel) routes "
+            "a recurrence to a kernel",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        kernel = split.native
+    return kernel
 
 
 def unavailable_reason() -> str | None:
@@ -47,7 +87,7 @@ def available() -> bool:
 
 
 def unsupported_reason(kernel: str | None, params: Any, xs: Array) -> str | None:
-    """``None`` when ``kernel`` (a ``RecurSplit.native`` name) can run these params and inputs
+    """``None`` when ``kernel`` (from :func:`kernel_for`) can run these params and inputs
     on this backend, else why not."""
     if kernel not in KERNELS:
         return "the cell has no native kernel (the built-in LSTM, GRU and Elman RNN do)"
