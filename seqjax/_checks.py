@@ -29,10 +29,45 @@ def check_cell(cell: Any, fn: str) -> None:
         )
 
 
-def check_positive_int(value: Any, name: str, fn: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
-        raise ValueError(f"{fn}: {name} must be a positive integer; got {value!r}")
+def is_int(value: Any) -> bool:
+    """A Python or NumPy integer, and not a bool."""
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    """A real Python or NumPy number, and not a bool."""
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
+
+
+def check_int(
+    value: Any, name: str, fn: str, *, low: int | None = None, high: int | None = None
+) -> int:
+    """An integer in ``[low, high]`` (either bound optional)."""
+    if (
+        not is_int(value)
+        or (low is not None and value < low)
+        or (high is not None and value > high)
+    ):
+        if low is not None and high is not None:
+            expected = f"an integer in [{low}, {high}]"
+        elif low == 1:
+            expected = "a positive integer"
+        else:
+            expected = "an integer" + (f" >= {low}" if low is not None else "")
+        raise ValueError(f"{fn}: {name} must be {expected}; got {value!r}")
     return int(value)
+
+
+def check_positive_int(value: Any, name: str, fn: str) -> int:
+    return check_int(value, name, fn, low=1)
+
+
+def check_number(value: Any, name: str, fn: str, ok: Any, expected: str) -> float:
+    """A finite real number for which ``ok(value)`` holds; ``expected`` says which, in the
+    message (``"a probability in [0, 1)"``)."""
+    if not is_number(value) or not np.isfinite(value) or not ok(value):
+        raise ValueError(f"{fn}: {name} must be {expected}; got {value!r}")
+    return float(value)
 
 
 def check_bool(value: Any, name: str, fn: str) -> bool:

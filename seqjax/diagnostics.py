@@ -474,55 +474,20 @@ def _flow(
     lengths: Array | None,
     carry: Carry | None,
 ) -> GradientFlow:
+    """``dL/dh_t`` for every level and step, as the gradient of the loss with respect to a
+    zero perturbation ``eps_t`` added to the state after each step (by ``_perturbed_cell``)."""
     fn = "gradient_through_time"
     time_axis = 0 if plan.time_major else 1
-    batch = xs.shape[1 - time_axis]
-    steps = xs.shape[time_axis]
-    count = len(plan.levels)
-    level_params = params if plan.stacked else (params,)
-    if carry is None:
-        level_carries = (None,) * count
-    else:
-        level_carries = carry if plan.stacked else (carry,)
-
-    def eps_shape(size: int) -> tuple[int, ...]:
-        return (steps, batch, size) if plan.time_major else (batch, steps, size)
-
-    # One entry per level, one (params, carry, eps) per direction.
-    levels, eps0 = [], []
-    for level, p, c in zip(plan.levels, level_params, level_carries, strict=True):
-        runs, eps_level = [], []
-        if len(level.runs) == 2:
-            run_params = (p["forward"], p["backward"])
-            run_carries = (None, None) if c is None else c
-        else:
-            run_params, run_carries = (p,), (c,)
-        for run, rp, rc in zip(level.runs, run_params, run_carries, strict=True):
-            dtype = _checks.params_dtype(rp, fn)
-            template = run.cell.initial_carry(rp, (batch,)) if rc is None else rc
-            h, c_leaf = _state_leaves(template)
-            sizes = (h.shape[-1], 0 if c_leaf is None else c_leaf.shape[-1])
-            cell = _perturbed_cell(run.cell, *sizes, named=hasattr(template, "_fields"))
-            runs.append((cell, run.options, rp, rc, sizes, dtype))
-            eps_level.append(
-                (
-                    jnp.zeros(eps_shape(sizes[0]), dtype),
-                    jnp.zeros(eps_shape(sizes[1]), dtype) if sizes[1] else None,
-                )
-            )
-        levels.append(runs)
-        eps0.append(eps_level)
+    batch, steps = xs.shape[1 - time_axis], xs.shape[time_axis]
+    levels, eps0 = _perturbed_levels(plan, params, carry, batch, steps, fn)
 
     def run_one(entry, inputs: Array, eps: tuple, reverse_input: bool) -> tuple[Carry, Array]:
-        cell, options, rp, rc, _, dtype = entry
+        cell, options, rp, rc, dtype = entry
         extra = [e for e in eps if e is not None]
         aug = jnp.concatenate([inputs.astype(dtype), *extra], axis=-1)
         if reverse_input:
             aug = reverse_sequences(aug, lengths, time_axis)
-        # The perturbed cell runs step by step: a parallel (associative-scan) unroll would have
-        # no per-step state to perturb, and gives the same numbers.
-        sequential = options.replace(parallel=False, chunk_size=None, custom_vjp=None, native=None)
-        final, ys = unroll(cell, rp, aug, carry=rc, lengths=lengths, options=sequential)
+        final, ys = unroll(cell, rp, aug, carry=rc, lengths=lengths, options=options)
         if reverse_input:
             ys = reverse_sequences(ys, lengths, time_axis)
         return final, ys
@@ -543,7 +508,51 @@ def _flow(
         return _check_loss(loss_fn(inputs, final_carry), fn)
 
     loss, grads = jax.value_and_grad(loss_of)(eps0)
+    return _flow_norms(plan, grads, lengths, batch, steps, loss)
 
+
+def _perturbed_levels(plan: _Plan, params, carry, batch: int, steps: int, fn: str):
+    """Per level, per direction: ``(perturbed cell, options, params, carry, dtype)``, and the
+    zero perturbations ``(eps_h, eps_c or None)`` each takes as extra input features."""
+    level_params = params if plan.stacked else (params,)
+    if carry is None:
+        level_carries = (None,) * len(plan.levels)
+    else:
+        level_carries = carry if plan.stacked else (carry,)
+
+    def eps_shape(size: int) -> tuple[int, ...]:
+        return (steps, batch, size) if plan.time_major else (batch, steps, size)
+
+    levels, eps0 = [], []
+    for level, p, c in zip(plan.levels, level_params, level_carries, strict=True):
+        runs, eps_level = [], []
+        if len(level.runs) == 2:
+            run_params = (p["forward"], p["backward"])
+            run_carries = (None, None) if c is None else c
+        else:
+            run_params, run_carries = (p,), (c,)
+        for run, rp, rc in zip(level.runs, run_params, run_carries, strict=True):
+            dtype = _checks.params_dtype(rp, fn)
+            template = run.cell.initial_carry(rp, (batch,)) if rc is None else rc
+            h, c_leaf = _state_leaves(template)
+            sizes = (h.shape[-1], 0 if c_leaf is None else c_leaf.shape[-1])
+            cell = _perturbed_cell(run.cell, *sizes, named=hasattr(template, "_fields"))
+            # The perturbed cell runs step by step: a parallel (associative-scan) unroll would
+            # have no per-step state to perturb, and gives the same numbers.
+            options = run.options.replace(
+                parallel=False, chunk_size=None, custom_vjp=None, native=None
+            )
+            runs.append((cell, options, rp, rc, dtype))
+            eps_h = jnp.zeros(eps_shape(sizes[0]), dtype)
+            eps_level.append((eps_h, jnp.zeros(eps_shape(sizes[1]), dtype) if sizes[1] else None))
+        levels.append(runs)
+        eps0.append(eps_level)
+    return levels, eps0
+
+
+def _flow_norms(plan: _Plan, grads, lengths, batch: int, steps: int, loss) -> GradientFlow:
+    """The norms of the perturbations' gradients, per example and averaged over the
+    sequences still running at each step."""
     valid = jnp.ones((batch, steps), bool)
     if lengths is not None:
         valid = jnp.arange(steps)[None, :] < lengths[:, None]
@@ -569,7 +578,6 @@ def _flow(
         c_examples = jnp.stack(
             [jnp.full_like(h_examples[0], jnp.nan) if row is None else row for row in c_rows]
         )
-
     count_valid = jnp.sum(valid, axis=0)  # (time,)
 
     def batch_mean(per: Array) -> Array:
@@ -661,7 +669,7 @@ def jacobian_norms(
         )
     if xs.shape[-2] == 0:
         raise ValueError(f"{fn}: xs has an empty time axis (shape {xs.shape}); need 1 step")
-    if isinstance(spans, int | np.integer) and not isinstance(spans, bool):
+    if _checks.is_int(spans):
         spans = (spans,)
     if not isinstance(spans, Sequence):
         raise TypeError(f"{fn}: spans must be a sequence of positive integers; got {spans!r}")

@@ -58,84 +58,15 @@ def from_torch(
       expressed as ``lengths``; convert states with :func:`carry_from_torch`/:func:`carry_to_torch`.
     """
     fn = "from_torch"
-    if hasattr(source, "state_dict") and hasattr(source, "mode"):
-        config = _module_config(source)
-        for name, given in (
-            ("mode", mode),
-            ("num_layers", num_layers),
-            ("bidirectional", bidirectional),
-            ("batch_first", batch_first),
-        ):
-            if given is not None and given != config[name]:
-                raise ValueError(
-                    f"{fn}: {name}={given!r} disagrees with the module, which has {config[name]!r}"
-                )
-        mode, num_layers, bidirectional = (config["mode"], config["num_layers"],
-                                           config["bidirectional"])  # fmt: skip
-        batch_first = config["batch_first"]
-        dropout = config["dropout"] if dropout is None else dropout
-        state = {k: v.detach().cpu().numpy() for k, v in source.state_dict().items()}
-    elif isinstance(source, Mapping):
-        if mode is None:
-            raise ValueError(
-                f"{fn}: mode is required when source is a state_dict mapping; expected one of "
-                f"{', '.join(MODES)}; got None"
-            )
-        state = {k: _to_numpy(v) for k, v in source.items()}
-    else:
-        raise TypeError(
-            f"{fn}: source must be a torch.nn.RNN/LSTM/GRU or a mapping of its state_dict; "
-            f"got {type(source).__name__}"
-        )
-    _checks.check_choice(mode, tuple(MODES), "mode", fn)
-    num_gates = MODES[mode]
-
-    found_layers, found_bidirectional = _layout_of(state.keys(), fn)
-    if num_layers is None:
-        num_layers = found_layers
-    _checks.check_positive_int(num_layers, "num_layers", fn)
-    if num_layers != found_layers:
-        raise ValueError(
-            f"{fn}: num_layers={num_layers} but the state_dict holds {found_layers} layer(s)"
-        )
-    if bidirectional is None:
-        bidirectional = found_bidirectional
-    bidirectional = _checks.check_bool(bidirectional, "bidirectional", fn)
-    if bool(bidirectional) != found_bidirectional:
-        raise ValueError(
-            f"{fn}: bidirectional={bidirectional} but the state_dict "
-            f"{'has' if found_bidirectional else 'has no'} _reverse weights"
-        )
-    batch_first = (
-        False if batch_first is None else _checks.check_bool(batch_first, "batch_first", fn)
+    given = {"mode": mode, "num_layers": num_layers, "bidirectional": bidirectional,
+             "batch_first": batch_first, "dropout": dropout}  # fmt: skip
+    state, config = _torch_source(source, given, fn)
+    mode, num_layers, bidirectional, batch_first, dropout = (
+        config[k] for k in ("mode", "num_layers", "bidirectional", "batch_first", "dropout")
     )
-    dropout = 0.0 if dropout is None else dropout
-    if dtype is not None:
-        try:
-            dtype = jnp.dtype(dtype)
-        except TypeError as err:
-            raise TypeError(f"{fn}: dtype must be a floating dtype; got {dtype!r}") from err
-        if not jnp.issubdtype(dtype, jnp.floating):
-            raise TypeError(f"{fn}: dtype must be a floating dtype; got {dtype}")
-
-    w_hh0 = state.get("weight_hh_l0")
-    if w_hh0 is None or w_hh0.ndim != 2:
-        raise ValueError(
-            f"{fn}: source must hold weight_hh_l0 of shape (gates*H, H); got "
-            + ("none" if w_hh0 is None else f"shape {w_hh0.shape}")
-        )
-    w_hr0 = state.get("weight_hr_l0")
-    proj_size = 0
-    if w_hr0 is not None:
-        if mode != "LSTM":
-            raise ValueError(f"{fn}: weight_hr (proj_size) exists only for LSTMs; mode is {mode}")
-        proj_size = w_hr0.shape[0]
-    hidden_size = w_hh0.shape[0] // num_gates if proj_size else w_hh0.shape[1]
-    if w_hh0.shape != (num_gates * hidden_size, proj_size or hidden_size):
-        raise ValueError(
-            f"{fn}: mode {mode} needs weight_hh_l0 of shape ({num_gates}*H, "
-            f"{'P' if proj_size else 'H'}); got {w_hh0.shape}. Is the mode right?"
-        )
+    dtype = _float_dtype(dtype, fn)
+    num_gates = MODES[mode]
+    hidden_size, proj_size = _sizes(state, mode, fn)
 
     def make_cell():
         if mode == "LSTM":
@@ -157,6 +88,97 @@ def from_torch(
             levels.append(rnn(make_cell(), time_major=not batch_first))
             params.append(directions[0])
     return stack(*levels, dropout=dropout), tuple(params)
+
+
+def _torch_source(source: Any, given: dict, fn: str) -> tuple[dict, dict]:
+    """``(state, config)``: the weights as NumPy arrays, and the configuration (mode, layers,
+    directions, layout, dropout) read from the module or the keys and checked against what the
+    caller gave."""
+    if hasattr(source, "state_dict") and hasattr(source, "mode"):
+        config = _module_config(source)
+        for name, value in given.items():
+            if name != "dropout" and value is not None and value != config[name]:
+                raise ValueError(
+                    f"{fn}: {name}={value!r} disagrees with the module, which has {config[name]!r}"
+                )
+        if given["dropout"] is not None:
+            config["dropout"] = given["dropout"]
+        state = {k: v.detach().cpu().numpy() for k, v in source.state_dict().items()}
+    elif isinstance(source, Mapping):
+        if given["mode"] is None:
+            raise ValueError(
+                f"{fn}: mode is required when source is a state_dict mapping; expected one of "
+                f"{', '.join(MODES)}; got None"
+            )
+        config = dict(given)
+        state = {k: _to_numpy(v) for k, v in source.items()}
+    else:
+        raise TypeError(
+            f"{fn}: source must be a torch.nn.RNN/LSTM/GRU or a mapping of its state_dict; "
+            f"got {type(source).__name__}"
+        )
+    _checks.check_choice(config["mode"], tuple(MODES), "mode", fn)
+    found_layers, found_bidirectional = _layout_of(state.keys(), fn)
+    if config["num_layers"] is None:
+        config["num_layers"] = found_layers
+    _checks.check_positive_int(config["num_layers"], "num_layers", fn)
+    if config["num_layers"] != found_layers:
+        raise ValueError(
+            f"{fn}: num_layers={config['num_layers']} but the state_dict holds {found_layers} "
+            "layer(s)"
+        )
+    if config["bidirectional"] is None:
+        config["bidirectional"] = found_bidirectional
+    bidirectional = _checks.check_bool(config["bidirectional"], "bidirectional", fn)
+    if bidirectional != found_bidirectional:
+        raise ValueError(
+            f"{fn}: bidirectional={bidirectional} but the state_dict "
+            f"{'has' if found_bidirectional else 'has no'} _reverse weights"
+        )
+    config["bidirectional"] = bidirectional
+    batch_first = config["batch_first"]
+    config["batch_first"] = (
+        False if batch_first is None else _checks.check_bool(batch_first, "batch_first", fn)
+    )
+    config["dropout"] = 0.0 if config["dropout"] is None else config["dropout"]
+    return state, config
+
+
+def _float_dtype(dtype: Any, fn: str) -> Any:
+    """``dtype`` as a floating NumPy dtype, or ``None``."""
+    if dtype is None:
+        return None
+    try:
+        dtype = jnp.dtype(dtype)
+    except TypeError as err:
+        raise TypeError(f"{fn}: dtype must be a floating dtype; got {dtype!r}") from err
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"{fn}: dtype must be a floating dtype; got {dtype}")
+    return dtype
+
+
+def _sizes(state: dict, mode: str, fn: str) -> tuple[int, int]:
+    """``(hidden_size, proj_size)`` from the first layer's recurrent weights."""
+    num_gates = MODES[mode]
+    w_hh0 = state.get("weight_hh_l0")
+    if w_hh0 is None or w_hh0.ndim != 2:
+        raise ValueError(
+            f"{fn}: source must hold weight_hh_l0 of shape (gates*H, H); got "
+            + ("none" if w_hh0 is None else f"shape {w_hh0.shape}")
+        )
+    w_hr0 = state.get("weight_hr_l0")
+    proj_size = 0
+    if w_hr0 is not None:
+        if mode != "LSTM":
+            raise ValueError(f"{fn}: weight_hr (proj_size) exists only for LSTMs; mode is {mode}")
+        proj_size = w_hr0.shape[0]
+    hidden_size = w_hh0.shape[0] // num_gates if proj_size else w_hh0.shape[1]
+    if w_hh0.shape != (num_gates * hidden_size, proj_size or hidden_size):
+        raise ValueError(
+            f"{fn}: mode {mode} needs weight_hh_l0 of shape ({num_gates}*H, "
+            f"{'P' if proj_size else 'H'}); got {w_hh0.shape}. Is the mode right?"
+        )
+    return hidden_size, proj_size
 
 
 def _bidirectional_layer(cell, batch_first: bool) -> Layer:

@@ -224,13 +224,9 @@ def stack(*layers: Layer, dropout: float = 0.0) -> Layer:
     layouts = {layer.time_major for layer in layers}
     if len(layouts) > 1:
         raise ValueError("stack: all layers must share a layout; got mixed time_major values")
-    if (
-        isinstance(dropout, bool)
-        or not isinstance(dropout, int | float | np.integer | np.floating)
-        or not 0 <= dropout < 1
-    ):
-        raise ValueError(f"stack: dropout must be a probability in [0, 1); got {dropout!r}")
-    dropout = float(dropout)
+    dropout = _checks.check_number(
+        dropout, "dropout", "stack", lambda p: 0 <= p < 1, "a probability in [0, 1)"
+    )
     count = len(layers)
 
     def init(key, input_size, dtype=None):
@@ -287,8 +283,7 @@ def reverse_sequences(xs: Array, lengths: Array | None, time_axis: int) -> Array
             f"{fn}: xs must have at least 2 axes (time, features); got shape {xs.shape}"
         )
     if (
-        isinstance(time_axis, bool)
-        or not isinstance(time_axis, int | np.integer)
+        not _checks.is_int(time_axis)
         or not -xs.ndim <= time_axis < xs.ndim
         or int(time_axis) % xs.ndim == xs.ndim - 1
     ):

@@ -68,66 +68,92 @@ def lru(
                 f"build lru(hidden_size, model_size={input_size}), or pass input_layer=True"
             )
         dtype = _common.float_dtype(dtype, fn)
-        k = jax.random.split(key, 8)
-        u1 = jax.random.uniform(k[0], (N,), jnp.float32)
-        u2 = jax.random.uniform(k[1], (N,), jnp.float32)
-        nu_log = jnp.log(-0.5 * jnp.log(u1 * (r_max**2 - r_min**2) + r_min**2))
-        theta_log = jnp.log(max_phase * u2)
-        magnitude = jnp.exp(-jnp.exp(nu_log))
-        gamma_log = jnp.log(jnp.sqrt(1.0 - magnitude**2))
-        params = {
-            "nu_log": nu_log,
-            "theta_log": theta_log,
-            "gamma_log": gamma_log,
-            "b_re": jax.random.normal(k[2], (H, N)) / math.sqrt(2 * H),
-            "b_im": jax.random.normal(k[3], (H, N)) / math.sqrt(2 * H),
-            "c_re": jax.random.normal(k[4], (N, H)) / math.sqrt(N),
-            "c_im": jax.random.normal(k[5], (N, H)) / math.sqrt(N),
-            "d": jax.random.normal(k[6], (H,)),
-        }
-        if input_layer:
-            params["w_in"] = jax.random.normal(k[7], (input_size, H)) / math.sqrt(input_size)
-            params["b_in"] = jnp.zeros((H,))
-        return jax.tree.map(lambda p: p.astype(dtype), params)
+        return lru_init(key, input_size, N, H, r_min, r_max, max_phase, input_layer, dtype)
 
-    def project(params: Params, xs: jax.Array) -> jax.Array:
-        """``[Re(B u), Im(B u), u]``: the drive and, for the skip term, the input itself."""
-        if input_layer:
-            xs = jax.nn.gelu(xs @ params["w_in"] + params["b_in"])
-        bx = xs @ jnp.concatenate([params["b_re"], params["b_im"]], axis=-1)
-        return jnp.concatenate([bx, xs], axis=-1)
-
-    def eigenvalues(params: Params) -> jax.Array:
-        nu, theta = _wide(params["nu_log"]), _wide(params["theta_log"])
-        return jnp.exp(jax.lax.complex(-jnp.exp(nu), jnp.exp(theta)))
-
-    def coefficients(params: Params, px: jax.Array):
-        drive = jax.lax.complex(_wide(px[..., :N]), _wide(px[..., N : 2 * N]))
-        return eigenvalues(params), jnp.exp(_wide(params["gamma_log"])) * drive
-
-    def read_out(params: Params, h: jax.Array, px: jax.Array) -> jax.Array:
-        c_h = jnp.real(h) @ params["c_re"] - jnp.imag(h) @ params["c_im"]  # Re(C h)
-        return (c_h + params["d"] * px[..., 2 * N :]).astype(px.dtype)
-
-    def state_from_carry(carry: jax.Array) -> jax.Array:
-        return jax.lax.complex(_wide(carry[..., :N]), _wide(carry[..., N:]))
-
-    def carry_from_state(h: jax.Array) -> jax.Array:
-        return jnp.concatenate([jnp.real(h), jnp.imag(h)], axis=-1)
-
-    linear = LinearRecurrence(
-        coefficients,
-        read_out,
-        state_from_carry=state_from_carry,
-        carry_from_state=carry_from_state,
-    )
     return Cell(
         init=init_fn,
         initial_carry=_common.zeros_carry(2 * N, "d"),
-        project=project,
-        recur=linear_recur(linear),
+        project=lru_project,
+        recur=linear_recur(LRU_RECURRENCE),
         output_size=H,
         name="lru",
         input_size=lambda params: params["w_in" if input_layer else "b_re"].shape[0],
-        linear=linear,
+        linear=LRU_RECURRENCE,
     )
+
+
+def lru_init(
+    key: jax.Array, input_size: int, N: int, H: int, r_min: float, r_max: float,
+    max_phase: float, input_layer: bool, dtype,
+) -> Params:  # fmt: skip
+    """Fresh params: eigenvalues uniform on the ring ``r_min <= |lambda| <= r_max`` with phases
+    in ``[0, max_phase]``, ``gamma`` normalising each state's gain, B and C Gaussian with
+    variances 1/(2H) and 1/N."""
+    k = jax.random.split(key, 8)
+    u1 = jax.random.uniform(k[0], (N,), jnp.float32)
+    u2 = jax.random.uniform(k[1], (N,), jnp.float32)
+    nu_log = jnp.log(-0.5 * jnp.log(u1 * (r_max**2 - r_min**2) + r_min**2))
+    theta_log = jnp.log(max_phase * u2)
+    magnitude = jnp.exp(-jnp.exp(nu_log))
+    gamma_log = jnp.log(jnp.sqrt(1.0 - magnitude**2))
+    params = {
+        "nu_log": nu_log,
+        "theta_log": theta_log,
+        "gamma_log": gamma_log,
+        "b_re": jax.random.normal(k[2], (H, N)) / math.sqrt(2 * H),
+        "b_im": jax.random.normal(k[3], (H, N)) / math.sqrt(2 * H),
+        "c_re": jax.random.normal(k[4], (N, H)) / math.sqrt(N),
+        "c_im": jax.random.normal(k[5], (N, H)) / math.sqrt(N),
+        "d": jax.random.normal(k[6], (H,)),
+    }
+    if input_layer:
+        params["w_in"] = jax.random.normal(k[7], (input_size, H)) / math.sqrt(input_size)
+        params["b_in"] = jnp.zeros((H,))
+    return jax.tree.map(lambda p: p.astype(dtype), params)
+
+
+def lru_project(params: Params, xs: jax.Array) -> jax.Array:
+    """``[Re(B u), Im(B u), u]``: the drive and, for the skip term, the input itself (``u =
+    gelu(x W_in + b_in)`` with the input layer, else ``x``)."""
+    if "w_in" in params:
+        xs = jax.nn.gelu(xs @ params["w_in"] + params["b_in"])
+    bx = xs @ jnp.concatenate([params["b_re"], params["b_im"]], axis=-1)
+    return jnp.concatenate([bx, xs], axis=-1)
+
+
+def lru_eigenvalues(params: Params) -> jax.Array:
+    """``lambda = exp(-exp(nu_log) + i exp(theta_log))``, ``(N,)`` complex."""
+    nu, theta = _wide(params["nu_log"]), _wide(params["theta_log"])
+    return jnp.exp(jax.lax.complex(-jnp.exp(nu), jnp.exp(theta)))
+
+
+def lru_coefficients(params: Params, px: jax.Array):
+    """``(a, b)`` of ``h_t = a * h_(t-1) + b``: ``(lambda, gamma * B u_t)``."""
+    N = params["nu_log"].shape[-1]
+    drive = jax.lax.complex(_wide(px[..., :N]), _wide(px[..., N : 2 * N]))
+    return lru_eigenvalues(params), jnp.exp(_wide(params["gamma_log"])) * drive
+
+
+def lru_read_out(params: Params, h: jax.Array, px: jax.Array) -> jax.Array:
+    """``y_t = Re(C h_t) + D * u_t``."""
+    N = params["nu_log"].shape[-1]
+    c_h = jnp.real(h) @ params["c_re"] - jnp.imag(h) @ params["c_im"]  # Re(C h)
+    return (c_h + params["d"] * px[..., 2 * N :]).astype(px.dtype)
+
+
+def _state_from_carry(carry: jax.Array) -> jax.Array:
+    N = carry.shape[-1] // 2
+    return jax.lax.complex(_wide(carry[..., :N]), _wide(carry[..., N:]))
+
+
+def _carry_from_state(h: jax.Array) -> jax.Array:
+    return jnp.concatenate([jnp.real(h), jnp.imag(h)], axis=-1)
+
+
+LRU_RECURRENCE = LinearRecurrence(
+    lru_coefficients,
+    lru_read_out,
+    state_from_carry=_state_from_carry,
+    carry_from_state=_carry_from_state,
+)
+"""The LRU's recurrence, linear in its complex state (run sequentially or in parallel)."""

@@ -129,8 +129,7 @@ def lstm(
     Carry: ``LSTMCarry(h, c)``, ``h (batch..., R)``, ``c (batch..., H)``. Output: ``h``.
     """
     hidden_size = _checks.check_positive_int(hidden_size, "hidden_size", "lstm")
-    if isinstance(proj_size, bool) or not isinstance(proj_size, int | np.integer) or proj_size < 0:
-        raise ValueError(f"lstm: proj_size must be an integer >= 0; got {proj_size!r}")
+    proj_size = _checks.check_int(proj_size, "proj_size", "lstm", low=0)
     if proj_size >= hidden_size:
         raise ValueError(
             f"lstm: proj_size must be smaller than hidden_size ({hidden_size}), as in PyTorch "
@@ -141,9 +140,7 @@ def lstm(
     if proj_size or peephole or layer_norm:
         return _lstm_variant(hidden_size, int(proj_size), peephole, layer_norm, init,
                              forget_bias, input_init, recurrent_init, bias_init)  # fmt: skip
-    if forget_bias is not None and (
-        isinstance(forget_bias, bool) or not isinstance(forget_bias, int | float | np.number)
-    ):
+    if forget_bias is not None and not _checks.is_number(forget_bias):
         raise TypeError(f"lstm: forget_bias must be a number or None; got {forget_bias!r}")
     config = _common.resolve_init(init, input_init, recurrent_init, bias_init, "lstm")
     if init == "pytorch" and forget_bias == 1.0:

@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from seqjax import _checks
+
 SHIPPED = "data/shakespeare.txt.gz"
 VALID_FRACTION = 0.1
 
@@ -138,20 +140,14 @@ class Vocabulary(NamedTuple):
 # ------------------------------------------------------------------------------------------ data
 
 
-def _positive_int(value: Any, name: str, fn: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
-        raise ValueError(f"{fn}: {name} must be a positive integer; got {value!r}")
-    return int(value)
-
-
 def windows(ids: Any, seq_len: int, stride: int | None = None) -> dict[str, np.ndarray]:
     """Cut a 1-D token stream into ``inputs (N, seq_len)`` and ``targets (N, seq_len)``, both
     int32, where ``targets[i, t] == inputs[i, t + 1]`` within the stream. Windows start every
     ``stride`` tokens (``seq_len`` by default: no character is an input twice), and
     ``N = (len(ids) - seq_len - 1) // stride + 1``; a tail too short for a window is dropped."""
     fn = "windows"
-    seq_len = _positive_int(seq_len, "seq_len", fn)
-    stride = seq_len if stride is None else _positive_int(stride, "stride", fn)
+    seq_len = _checks.check_positive_int(seq_len, "seq_len", fn)
+    stride = seq_len if stride is None else _checks.check_positive_int(stride, "stride", fn)
     ids = np.asarray(ids)
     if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
         raise ValueError(
@@ -192,13 +188,9 @@ def dataset(
     the whole corpus, so validation text always encodes; the last ``round(valid_fraction * n)``
     of the ``n`` characters are validation."""
     fn = "charlm.dataset"
-    seq_len = _positive_int(seq_len, "seq_len", fn)
-    if (
-        isinstance(valid_fraction, bool)
-        or not isinstance(valid_fraction, int | float | np.floating)
-        or not 0.0 < valid_fraction < 1.0
-    ):
-        raise ValueError(f"{fn}: valid_fraction must be a number in (0, 1); got {valid_fraction!r}")
+    seq_len = _checks.check_positive_int(seq_len, "seq_len", fn)
+    _checks.check_number(valid_fraction, "valid_fraction", fn, lambda f: 0.0 < f < 1.0,
+                         "a number in (0, 1)")  # fmt: skip
     text = load(path)
     vocab = Vocabulary.from_text(text)
     ids = vocab.encode(text)
@@ -318,16 +310,9 @@ def sample(
     fn = "sample"
     if not isinstance(vocab, Vocabulary):
         raise TypeError(f"{fn}: vocab must be a charlm.Vocabulary; got {type(vocab).__name__}")
-    length = _positive_int(length, "length", fn)
-    if (
-        isinstance(temperature, bool)
-        or not isinstance(temperature, int | float | np.integer | np.floating)
-        or not math.isfinite(temperature)
-        or temperature < 0
-    ):
-        raise ValueError(
-            f"{fn}: temperature must be a finite number >= 0 (0 for arg-max); got {temperature!r}"
-        )
+    length = _checks.check_positive_int(length, "length", fn)
+    _checks.check_number(temperature, "temperature", fn, lambda t: t >= 0,
+                         "a finite number >= 0 (0 for arg-max)")  # fmt: skip
     if not isinstance(prompt, str) or not prompt:
         raise ValueError(
             f"{fn}: prompt must be a non-empty str (at least one character); got {prompt!r}"

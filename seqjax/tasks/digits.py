@@ -20,10 +20,9 @@ couple of points between splits.
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 
+from seqjax import _checks
 from seqjax.tasks._classification import Data, _read_only, logistic_baseline
 
 __all__ = [
@@ -68,15 +67,8 @@ def stratified_split(
       ValueError: ``test_fraction`` is not strictly between 0 and 1, or leaves some class with
         no training or no test example.
     """
-    if (
-        not isinstance(test_fraction, numbers.Real)
-        or isinstance(test_fraction, bool)
-        or not 0.0 < test_fraction < 1.0
-    ):
-        raise ValueError(
-            "digits: test_fraction must be a number strictly between 0 and 1; "
-            f"got {test_fraction!r}"
-        )
+    _checks.check_number(test_fraction, "test_fraction", "digits", lambda f: 0.0 < f < 1.0,
+                         "a number strictly between 0 and 1")  # fmt: skip
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
     train, test = [], []

@@ -12,6 +12,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from seqjax import _checks
+
 TRAIN_END = 1920
 TEST_YEARS = (1921, 1987)
 
@@ -76,8 +78,7 @@ def dataset(window: int = 20) -> Data:
     """One-step forecasting windows: each target year's value, from the ``window`` years before
     it. Training targets are the years <= 1920 that have a full window; test targets are
     1921-1987. Values are normalised by the training years' mean and standard deviation."""
-    if isinstance(window, bool) or not isinstance(window, int) or not 1 <= window <= 200:
-        raise ValueError(f"sunspots.dataset: window must be an integer in [1, 200]; got {window!r}")
+    window = _checks.check_int(window, "window", "sunspots.dataset", low=1, high=200)
     years, values = load()
     last_train = int(np.where(years == TRAIN_END)[0][0])
     mean = float(values[: last_train + 1].mean())

@@ -25,6 +25,8 @@ import jax
 import numpy as np
 from flax import serialization
 
+from seqjax import _checks
+
 MAGIC = b"SEQJAXCK"
 FORMAT = 1
 PREFIX, SUFFIX = "ckpt_", ".msgpack"
@@ -79,10 +81,8 @@ def save(
     directory = pathlib.Path(directory)
     if directory.exists() and not directory.is_dir():
         raise ValueError(f"checkpoint.save: directory {str(directory)!r} is a file; pass a folder")
-    if isinstance(step, bool) or not isinstance(step, int | np.integer) or step < 0:
-        raise ValueError(f"checkpoint.save: step must be an integer >= 0; got {step!r}")
-    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
-        raise ValueError(f"checkpoint.save: keep must be an integer >= 1; got {keep!r}")
+    step = _checks.check_int(step, "step", "checkpoint.save", low=0)
+    _checks.check_int(keep, "keep", "checkpoint.save", low=1)
     directory.mkdir(parents=True, exist_ok=True)
     payload = serialization.msgpack_serialize(serialization.to_state_dict(_encode(state)))
     fields = {

@@ -28,6 +28,7 @@ import numpy as np
 import optax
 import tqdm
 
+from seqjax import _checks
 from seqjax.train import checkpoint, rundir, sharding
 from seqjax.train.rundir import RUN_FILES, previous_run  # noqa: F401 (public here too)
 from seqjax.train.signals import Interrupted, catch_stop_signals
@@ -196,8 +197,7 @@ def fit(
 
 def _check_fit_arguments(data: Any, eval_data: Any, mesh: Any, sizes: dict) -> None:
     for name, value in sizes.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"fit: {name} must be a positive integer; got {value!r}")
+        _checks.check_positive_int(value, name, "fit")
     if isinstance(data, Mapping):
         n = _num_examples(data, "data")
         if sizes["batch_size"] > n:
@@ -216,28 +216,15 @@ def _check_fit_arguments(data: Any, eval_data: Any, mesh: Any, sizes: dict) -> N
 
 def _train(model, loss, params, optimizer, data, run: rundir.RunDirectory | None, options: dict):
     """``fit``'s loop, with its checked ``options``; ``run`` is the locked run directory."""
-    steps, eval_every, seed = options["steps"], options["eval_every"], options["seed"]
-    eval_data, mesh, time_limit = options["eval_data"], options["mesh"], options["time_limit"]
+    steps, seed, time_limit = options["steps"], options["seed"], options["time_limit"]
     run_dir = run.path if run is not None else None
-    # The train step donates its state: train a copy, so the caller's params stay usable.
-    state = TrainState.create(jax.tree.map(jnp.copy, params), optimizer)
-    history: list[dict] = []
-    if options["resume"]:
-        found = checkpoint.latest(run_dir / "checkpoints", state)
-        if found is None:
-            raise ValueError(f"fit: nothing to resume in {str(run_dir)!r}: no checkpoint there")
-        state, _, _ = found
-        history = _read_history(run_dir, int(state.step))
+    state, history = _start_state(params, optimizer, run_dir, options)
+    mesh = options["mesh"]
     if mesh is not None:
         state = sharding.replicate(state, mesh)
-        if eval_data is not None:
-            eval_data = sharding.replicate(dict(eval_data), mesh)
     if jax.process_index() != 0:
         run_dir = None  # one writer: with several hosts, process 0 keeps the files
-
     step_fn = make_train_step(model, loss, optimizer, clip_norm=options["clip_norm"])
-    metrics = options["metrics"] or (lambda p, b: {"loss": loss(p, b)})
-    evaluate = jax.jit(lambda params, batch: metrics(model(params, batch, None), batch))
     key = jax.random.key(seed)
     start_step, start_time = int(state.step), time.perf_counter()
     batches = _batch_source(data, options["batch_size"], seed, start_step)
@@ -247,72 +234,107 @@ def _train(model, loss, params, optimizer, data, run: rundir.RunDirectory | None
     log = options["log"] or (bar.write if progress else (lambda line: print(line, flush=True)))
     if options["resume"]:
         log(f"resumed from step {start_step}")
-    # Device metrics are read only at report and checkpoint time (one transfer for all the
-    # steps since the last one): no host sync per step.
-    unread: list[dict] = []  # on the device
-    since_report: list[dict] = []  # on the host
-    next_plot = time.perf_counter() if _can_plot(run_dir, log) else float("inf")
-    # Throughput is timed over the steps since the last report, leaving out the first step of
-    # this call (it compiles) and the time spent evaluating, plotting and checkpointing.
-    timer = _StepTimer()
+    reports = _Reports(model, loss, run, run_dir, history, bar, log, options)
     with bar, catch_stop_signals() as stop:
         for step in range(start_step, steps):
             batch = _next_batch(batches, step)
             if mesh is not None:
                 batch = sharding.shard_batch(batch, mesh)
             state, step_metrics = step_fn(state, batch, jax.random.fold_in(key, step))
-            unread.append(step_metrics)
             bar.update(1)
             done = step + 1
-            if step == start_step:
+            if step == start_step:  # the first step compiles: throughput is timed after it
                 jax.block_until_ready(state)
-                timer.restart(done)
+                reports.timer.restart(done)
             out_of_time = time_limit is not None and time.perf_counter() - start_time > time_limit
-            last = done == steps or out_of_time or bool(stop)
-            report = done % eval_every == 0 or last
-            save = run_dir is not None and (done % options["checkpoint_every"] == 0 or last)
-            if report or save:
-                values = jax.device_get(unread)
-                if run_dir is not None:
-                    _append_steps(run_dir / "steps.jsonl", done - len(values) + 1, values)
-                since_report += values
-                unread = []
-            if report:
-                record = _summarise(since_report, done)
-                record["steps_per_s"] = timer.rate(done)
-                since_report = []
-                if eval_data is not None:
-                    evaluated = evaluate(state.params, eval_data)
-                    record.update({f"eval_{k}": float(v) for k, v in evaluated.items()})
-                history.append(record)
-                bar.set_postfix_str(f"loss {record['loss']:.4f}", refresh=False)
-                log(_progress_line(record, steps))
-                if run_dir is not None:
-                    with open(run_dir / "metrics.jsonl", "a") as f:
-                        f.write(json.dumps(record) + "\n")
-                    # Redrawn at most every 20 s (and at the end): a PNG costs ~0.1 s.
-                    if time.perf_counter() > next_plot or (last and next_plot < float("inf")):
-                        plot_curve(history, run_dir / "curve.png")
-                        next_plot = time.perf_counter() + 20.0
-            if save:
-                checkpoint.save(
-                    run_dir / "checkpoints",
-                    state,
-                    step=done,
-                    metadata=options["metadata"],
-                    keep=options["keep_checkpoints"],
-                )
-                run.checkpoint_written()
-            if report or save:
-                timer.restart(done)
+            saved = reports.after_step(state, step_metrics, done, done == steps or out_of_time
+                                       or bool(stop))  # fmt: skip
             if stop:
                 log(f"{signal.Signals(stop.signum).name} received: stopped at step {done}/{steps}"
-                    + (f", checkpoint in {run_dir / 'checkpoints'}" if save else ""))  # fmt: skip
-                raise Interrupted(stop.signum, done, checkpointed=save)
+                    + (f", checkpoint in {run_dir / 'checkpoints'}" if saved else ""))  # fmt: skip
+                raise Interrupted(stop.signum, done, checkpointed=saved)
             if out_of_time:
                 log(f"time limit of {time_limit:.0f} s reached: stopped at step {done}/{steps}")
                 break
     return state.params, history
+
+
+def _start_state(params, optimizer, run_dir, options) -> tuple[TrainState, list[dict]]:
+    """The train state to start from (the newest checkpoint's, on resume) and the history of
+    the reports before it."""
+    # The train step donates its state: train a copy, so the caller's params stay usable.
+    state = TrainState.create(jax.tree.map(jnp.copy, params), optimizer)
+    if not options["resume"]:
+        return state, []
+    found = checkpoint.latest(run_dir / "checkpoints", state)
+    if found is None:
+        raise ValueError(f"fit: nothing to resume in {str(run_dir)!r}: no checkpoint there")
+    state, _, _ = found
+    return state, _read_history(run_dir, int(state.step))
+
+
+class _Reports:
+    """What ``fit`` does between steps: reads the device metrics at report and checkpoint
+    time only (one transfer for all the steps since the last one: no host sync per step),
+    evaluates, logs, writes ``metrics.jsonl``/``steps.jsonl``, redraws the curve, saves."""
+
+    def __init__(self, model, loss, run, run_dir, history, bar, log, options) -> None:
+        self.run, self.run_dir, self.history, self.bar, self.log = run, run_dir, history, bar, log
+        self.options = options
+        metrics = options["metrics"] or (lambda p, b: {"loss": loss(p, b)})
+        self.evaluate = jax.jit(lambda params, batch: metrics(model(params, batch, None), batch))
+        self.eval_data = options["eval_data"]
+        if options["mesh"] is not None and self.eval_data is not None:
+            self.eval_data = sharding.replicate(dict(self.eval_data), options["mesh"])
+        self.unread: list[dict] = []  # on the device
+        self.since_report: list[dict] = []  # on the host
+        self.next_plot = time.perf_counter() if _can_plot(run_dir, log) else float("inf")
+        # Throughput is timed over the steps since the last report, leaving out the time
+        # spent evaluating, plotting and checkpointing.
+        self.timer = _StepTimer()
+
+    def after_step(self, state, step_metrics, done: int, last: bool) -> bool:
+        """Reports and saves as due after step ``done``; returns whether it saved."""
+        options, run_dir = self.options, self.run_dir
+        self.unread.append(step_metrics)
+        report = done % options["eval_every"] == 0 or last
+        save = run_dir is not None and (done % options["checkpoint_every"] == 0 or last)
+        if report or save:
+            values = jax.device_get(self.unread)
+            if run_dir is not None:
+                _append_steps(run_dir / "steps.jsonl", done - len(values) + 1, values)
+            self.since_report += values
+            self.unread = []
+        if report:
+            self._report(state, done, last)
+        if save:
+            checkpoint.save(
+                run_dir / "checkpoints", state, step=done, metadata=options["metadata"],
+                keep=options["keep_checkpoints"],
+            )  # fmt: skip
+            self.run.checkpoint_written()
+        if report or save:
+            self.timer.restart(done)
+        return save
+
+    def _report(self, state, done: int, last: bool) -> None:
+        record = _summarise(self.since_report, done)
+        record["steps_per_s"] = self.timer.rate(done)
+        self.since_report = []
+        if self.eval_data is not None:
+            evaluated = self.evaluate(state.params, self.eval_data)
+            record.update({f"eval_{k}": float(v) for k, v in evaluated.items()})
+        self.history.append(record)
+        self.bar.set_postfix_str(f"loss {record['loss']:.4f}", refresh=False)
+        self.log(_progress_line(record, self.options["steps"]))
+        if self.run_dir is None:
+            return
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        # Redrawn at most every 20 s (and at the end): a PNG costs ~0.1 s.
+        if time.perf_counter() > self.next_plot or (last and self.next_plot < float("inf")):
+            plot_curve(self.history, self.run_dir / "curve.png")
+            self.next_plot = time.perf_counter() + 20.0
 
 
 class _StepTimer:

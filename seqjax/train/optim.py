@@ -59,12 +59,10 @@ def optimizer(
     fn = "optimizer"
     _checks.check_choice(name, tuple(OPTIMIZERS), "optimizer name", fn)
     for arg, value in (("clip_norm", clip_norm), ("clip_value", clip_value)):
-        if value is not None and not (isinstance(value, int | float) and value > 0):
-            raise ValueError(f"{fn}: {arg} must be a positive number or None; got {value!r}")
-    if not isinstance(weight_decay, int | float) or weight_decay < 0:
-        raise ValueError(f"{fn}: weight_decay must be >= 0; got {weight_decay!r}")
-    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
-        raise ValueError(f"{fn}: warmup_steps must be an integer >= 0; got {warmup_steps!r}")
+        if value is not None:
+            _checks.check_number(value, arg, fn, lambda v: v > 0, "a positive number or None")
+    _checks.check_number(weight_decay, "weight_decay", fn, lambda w: w >= 0, ">= 0")
+    _checks.check_int(warmup_steps, "warmup_steps", fn, low=0)
     if schedule is not None:
         _checks.check_choice(schedule, SCHEDULES, "schedule", fn)
     if callable(learning_rate):
@@ -75,8 +73,7 @@ def optimizer(
             )
         lr = learning_rate
     else:
-        if not isinstance(learning_rate, int | float) or learning_rate < 0:
-            raise ValueError(f"{fn}: learning_rate must be >= 0; got {learning_rate!r}")
+        _checks.check_number(learning_rate, "learning_rate", fn, lambda r: r >= 0, ">= 0")
         lr = _schedule(float(learning_rate), schedule, warmup_steps, total_steps, fn)
 
     parts = []
