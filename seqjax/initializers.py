@@ -20,12 +20,30 @@ Defaults of the built-in cells (documented in the README):
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypedDict
 
 import jax
 import jax.numpy as jnp
 
 Initializer = Callable[[jax.Array, tuple[int, ...], Any], jax.Array]
+
+
+class InitOptions(TypedDict, total=False):
+    """The initialisation keywords of the built-in cells (``**init`` in their signatures).
+
+    Attributes:
+      init: the scheme, ``"default"`` (Lecun-normal input weights, orthogonal recurrent
+        weights, zero biases) or ``"pytorch"`` (U(-1/sqrt(H), 1/sqrt(H)) everywhere).
+      input_init: the initializer of ``w_ih``, overriding the scheme's.
+      recurrent_init: the initializer of ``w_hh`` (cells with recurrent weights only).
+      bias_init: the initializer of ``b_ih`` and ``b_hh``.
+    """
+
+    init: str
+    input_init: Initializer | None
+    recurrent_init: Initializer | None
+    bias_init: Initializer | None
+
 
 zeros: Initializer = jax.nn.initializers.zeros
 lecun_normal = jax.nn.initializers.lecun_normal

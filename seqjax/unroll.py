@@ -190,19 +190,3 @@ def _hoist_by_default(cell: Cell, params: Params, xs: Array, time_axis: int) -> 
     one_step = jax.ShapeDtypeStruct(xs.shape[:time_axis] + xs.shape[time_axis + 1 :], xs.dtype)
     projected = jax.eval_shape(cell.project, params, one_step)
     return projected.shape[-1] == cell.output_size
-
-
-def _hoist_by_default(cell: Cell, params: Params, xs: Array, time_axis: int) -> bool:
-    """Whether to project all steps before the scan when the caller does not say.
-
-    On GPU/TPU, always. On CPU, only for a cell whose step uses its projected input whole
-    (projected size = output size: the Elman RNN, the IndRNN): it then saves the step's
-    input matmul (``python -m benchmarks.cpu_findings`` measures it). A gated
-    cell slices gate blocks out of each step's slice of the projected buffer, and XLA:CPU
-    runs elementwise code that does that ~2.5x slower, so its projection stays in the step.
-    """
-    if jax.default_backend() != "cpu":
-        return True
-    one_step = jax.ShapeDtypeStruct(xs.shape[:time_axis] + xs.shape[time_axis + 1 :], xs.dtype)
-    projected = jax.eval_shape(cell.project, params, one_step)
-    return projected.shape[-1] == cell.output_size

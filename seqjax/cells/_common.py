@@ -26,15 +26,22 @@ class InitConfig(NamedTuple):
     bias_init: inits.Initializer
 
 
-def resolve_init(
-    scheme: str,
-    input_init: inits.Initializer | None,
-    recurrent_init: inits.Initializer | None,
-    bias_init: inits.Initializer | None,
-    fn: str,
-) -> InitConfig:
-    """Fills unset initializers from a named scheme: ``"default"`` (Lecun-normal input weights,
-    orthogonal recurrent weights, zero biases) or ``"pytorch"`` (U(+-1/sqrt(H)) everywhere)."""
+def resolve_init(options: dict[str, Any], fn: str, *, recurrent: bool = True) -> InitConfig:
+    """The initializers that ``options`` (:class:`seqjax.initializers.InitOptions`) ask for,
+    unset ones filled from the named scheme: ``"default"`` (Lecun-normal input weights,
+    orthogonal recurrent weights, zero biases) or ``"pytorch"`` (U(+-1/sqrt(H)) everywhere).
+    ``recurrent=False``: a cell with no recurrent weights, which refuses ``recurrent_init``."""
+    known = tuple(
+        n for n in inits.InitOptions.__annotations__ if recurrent or n != "recurrent_init"
+    )
+    for name in options:
+        if name not in known:
+            raise TypeError(f"{fn}: unknown keyword argument {name!r}; the initialisation "
+                            f"keywords are {', '.join(known)}")  # fmt: skip
+    scheme = options.get("init", "default")
+    input_init, recurrent_init, bias_init = (
+        options.get(name) for name in ("input_init", "recurrent_init", "bias_init")
+    )
     _checks.check_choice(scheme, SCHEMES, "init scheme", fn)
     if scheme == "pytorch":
         base = InitConfig(inits.pytorch_uniform(), inits.pytorch_uniform(), inits.pytorch_uniform())

@@ -17,6 +17,8 @@ The first lets one matmul ``h W_hh`` serve all three gates; the second needs two
 
 from __future__ import annotations
 
+from typing import Unpack
+
 import jax
 import jax.numpy as jnp
 
@@ -30,10 +32,7 @@ def gru(
     hidden_size: int,
     *,
     reset_after: bool = True,
-    init: str = "default",
-    input_init: inits.Initializer | None = None,
-    recurrent_init: inits.Initializer | None = None,
-    bias_init: inits.Initializer | None = None,
+    **init: Unpack[inits.InitOptions],
 ) -> Cell:
     """A GRU cell (PyTorch ``nn.GRU`` by default).
 
@@ -41,14 +40,15 @@ def gru(
       hidden_size: H.
       reset_after: apply the reset gate after the hidden matmul (default, PyTorch/cuDNN/Flax);
         ``False`` gives the original Cho et al. GRU (Keras ``reset_after=False``).
-      init: ``"default"`` or ``"pytorch"``, as for :func:`seqjax.simple_rnn`.
+      **init: ``init="default"`` or ``"pytorch"``, ``input_init``, ``recurrent_init``,
+        ``bias_init``: see :class:`seqjax.initializers.InitOptions`.
 
     Params: ``w_ih (D, 3H)``, ``w_hh (H, 3H)``, ``b_ih (3H,)``, ``b_hh (3H,)``.
     Carry: ``h (batch..., H)``. Output: ``h``.
     """
     hidden_size = _checks.check_positive_int(hidden_size, "hidden_size", "gru")
     reset_after = _checks.check_bool(reset_after, "reset_after", "gru")
-    config = _common.resolve_init(init, input_init, recurrent_init, bias_init, "gru")
+    config = _common.resolve_init(init, "gru")
     H = hidden_size
 
     def init_fn(key: jax.Array, input_size: int, dtype=None) -> Params:

@@ -24,7 +24,7 @@ differentiated by plain autodiff.
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+from typing import NamedTuple, Unpack
 
 import jax
 import jax.numpy as jnp
@@ -102,13 +102,10 @@ def lstm(
     hidden_size: int,
     *,
     forget_bias: float | None = 1.0,
-    init: str = "default",
-    input_init: inits.Initializer | None = None,
-    recurrent_init: inits.Initializer | None = None,
-    bias_init: inits.Initializer | None = None,
     proj_size: int = 0,
     peephole: bool = False,
     layer_norm: bool = False,
+    **init: Unpack[inits.InitOptions],
 ) -> Cell:
     """An LSTM cell (PyTorch ``nn.LSTM``).
 
@@ -117,10 +114,11 @@ def lstm(
       forget_bias: the initial total forget-gate bias (put in ``b_ih``; ``b_hh``'s forget block
         starts at 0); ``None`` draws it like the other biases. Default 1.0, so the cell starts
         by keeping its memory; the ``"pytorch"`` scheme sets it to ``None`` unless given.
-      init: ``"default"`` or ``"pytorch"``, as for :func:`seqjax.simple_rnn`.
       proj_size: P > 0 projects the output (PyTorch ``proj_size``); 0, the default, does not.
       peephole: add peephole connections from the cell to the gates.
       layer_norm: layer-normalise the gate pre-activations and the cell (Ba et al. 2016).
+      **init: ``init="default"`` or ``"pytorch"``, ``input_init``, ``recurrent_init``,
+        ``bias_init``: see :class:`seqjax.initializers.InitOptions`.
 
     Params: ``w_ih (D, 4H)``, ``w_hh (R, 4H)``, ``b_ih (4H,)``, ``b_hh (4H,)`` with R = P if
     ``proj_size`` else H; with ``proj_size`` also ``w_hr (H, P)``; with ``peephole`` also
@@ -138,12 +136,11 @@ def lstm(
     peephole = _checks.check_bool(peephole, "peephole", "lstm")
     layer_norm = _checks.check_bool(layer_norm, "layer_norm", "lstm")
     if proj_size or peephole or layer_norm:
-        return _lstm_variant(hidden_size, int(proj_size), peephole, layer_norm, init,
-                             forget_bias, input_init, recurrent_init, bias_init)  # fmt: skip
+        return _lstm_variant(hidden_size, proj_size, peephole, layer_norm, forget_bias, init)
     if forget_bias is not None and not _checks.is_number(forget_bias):
         raise TypeError(f"lstm: forget_bias must be a number or None; got {forget_bias!r}")
-    config = _common.resolve_init(init, input_init, recurrent_init, bias_init, "lstm")
-    if init == "pytorch" and forget_bias == 1.0:
+    config = _common.resolve_init(init, "lstm")
+    if init.get("init") == "pytorch" and forget_bias == 1.0:
         forget_bias = None
     ih_override = hh_override = None
     if forget_bias is not None:
@@ -184,13 +181,10 @@ def _normalized(x: jax.Array) -> jax.Array:
     return (x - mean) * jax.lax.rsqrt(var + LN_EPSILON)
 
 
-def _lstm_variant(
-    H, P, peephole, layer_norm, init, forget_bias, input_init, recurrent_init, bias_init
-) -> Cell:
+def _lstm_variant(H, P, peephole, layer_norm, forget_bias, init: dict) -> Cell:
     """The LSTM with any of a projection, peepholes and layer normalisation."""
-    plain = lstm(H, forget_bias=forget_bias, init=init, input_init=input_init,
-                 recurrent_init=recurrent_init, bias_init=bias_init)  # fmt: skip
-    config = _common.resolve_init(init, input_init, recurrent_init, bias_init, "lstm")
+    plain = lstm(H, forget_bias=forget_bias, **init)
+    config = _common.resolve_init(init, "lstm")
     R = P or H
     name = "lstm" + "".join(
         f"_{tag}" for tag, on in (("proj", P), ("peephole", peephole), ("ln", layer_norm)) if on
@@ -202,7 +196,7 @@ def _lstm_variant(
         dtype = params["w_ih"].dtype
         if P:
             params["w_hh"] = inits.gate_blocks(k_hh, config.recurrent_init, P, H, 4, dtype)
-            if init == "pytorch":  # PyTorch draws W_hr like every weight, from U(+-1/sqrt(H))
+            if init.get("init") == "pytorch":  # PyTorch draws W_hr from U(+-1/sqrt(H)) too
                 bound = 1.0 / np.sqrt(H)
                 params["w_hr"] = jax.random.uniform(k_hr, (H, P), dtype, -bound, bound)
             else:

@@ -14,6 +14,8 @@ computes the same recurrence in ordinary arithmetic.
 
 from __future__ import annotations
 
+from typing import Unpack
+
 import jax
 import jax.numpy as jnp
 
@@ -66,24 +68,23 @@ def min_gru(
     hidden_size: int,
     *,
     log_space: bool = False,
-    init: str = "default",
-    input_init: inits.Initializer | None = None,
-    bias_init: inits.Initializer | None = None,
+    **init: Unpack[inits.InitOptions],
 ) -> Cell:
     """A minGRU cell: ``h_t = (1 - z_t) h_(t-1) + z_t h~_t`` with ``z_t``, ``h~_t`` from ``x_t``.
 
     Args:
       hidden_size: H, the size of the state and of the output.
       log_space: use the positive candidate ``g(h~)`` and run the parallel scan in log space.
-      init: ``"default"`` (Lecun-normal weights, zero biases) or ``"pytorch"``; explicit
-        initializers override it.
+      **init: ``init="default"`` (Lecun-normal weights, zero biases) or ``"pytorch"``,
+        ``input_init``, ``bias_init``: see :class:`seqjax.initializers.InitOptions` (there
+        are no recurrent weights).
 
     Params: ``w_ih (D, 2H)`` (blocks z, h~), ``b_ih (2H,)``. Carry: ``h (batch..., H)``.
     """
     fn = "min_gru"
     hidden_size = _checks.check_positive_int(hidden_size, "hidden_size", fn)
     log_space = _checks.check_bool(log_space, "log_space", fn)
-    config = _common.resolve_init(init, input_init, None, bias_init, fn)
+    config = _common.resolve_init(init, fn, recurrent=False)
     candidate = _positive if log_space else (lambda x: x)
 
     def coefficients(params: Params, px: jax.Array):
@@ -104,9 +105,7 @@ def min_lstm(
     hidden_size: int,
     *,
     log_space: bool = False,
-    init: str = "default",
-    input_init: inits.Initializer | None = None,
-    bias_init: inits.Initializer | None = None,
+    **init: Unpack[inits.InitOptions],
 ) -> Cell:
     """A minLSTM cell: ``h_t = f'_t h_(t-1) + i'_t h~_t`` with ``f' = f/(f+i)``, ``i' = i/(f+i)``.
 
@@ -117,7 +116,7 @@ def min_lstm(
     fn = "min_lstm"
     hidden_size = _checks.check_positive_int(hidden_size, "hidden_size", fn)
     log_space = _checks.check_bool(log_space, "log_space", fn)
-    config = _common.resolve_init(init, input_init, None, bias_init, fn)
+    config = _common.resolve_init(init, fn, recurrent=False)
     candidate = _positive if log_space else (lambda x: x)
 
     def log_odds(k_f, k_i):  # log(i/f), so that f' = sigmoid(-d) and i' = sigmoid(d)

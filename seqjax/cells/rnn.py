@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Unpack
+
 import jax
 import jax.numpy as jnp
 
@@ -67,25 +69,22 @@ def simple_rnn(
     hidden_size: int,
     *,
     activation: str = "tanh",
-    init: str = "default",
-    input_init: inits.Initializer | None = None,
-    recurrent_init: inits.Initializer | None = None,
-    bias_init: inits.Initializer | None = None,
+    **init: Unpack[inits.InitOptions],
 ) -> Cell:
     """An Elman RNN cell (PyTorch ``nn.RNN``).
 
     Args:
       hidden_size: H, the size of the state and of the output.
       activation: ``"tanh"`` (default) or ``"relu"``.
-      init: ``"default"`` (Lecun-normal input, orthogonal recurrent weights, zero biases) or
-        ``"pytorch"`` (U(-1/sqrt(H), 1/sqrt(H)) everywhere); explicit initializers override it.
+      **init: ``init="default"`` or ``"pytorch"``, ``input_init``, ``recurrent_init``,
+        ``bias_init``: see :class:`seqjax.initializers.InitOptions`.
 
     Params: ``w_ih (D, H)``, ``w_hh (H, H)``, ``b_ih (H,)``, ``b_hh (H,)``.
     Carry: ``h (batch..., H)``.
     """
     hidden_size = _checks.check_positive_int(hidden_size, "hidden_size", "simple_rnn")
     _checks.check_choice(activation, tuple(ACTIVATIONS), "activation", "simple_rnn")
-    config = _common.resolve_init(init, input_init, recurrent_init, bias_init, "simple_rnn")
+    config = _common.resolve_init(init, "simple_rnn")
 
     def init_fn(key: jax.Array, input_size: int, dtype=None) -> Params:
         return _common.init_params(key, input_size, hidden_size, 1, config, dtype, "simple_rnn")

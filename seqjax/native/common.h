@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <chrono>
 #include <memory>
+#include <string>
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
@@ -465,4 +466,59 @@ inline ffi::Error invalid_unless(bool ok, const char* what) {
   return ok ? ffi::Error::Success() : ffi::Error::InvalidArgument(what);
 }
 
+using F32 = ffi::Buffer<ffi::F32>;
+using S32 = ffi::Buffer<ffi::S32>;
+using Out = ffi::ResultBuffer<ffi::F32>;
+
+// An entry's last line: the loop over the steps, then success (every check came before).
+template <typename Kernel>
+ffi::Error launch(ffi::ThreadPool& pool, const Shapes& s, int64_t step_flops, const Kernel& kernel) {
+  run_steps(pool, s, step_flops, kernel);
+  return ffi::Error::Success();
+}
+
+// The checks every forward entry makes: xs (T, B, D) (or (B, T, D) batch-major) and h0 (B, H),
+// w and wi packed in 16-unit blocks of `gates` gates, (U, H, gates, 16) and (U, D, gates, 16).
+// Fills the shapes and the input size D.
+inline ffi::Error forward_shapes(const char* name, const F32& xs, const F32& h0, const F32& w,
+                                 const F32& wi, int64_t gates, bool batch_major, Shapes& s,
+                                 int64_t& D) {
+  auto d = xs.dimensions(), dh = h0.dimensions();
+  if (d.size() != 3 || dh.size() != 2)
+    return ffi::Error::InvalidArgument(std::string(name) +
+                                       ": xs must be (T, B, D) and h0 (B, H)");
+  s = shapes_of(d, dh[1], batch_major);
+  D = d[2];
+  const int64_t block = 16 * gates;
+  if (static_cast<int64_t>(w.element_count()) != s.U * s.H * block ||
+      static_cast<int64_t>(wi.element_count()) != s.U * D * block)
+    return ffi::Error::InvalidArgument(std::string(name) +
+                                       ": w and wi must be packed (U, H, gates, 16), "
+                                       "(U, D, gates, 16)");
+  return ffi::Error::Success();
+}
+
+// The checks every backward entry makes: dys (T, B, H) (or batch-major) and wt packed as
+// (U, gates * H, 16). Fills the shapes.
+inline ffi::Error backward_shapes(const char* name, const F32& dys, const F32& wt,
+                                  int64_t gates, bool batch_major, Shapes& s) {
+  auto d = dys.dimensions();
+  if (d.size() != 3)
+    return ffi::Error::InvalidArgument(std::string(name) + ": dys must be (T, B, H)");
+  s = shapes_of(d, d[2], batch_major);
+  if (static_cast<int64_t>(wt.element_count()) != s.U * s.H * 16 * gates)
+    return ffi::Error::InvalidArgument(std::string(name) + ": wt must be packed (U, gates*H, 16)");
+  return ffi::Error::Success();
+}
+
 }  // namespace seqjax
+
+// Registers entry `fn` as the FFI symbol seqjax.native loads: kIn float32 buffers and kOut
+// results with the common arguments (recurrence_binding, with_results), and with
+// SEQJAX_HANDLER_WITH one more bool attribute named `attr`.
+#define SEQJAX_HANDLER(symbol, fn, kIn, kOut) \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(symbol, fn,   \
+                                seqjax::with_results<kOut>(seqjax::recurrence_binding<kIn>()))
+#define SEQJAX_HANDLER_WITH(symbol, fn, kIn, kOut, attr) \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(                         \
+      symbol, fn, seqjax::with_results<kOut>(seqjax::recurrence_binding<kIn>().Attr<bool>(attr)))

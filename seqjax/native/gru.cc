@@ -137,22 +137,13 @@ struct Backward {
   }
 };
 
-using F32 = ffi::Buffer<ffi::F32>;
-using S32 = ffi::Buffer<ffi::S32>;
-using Out = ffi::ResultBuffer<ffi::F32>;
-
 ffi::Error gru_forward(F32 xs, F32 wi, F32 bias, F32 w, F32 h0, S32 lengths, S32 start,
                        bool reverse, bool has_lengths, bool batch_major, bool keep, Out ys,
                        Out acts, Out h_final,
                        ffi::ThreadPool pool) {
-  auto d = xs.dimensions(), dh = h0.dimensions();
-  if (d.size() != 3 || dh.size() != 2)
-    return ffi::Error::InvalidArgument("gru_forward: xs must be (T, B, D) and h0 (B, H)");
-  const Shapes s = shapes_of(d, dh[1], batch_major);
-  const int64_t D = d[2];
-  if (auto e = invalid_unless(static_cast<int64_t>(w.element_count()) == s.U * s.H * 48 &&
-                                  static_cast<int64_t>(wi.element_count()) == s.U * D * 48,
-                              "gru_forward: w and wi must be packed (U, H, 3, 16), (U, D, 3, 16)");
+  Shapes s;
+  int64_t D;
+  if (auto e = forward_shapes("gru_forward", xs, h0, w, wi, 3, batch_major, s, D);
       e.failure())
     return e;
   std::vector<float> scratch(2 * s.B * s.H);
@@ -161,19 +152,15 @@ ffi::Error gru_forward(F32 xs, F32 wi, F32 bias, F32 w, F32 h0, S32 lengths, S32
                        h0.typed_data(),
                        ys->typed_data(), acts->typed_data(), h_final->typed_data(),
                        scratch.data()};
-  run_steps(pool, s, 6 * s.B * s.H * (s.H + D), kernel);
-  return ffi::Error::Success();
+  return launch(pool, s, 6 * s.B * s.H * (s.H + D), kernel);
 }
 
 ffi::Error gru_backward(F32 wt, F32 dys, F32 ys, F32 acts, F32 h0, F32 dh_final, S32 lengths,
                         S32 start, bool reverse, bool has_lengths, bool batch_major, Out d_px,
                         Out d_hh, Out dh0,
                         ffi::ThreadPool pool) {
-  auto d = dys.dimensions();
-  if (d.size() != 3) return ffi::Error::InvalidArgument("gru_backward: dys must be (T, B, H)");
-  const Shapes s = shapes_of(d, d[2], batch_major);
-  if (auto e = invalid_unless(static_cast<int64_t>(wt.element_count()) == s.U * s.H * 48,
-                              "gru_backward: wt must be packed (U, 3H, 16)");
+  Shapes s;
+  if (auto e = backward_shapes("gru_backward", dys, wt, 3, batch_major, s);
       e.failure())
     return e;
   std::vector<float> scratch(s.B * s.H);
@@ -181,17 +168,11 @@ ffi::Error gru_backward(F32 wt, F32 dys, F32 ys, F32 acts, F32 h0, F32 dh_final,
                         dys.typed_data(), ys.typed_data(), acts.typed_data(), h0.typed_data(),
                         dh_final.typed_data(), d_px->typed_data(), d_hh->typed_data(),
                         dh0->typed_data(), scratch.data()};
-  run_steps(pool, s, 6 * s.B * s.H * s.H, kernel);
-  return ffi::Error::Success();
+  return launch(pool, s, 6 * s.B * s.H * s.H, kernel);
 }
 
 }  // namespace
 }  // namespace seqjax
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(
-    SeqjaxGruForward, seqjax::gru_forward,
-    seqjax::with_results<3>(seqjax::recurrence_binding<5>().Attr<bool>("keep")));
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(
-    SeqjaxGruBackward, seqjax::gru_backward,
-    seqjax::with_results<3>(seqjax::recurrence_binding<6>()));
+SEQJAX_HANDLER_WITH(SeqjaxGruForward, seqjax::gru_forward, 5, 3, "keep");
+SEQJAX_HANDLER(SeqjaxGruBackward, seqjax::gru_backward, 6, 3);

@@ -155,22 +155,13 @@ struct Backward {
   }
 };
 
-using F32 = ffi::Buffer<ffi::F32>;
-using S32 = ffi::Buffer<ffi::S32>;
-using Out = ffi::ResultBuffer<ffi::F32>;
-
 ffi::Error lstm_forward(F32 xs, F32 wi, F32 bias, F32 w, F32 h0, F32 c0, S32 lengths,
                         S32 start, bool reverse, bool has_lengths, bool batch_major, bool keep,
                         Out ys, Out cs,
                         Out acts, Out h_final, Out c_final, ffi::ThreadPool pool) {
-  auto d = xs.dimensions(), dh = h0.dimensions();
-  if (d.size() != 3 || dh.size() != 2)
-    return ffi::Error::InvalidArgument("lstm_forward: xs must be (T, B, D) and h0 (B, H)");
-  const Shapes s = shapes_of(d, dh[1], batch_major);
-  const int64_t D = d[2];
-  if (auto e = invalid_unless(static_cast<int64_t>(w.element_count()) == s.U * s.H * 64 &&
-                                  static_cast<int64_t>(wi.element_count()) == s.U * D * 64,
-                              "lstm_forward: w and wi must be packed (U, H, 4, 16), (U, D, 4, 16)");
+  Shapes s;
+  int64_t D;
+  if (auto e = forward_shapes("lstm_forward", xs, h0, w, wi, 4, batch_major, s, D);
       e.failure())
     return e;
   std::vector<float> scratch(3 * s.B * s.H);
@@ -180,19 +171,15 @@ ffi::Error lstm_forward(F32 xs, F32 wi, F32 bias, F32 w, F32 h0, F32 c0, S32 len
                        c0.typed_data(), ys->typed_data(), cs->typed_data(), acts->typed_data(),
                        h_final->typed_data(), c_final->typed_data(), scratch.data(),
                        scratch.data() + 2 * s.B * s.H};
-  run_steps(pool, s, 8 * s.B * s.H * (s.H + D), kernel);
-  return ffi::Error::Success();
+  return launch(pool, s, 8 * s.B * s.H * (s.H + D), kernel);
 }
 
 ffi::Error lstm_backward(F32 wt, F32 dys, F32 cs, F32 acts, F32 c0, F32 dh_final, F32 dc_final,
                          S32 lengths, S32 start, bool reverse, bool has_lengths, bool batch_major,
                          Out dgates,
                          Out dh0, Out dc0, ffi::ThreadPool pool) {
-  auto d = dys.dimensions();
-  if (d.size() != 3) return ffi::Error::InvalidArgument("lstm_backward: dys must be (T, B, H)");
-  const Shapes s = shapes_of(d, d[2], batch_major);
-  if (auto e = invalid_unless(static_cast<int64_t>(wt.element_count()) == s.U * s.H * 64,
-                              "lstm_backward: wt must be packed (U, 4H, 16)");
+  Shapes s;
+  if (auto e = backward_shapes("lstm_backward", dys, wt, 4, batch_major, s);
       e.failure())
     return e;
   std::vector<float> scratch(2 * s.B * s.H);
@@ -201,17 +188,11 @@ ffi::Error lstm_backward(F32 wt, F32 dys, F32 cs, F32 acts, F32 c0, F32 dh_final
                         dh_final.typed_data(), dc_final.typed_data(), dgates->typed_data(),
                         dh0->typed_data(), dc0->typed_data(), scratch.data(),
                         scratch.data() + s.B * s.H};
-  run_steps(pool, s, 8 * s.B * s.H * s.H, kernel);
-  return ffi::Error::Success();
+  return launch(pool, s, 8 * s.B * s.H * s.H, kernel);
 }
 
 }  // namespace
 }  // namespace seqjax
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(
-    SeqjaxLstmForward, seqjax::lstm_forward,
-    seqjax::with_results<5>(seqjax::recurrence_binding<6>().Attr<bool>("keep")));
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(
-    SeqjaxLstmBackward, seqjax::lstm_backward,
-    seqjax::with_results<3>(seqjax::recurrence_binding<7>()));
+SEQJAX_HANDLER_WITH(SeqjaxLstmForward, seqjax::lstm_forward, 6, 5, "keep");
+SEQJAX_HANDLER(SeqjaxLstmBackward, seqjax::lstm_backward, 7, 3);

@@ -98,22 +98,13 @@ struct Backward {
   }
 };
 
-using F32 = ffi::Buffer<ffi::F32>;
-using S32 = ffi::Buffer<ffi::S32>;
-using Out = ffi::ResultBuffer<ffi::F32>;
-
 ffi::Error rnn_forward(F32 xs, F32 wi, F32 bias, F32 w, F32 h0, S32 lengths, S32 start,
                        bool reverse, bool has_lengths, bool batch_major, bool relu, Out ys,
                        Out h_final,
                        ffi::ThreadPool pool) {
-  auto d = xs.dimensions(), dh = h0.dimensions();
-  if (d.size() != 3 || dh.size() != 2)
-    return ffi::Error::InvalidArgument("rnn_forward: xs must be (T, B, D) and h0 (B, H)");
-  const Shapes s = shapes_of(d, dh[1], batch_major);
-  const int64_t D = d[2];
-  if (auto e = invalid_unless(static_cast<int64_t>(w.element_count()) == s.U * s.H * 16 &&
-                                  static_cast<int64_t>(wi.element_count()) == s.U * D * 16,
-                              "rnn_forward: w and wi must be packed (U, H, 16), (U, D, 16)");
+  Shapes s;
+  int64_t D;
+  if (auto e = forward_shapes("rnn_forward", xs, h0, w, wi, 1, batch_major, s, D);
       e.failure())
     return e;
   std::vector<float> scratch(2 * s.B * s.H);
@@ -121,36 +112,26 @@ ffi::Error rnn_forward(F32 xs, F32 wi, F32 bias, F32 w, F32 h0, S32 lengths, S32
                        xs.typed_data(), wi.typed_data(), bias.typed_data(), w.typed_data(),
                        h0.typed_data(), ys->typed_data(),
                        h_final->typed_data(), scratch.data()};
-  run_steps(pool, s, 2 * s.B * s.H * (s.H + D), kernel);
-  return ffi::Error::Success();
+  return launch(pool, s, 2 * s.B * s.H * (s.H + D), kernel);
 }
 
 ffi::Error rnn_backward(F32 wt, F32 dys, F32 ys, F32 dh_final, S32 lengths, S32 start,
                         bool reverse, bool has_lengths, bool batch_major, bool relu, Out dz,
                         Out dh0,
                         ffi::ThreadPool pool) {
-  auto d = dys.dimensions();
-  if (d.size() != 3) return ffi::Error::InvalidArgument("rnn_backward: dys must be (T, B, H)");
-  const Shapes s = shapes_of(d, d[2], batch_major);
-  if (auto e = invalid_unless(static_cast<int64_t>(wt.element_count()) == s.U * s.H * 16,
-                              "rnn_backward: wt must be packed (U, H, 16)");
+  Shapes s;
+  if (auto e = backward_shapes("rnn_backward", dys, wt, 1, batch_major, s);
       e.failure())
     return e;
   std::vector<float> scratch(s.B * s.H);
   const Backward kernel{s, steps_of(lengths, start, reverse, has_lengths), relu, wt.typed_data(),
                         dys.typed_data(), ys.typed_data(), dh_final.typed_data(),
                         dz->typed_data(), dh0->typed_data(), scratch.data()};
-  run_steps(pool, s, 2 * s.B * s.H * s.H, kernel);
-  return ffi::Error::Success();
+  return launch(pool, s, 2 * s.B * s.H * s.H, kernel);
 }
 
 }  // namespace
 }  // namespace seqjax
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(
-    SeqjaxRnnForward, seqjax::rnn_forward,
-    seqjax::with_results<2>(seqjax::recurrence_binding<5>().Attr<bool>("relu")));
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(
-    SeqjaxRnnBackward, seqjax::rnn_backward,
-    seqjax::with_results<2>(seqjax::recurrence_binding<4>().Attr<bool>("relu")));
+SEQJAX_HANDLER_WITH(SeqjaxRnnForward, seqjax::rnn_forward, 5, 2, "relu");
+SEQJAX_HANDLER_WITH(SeqjaxRnnBackward, seqjax::rnn_backward, 4, 2, "relu");
