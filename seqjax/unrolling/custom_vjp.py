@@ -141,11 +141,12 @@ def _forward(plan: Plan, params, xs, carry, lengths, keep):
 def _backward_whole(plan: Plan, params, lengths, saved, cotangents):
     """The reverse loop over the whole sequence, from what ``_forward`` kept of every step."""
     d_final, d_ys = cotangents
+    weights = plan.loops.weights(params)
     steps = jnp.arange(plan.num_steps)  # made here: the backward pass closes over no tracer
     xs_loop, step_saved = saved  # the forward pass's copy (if any), not a second one
     d_carry0, d_params, d_xs = plan.loops.backward(
-        params, plan.loops.weights(params), xs_loop, d_final, steps, plan.lengths(lengths),
-        step_saved, plan.to_loops(d_ys), plan.batch_major,
+        params, weights, xs_loop, d_final, steps, plan.lengths(lengths), step_saved,
+        plan.to_loops(d_ys), plan.batch_major,
     )  # fmt: skip
     return d_params, plan.to_caller(d_xs), d_carry0
 
