@@ -25,7 +25,7 @@ import numpy as np
 from seqjax import _checks
 from seqjax.types import Carry, Cell, Params
 from seqjax.unroll import unroll
-from seqjax.unrolling.options import UnrollOptions, merged_options
+from seqjax.unrolling.options import UnrollOptions, merged_options, options_argument
 
 Array = jax.Array
 
@@ -207,13 +207,17 @@ def bidirectional(forward: Layer, backward: Layer) -> Layer:
     )
 
 
-def stack(*layers: Layer, dropout: float = 0.0) -> Layer:
+def stack(*layers: Layer, dropout: float = 0.0, options: UnrollOptions | None = None) -> Layer:
     """Layers applied one after another, each taking the previous one's outputs.
 
     Args:
       *layers: one or more layers sharing a layout.
       dropout: probability in [0, 1) of zeroing an output between two layers (not after the
         last), as PyTorch's ``dropout`` argument. Active only when ``apply`` gets a ``key``.
+      options: an :class:`~seqjax.UnrollOptions` that every recurrent layer inside (built by
+        ``rnn``, also within ``bidirectional`` and nested stacks) unrolls with instead of its
+        own, keeping its own ``reverse`` and ``time_major``; say ``remat=True`` once for a
+        whole model.
 
     Params and carry are tuples with one entry per layer.
     """
@@ -221,6 +225,11 @@ def stack(*layers: Layer, dropout: float = 0.0) -> Layer:
         raise ValueError("stack: layers must hold at least one layer (stack(layer, ...)); got none")
     for i, layer in enumerate(layers):
         _check_layer(layer, f"layers[{i}]", "stack")
+    if options is not None:
+        layers = tuple(
+            _unrolled_with(layer, options_argument(options, "stack"), f"layers[{i}]")
+            for i, layer in enumerate(layers)
+        )
     layouts = {layer.time_major for layer in layers}
     if len(layouts) > 1:
         raise ValueError("stack: all layers must share a layout; got mixed time_major values")
@@ -327,6 +336,27 @@ def _check_layer(layer: Any, name: str, fn: str) -> None:
         raise TypeError(f"{fn}: {name} is a Cell; wrap it in a layer first: seqjax.rnn(cell)")
     if not isinstance(layer, Layer):
         raise TypeError(f"{fn}: {name} must be a seqjax Layer; got {type(layer).__name__}")
+
+
+def _unrolled_with(layer: Layer, options: UnrollOptions, name: str) -> Layer:
+    """``layer`` rebuilt so that each of its recurrent layers unrolls with ``options`` (and
+    its own direction and layout)."""
+    spec = layer.spec
+    if isinstance(spec, RNNSpec):
+        own = options.replace(reverse=spec.options.reverse, time_major=spec.options.time_major)
+        return rnn(spec.cell, options=own)
+    if isinstance(spec, BidirectionalSpec):
+        return bidirectional(
+            _unrolled_with(spec.forward, options, f"{name}.forward"),
+            _unrolled_with(spec.backward, options, f"{name}.backward"),
+        )
+    if isinstance(spec, StackSpec):
+        return stack(*spec.layers, dropout=spec.dropout, options=options)
+    raise TypeError(
+        f"stack: options= applies to layers built by seqjax.rnn, bidirectional and stack; {name} "
+        "was built by hand (its .spec is None): build it with seqjax.rnn(cell), or leave out "
+        "options"
+    )
 
 
 def _runs_in_reverse(layer: Layer) -> bool:

@@ -172,3 +172,33 @@ def test_deprecations_warn_only_when_used():
         cell = seqjax.lstm(H)
         params = cell.init(jax.random.key(0), D)
         seqjax.stack(seqjax.rnn(cell)).apply((params,), data()[0])
+
+
+def test_stack_options_reach_every_recurrent_layer():
+    cell_a, cell_b = seqjax.gru(H), seqjax.lstm(H)
+    model = seqjax.stack(
+        seqjax.bidirectional(seqjax.rnn(cell_a), seqjax.rnn(cell_a)),
+        seqjax.rnn(cell_b, reverse=True),
+        options=seqjax.UnrollOptions(remat=True, custom_vjp=False),
+    )
+    bi, last = model.spec.layers
+    for inner in (bi.spec.forward, bi.spec.backward, last):
+        assert inner.spec.options.remat and inner.spec.options.custom_vjp is False
+    assert last.spec.options.reverse  # its own direction stays
+    plain = seqjax.stack(
+        seqjax.bidirectional(seqjax.rnn(cell_a), seqjax.rnn(cell_a)),
+        seqjax.rnn(cell_b, reverse=True),
+    )
+    params = plain.init(jax.random.key(0), D)
+    xs, lengths = data()
+    np.testing.assert_allclose(
+        model.apply(params, xs, lengths=lengths)[1],
+        plain.apply(params, xs, lengths=lengths)[1],
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    by_hand = seqjax.Layer(plain.init, plain.apply, plain.initial_carry, plain.output_size)
+    with pytest.raises(
+        TypeError, match=r"stack: options= applies .* layers\[0\] was built by hand"
+    ):
+        seqjax.stack(by_hand, options=seqjax.UnrollOptions(remat=True))
