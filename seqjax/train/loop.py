@@ -167,10 +167,27 @@ def fit(
     Returns:
       The final params and the list of the reported metric dicts.
     """
-    _check_fit_arguments(data, eval_data, mesh, sizes={
-        "steps": steps, "batch_size": batch_size, "eval_every": eval_every,
+    options = {
+        "steps": steps, "batch_size": batch_size, "eval_data": eval_data,
+        "eval_every": eval_every, "metrics": metrics, "clip_norm": clip_norm, "seed": seed,
         "checkpoint_every": checkpoint_every, "keep_checkpoints": keep_checkpoints,
-    })  # fmt: skip
+        "resume": resume, "log": log, "progress": progress, "time_limit": time_limit,
+        "mesh": mesh, "metadata": {"seed": seed},
+    }  # fmt: skip
+    if config is not None:
+        options["metadata"]["config"] = config
+    _check_fit_arguments(data, run_dir, overwrite, options)
+    if run_dir is None:
+        return _train(model, loss, params, optimizer, data, None, options)
+    with rundir.open_run(pathlib.Path(run_dir), resume=resume, overwrite=overwrite) as run:
+        return _train(model, loss, params, optimizer, data, run, options)
+
+
+def _check_fit_arguments(data: Any, run_dir: Any, overwrite: bool, options: dict) -> None:
+    """Every check of ``fit``'s arguments, before any file is touched."""
+    for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "keep_checkpoints"):
+        _checks.check_positive_int(options[name], name, "fit")
+    time_limit, resume = options["time_limit"], options["resume"]
     if time_limit is not None and not time_limit > 0:
         raise ValueError(
             f"fit: time_limit must be a positive number of seconds; got {time_limit!r}"
@@ -180,28 +197,11 @@ def fit(
     if resume and overwrite:
         raise ValueError("fit: resume=True continues the run in run_dir, overwrite=True "
                          "replaces it; pass one of them")  # fmt: skip
-    metadata = {"seed": seed, **({"config": config} if config is not None else {})}
-    json.dumps(metadata)  # fail now, not at the first checkpoint, if it cannot be stored
-    options = {
-        "steps": steps, "batch_size": batch_size, "eval_data": eval_data,
-        "eval_every": eval_every, "metrics": metrics, "clip_norm": clip_norm, "seed": seed,
-        "checkpoint_every": checkpoint_every, "keep_checkpoints": keep_checkpoints,
-        "resume": resume, "log": log, "progress": progress, "metadata": metadata,
-        "time_limit": time_limit, "mesh": mesh,
-    }  # fmt: skip
-    if run_dir is None:
-        return _train(model, loss, params, optimizer, data, None, options)
-    with rundir.open_run(pathlib.Path(run_dir), resume=resume, overwrite=overwrite) as run:
-        return _train(model, loss, params, optimizer, data, run, options)
-
-
-def _check_fit_arguments(data: Any, eval_data: Any, mesh: Any, sizes: dict) -> None:
-    for name, value in sizes.items():
-        _checks.check_positive_int(value, name, "fit")
+    json.dumps(options["metadata"])  # fail now, not at the first checkpoint, if it cannot be stored
+    batch_size, eval_data, mesh = options["batch_size"], options["eval_data"], options["mesh"]
     if isinstance(data, Mapping):
         n = _num_examples(data, "data")
-        if sizes["batch_size"] > n:
-            batch_size = sizes["batch_size"]
+        if batch_size > n:
             raise ValueError(f"fit: batch_size {batch_size} is larger than the {n} examples")
     elif not (callable(data) or isinstance(data, Iterable)):
         raise TypeError(
@@ -211,7 +211,7 @@ def _check_fit_arguments(data: Any, eval_data: Any, mesh: Any, sizes: dict) -> N
     if eval_data is not None:
         _num_examples(eval_data, "eval_data")
     if mesh is not None:
-        sharding.check_mesh(mesh, sizes["batch_size"], "fit")
+        sharding.check_mesh(mesh, batch_size, "fit")
 
 
 def _train(model, loss, params, optimizer, data, run: rundir.RunDirectory | None, options: dict):
