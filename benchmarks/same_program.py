@@ -40,13 +40,18 @@ CELLS = {
     "gru_reset_before": lambda: seqjax.gru(H, reset_after=False),
     "lstm_peephole_ln": lambda: seqjax.lstm(H, peephole=True, layer_norm=True),
     "lstm_proj": lambda: seqjax.lstm(H, proj_size=8),
-    "min_gru": lambda: seqjax.min_gru(H, log_space=True), "lru": lambda: seqjax.lru(H, D),
+    "min_gru": lambda: seqjax.min_gru(H, log_space=True),
+    "min_gru_plain": lambda: seqjax.min_gru(H),
+    "min_lstm": lambda: seqjax.min_lstm(H, log_space=True),
+    "min_lstm_plain": lambda: seqjax.min_lstm(H),
+    "lru": lambda: seqjax.lru(H, D),
+    "lru_input_layer": lambda: seqjax.lru(H, H, input_layer=True),
 }
 PATHS = {
     "default": {}, "scan": {"native": False}, "autodiff": {"custom_vjp": False},
     "remat": {"remat": True}, "reverse": {"reverse": True}, "time_major": {"time_major": True},
 }
-LINEAR = {"min_gru", "lru"}
+LINEAR = {"min_gru", "min_gru_plain", "min_lstm", "min_lstm_plain", "lru", "lru_input_layer"}
 
 def text(lowered):
     hlo = lowered.as_text()

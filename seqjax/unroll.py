@@ -7,8 +7,8 @@
   (:mod:`seqjax.unrolling.backends`), whole or chunk by chunk for ``remat``.
 * :mod:`seqjax.parallel`: ``jax.lax.associative_scan`` for linear recurrences.
 
-The options are one :class:`~seqjax.unrolling.options.UnrollOptions`; the chunks that
-``remat`` uses are :mod:`seqjax.unrolling.segments`.
+The options are one :class:`~seqjax.unrolling.options.UnrollOptions`; ``remat``'s chunk drivers
+are :mod:`seqjax.unrolling.remat`, over the chunks of :mod:`seqjax.unrolling.segments`.
 """
 
 from __future__ import annotations

@@ -202,3 +202,39 @@ def test_stack_options_reach_every_recurrent_layer():
         TypeError, match=r"stack: options= applies .* layers\[0\] was built by hand"
     ):
         seqjax.stack(by_hand, options=seqjax.UnrollOptions(remat=True))
+
+
+def test_no_module_of_seqjax_imports_itself_in_a_cycle():
+    """Module-level imports only: an import inside a function runs at call time, after every
+    module has loaded, and cannot form an import cycle."""
+    modules = {}
+    for path in (ROOT / "seqjax").rglob("*.py"):
+        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph = {}
+    for name, path in modules.items():
+        edges = set()
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("seqjax"):
+                for alias in node.names:
+                    full = f"{node.module}.{alias.name}"
+                    edges.add(full if full in modules else node.module)
+            elif isinstance(node, ast.Import):
+                edges |= {a.name for a in node.names if a.name.startswith("seqjax")}
+        graph[name] = edges
+    done, path_now = set(), []
+
+    def visit(name):
+        if name in path_now:
+            raise AssertionError("import cycle: " + " -> ".join([*path_now, name]))
+        if name in done or name not in graph:
+            return
+        path_now.append(name)
+        for neighbour in graph[name]:
+            visit(neighbour)
+        path_now.pop()
+        done.add(name)
+
+    for name in graph:
+        visit(name)
+    assert "seqjax.types" in done and len(done) == len(graph)

@@ -14,6 +14,7 @@ computes the same recurrence in ordinary arithmetic.
 
 from __future__ import annotations
 
+import functools
 from typing import Unpack
 
 import jax
@@ -85,19 +86,7 @@ def min_gru(
     hidden_size = _checks.check_positive_int(hidden_size, "hidden_size", fn)
     log_space = _checks.check_bool(log_space, "log_space", fn)
     config = _common.resolve_init(init, fn, recurrent=False)
-    candidate = _positive if log_space else (lambda x: x)
-
-    def coefficients(params: Params, px: jax.Array):
-        k, h_tilde = jnp.split(px, 2, axis=-1)
-        return jax.nn.sigmoid(-k), jax.nn.sigmoid(k) * candidate(h_tilde)
-
-    def log_coefficients(params: Params, px: jax.Array):
-        k, h_tilde = jnp.split(px, 2, axis=-1)
-        return -jax.nn.softplus(k), -jax.nn.softplus(-k) + _log_positive(h_tilde)
-
-    linear = LinearRecurrence(
-        coefficients, _state_is_output, log_coefficients if log_space else None
-    )
+    linear = MIN_GRU_LOG if log_space else MIN_GRU
     return _cell(fn, hidden_size, 2, config, linear)
 
 
@@ -117,22 +106,56 @@ def min_lstm(
     hidden_size = _checks.check_positive_int(hidden_size, "hidden_size", fn)
     log_space = _checks.check_bool(log_space, "log_space", fn)
     config = _common.resolve_init(init, fn, recurrent=False)
-    candidate = _positive if log_space else (lambda x: x)
-
-    def log_odds(k_f, k_i):  # log(i/f), so that f' = sigmoid(-d) and i' = sigmoid(d)
-        return jax.nn.softplus(-k_f) - jax.nn.softplus(-k_i)
-
-    def coefficients(params: Params, px: jax.Array):
-        k_f, k_i, h_tilde = jnp.split(px, 3, axis=-1)
-        d = log_odds(k_f, k_i)
-        return jax.nn.sigmoid(-d), jax.nn.sigmoid(d) * candidate(h_tilde)
-
-    def log_coefficients(params: Params, px: jax.Array):
-        k_f, k_i, h_tilde = jnp.split(px, 3, axis=-1)
-        d = log_odds(k_f, k_i)
-        return -jax.nn.softplus(d), -jax.nn.softplus(-d) + _log_positive(h_tilde)
-
-    linear = LinearRecurrence(
-        coefficients, _state_is_output, log_coefficients if log_space else None
-    )
+    linear = MIN_LSTM_LOG if log_space else MIN_LSTM
     return _cell(fn, hidden_size, 3, config, linear)
+
+
+def min_gru_coefficients(params: Params, px: jax.Array, *, log_space: bool = False):
+    """``(a, b) = (1 - z, z h~)`` of ``h_t = a h_(t-1) + b``, from ``px = [x W_z + b_z,
+    x W_h + b_h]``; with ``log_space`` the candidate is ``g(h~)``."""
+    del params
+    k, h_tilde = jnp.split(px, 2, axis=-1)
+    a = jax.nn.sigmoid(-k)
+    return a, jax.nn.sigmoid(k) * (_positive(h_tilde) if log_space else h_tilde)
+
+
+def min_gru_log_coefficients(params: Params, px: jax.Array):
+    """``(log a, log b)`` of the log-space minGRU, each a softplus: exact in saturation."""
+    del params
+    k, h_tilde = jnp.split(px, 2, axis=-1)
+    return -jax.nn.softplus(k), -jax.nn.softplus(-k) + _log_positive(h_tilde)
+
+
+def _log_odds(k_f: jax.Array, k_i: jax.Array) -> jax.Array:
+    """``log(i/f)``, so that ``f' = sigmoid(-d)`` and ``i' = sigmoid(d)``."""
+    return jax.nn.softplus(-k_f) - jax.nn.softplus(-k_i)
+
+
+def min_lstm_coefficients(params: Params, px: jax.Array, *, log_space: bool = False):
+    """``(a, b) = (f', i' h~)`` with ``f' = f/(f+i)``, ``i' = i/(f+i)``, from ``px = [x W_f +
+    b_f, x W_i + b_i, x W_h + b_h]``; with ``log_space`` the candidate is ``g(h~)``."""
+    del params
+    k_f, k_i, h_tilde = jnp.split(px, 3, axis=-1)
+    d = _log_odds(k_f, k_i)
+    a = jax.nn.sigmoid(-d)
+    return a, jax.nn.sigmoid(d) * (_positive(h_tilde) if log_space else h_tilde)
+
+
+def min_lstm_log_coefficients(params: Params, px: jax.Array):
+    """``(log a, log b)`` of the log-space minLSTM."""
+    del params
+    k_f, k_i, h_tilde = jnp.split(px, 3, axis=-1)
+    d = _log_odds(k_f, k_i)
+    return -jax.nn.softplus(d), -jax.nn.softplus(-d) + _log_positive(h_tilde)
+
+
+MIN_GRU = LinearRecurrence(min_gru_coefficients, _state_is_output)
+MIN_GRU_LOG = LinearRecurrence(
+    functools.partial(min_gru_coefficients, log_space=True), _state_is_output,
+    min_gru_log_coefficients,
+)  # fmt: skip
+MIN_LSTM = LinearRecurrence(min_lstm_coefficients, _state_is_output)
+MIN_LSTM_LOG = LinearRecurrence(
+    functools.partial(min_lstm_coefficients, log_space=True), _state_is_output,
+    min_lstm_log_coefficients,
+)  # fmt: skip

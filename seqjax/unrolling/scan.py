@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from seqjax.types import Carry, Cell, Params
-from seqjax.unrolling.segments import Segments, chunk_size
+from seqjax.unrolling.remat import chunked_scan
 
 Array = jax.Array
 
@@ -41,28 +41,7 @@ def scan(
 
     if not remat:
         return jax.lax.scan(body, carry, (steps, inputs), reverse=reverse, unroll=unroll)
-    return chunked_remat_scan(body, carry, steps, inputs, reverse, unroll)
-
-
-def chunked_remat_scan(body, carry, steps, inputs, reverse, unroll):
-    """``lax.scan(body, ...)`` that keeps the carry only every ~sqrt(T) steps for the backward
-    pass, and recomputes each chunk of steps from its first carry when it is needed.
-
-    Each chunk, a scan over its steps, is ``jax.checkpoint``-ed: the backward pass then holds
-    ~sqrt(T) chunk carries plus one chunk's intermediates, instead of every step's, at the
-    price of one more forward pass.
-    """
-    chunks = Segments(steps.shape[0], chunk_size(steps.shape[0]), 0, reverse)
-
-    @jax.checkpoint
-    def run_chunk(carry, chunk_inputs):
-        return jax.lax.scan(body, carry, chunk_inputs, reverse=reverse, unroll=unroll)
-
-    carry, ys = chunks.visit(
-        lambda carry, start, size, chunk_inputs: run_chunk(carry, chunk_inputs),
-        carry, chunks.split((steps, inputs)),
-    )  # fmt: skip
-    return carry, chunks.join(ys)
+    return chunked_scan(body, carry, steps, inputs, reverse, unroll)
 
 
 def project_all(project, params: Params, xs: Array) -> Array:
