@@ -513,6 +513,10 @@ inline ffi::Error backward_shapes(const char* name, const F32& dys, const F32& w
 
 }  // namespace seqjax
 
+// Returns the error of a failed check from the entry that makes it.
+#define SEQJAX_TRY(check) \
+  if (auto e = (check); e.failure()) return e
+
 // Registers entry `fn` as the FFI symbol seqjax.native loads: kIn float32 buffers and kOut
 // results with the common arguments (recurrence_binding, with_results), and with
 // SEQJAX_HANDLER_WITH one more bool attribute named `attr`.

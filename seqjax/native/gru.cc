@@ -143,9 +143,7 @@ ffi::Error gru_forward(F32 xs, F32 wi, F32 bias, F32 w, F32 h0, S32 lengths, S32
                        ffi::ThreadPool pool) {
   Shapes s;
   int64_t D;
-  if (auto e = forward_shapes("gru_forward", xs, h0, w, wi, 3, batch_major, s, D);
-      e.failure())
-    return e;
+  SEQJAX_TRY(forward_shapes("gru_forward", xs, h0, w, wi, 3, batch_major, s, D));
   std::vector<float> scratch(2 * s.B * s.H);
   const Forward kernel{s, steps_of(lengths, start, reverse, has_lengths), keep, D,
                        xs.typed_data(), wi.typed_data(), bias.typed_data(), w.typed_data(),
@@ -160,9 +158,7 @@ ffi::Error gru_backward(F32 wt, F32 dys, F32 ys, F32 acts, F32 h0, F32 dh_final,
                         Out d_hh, Out dh0,
                         ffi::ThreadPool pool) {
   Shapes s;
-  if (auto e = backward_shapes("gru_backward", dys, wt, 3, batch_major, s);
-      e.failure())
-    return e;
+  SEQJAX_TRY(backward_shapes("gru_backward", dys, wt, 3, batch_major, s));
   std::vector<float> scratch(s.B * s.H);
   const Backward kernel{s, steps_of(lengths, start, reverse, has_lengths), wt.typed_data(),
                         dys.typed_data(), ys.typed_data(), acts.typed_data(), h0.typed_data(),

@@ -161,9 +161,7 @@ ffi::Error lstm_forward(F32 xs, F32 wi, F32 bias, F32 w, F32 h0, F32 c0, S32 len
                         Out acts, Out h_final, Out c_final, ffi::ThreadPool pool) {
   Shapes s;
   int64_t D;
-  if (auto e = forward_shapes("lstm_forward", xs, h0, w, wi, 4, batch_major, s, D);
-      e.failure())
-    return e;
+  SEQJAX_TRY(forward_shapes("lstm_forward", xs, h0, w, wi, 4, batch_major, s, D));
   std::vector<float> scratch(3 * s.B * s.H);
   const Forward kernel{s, steps_of(lengths, start, reverse, has_lengths), keep, D,
                        xs.typed_data(), wi.typed_data(), bias.typed_data(), w.typed_data(),
@@ -179,9 +177,7 @@ ffi::Error lstm_backward(F32 wt, F32 dys, F32 cs, F32 acts, F32 c0, F32 dh_final
                          Out dgates,
                          Out dh0, Out dc0, ffi::ThreadPool pool) {
   Shapes s;
-  if (auto e = backward_shapes("lstm_backward", dys, wt, 4, batch_major, s);
-      e.failure())
-    return e;
+  SEQJAX_TRY(backward_shapes("lstm_backward", dys, wt, 4, batch_major, s));
   std::vector<float> scratch(2 * s.B * s.H);
   const Backward kernel{s, steps_of(lengths, start, reverse, has_lengths), wt.typed_data(),
                         dys.typed_data(), cs.typed_data(), acts.typed_data(), c0.typed_data(),

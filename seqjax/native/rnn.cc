@@ -104,9 +104,7 @@ ffi::Error rnn_forward(F32 xs, F32 wi, F32 bias, F32 w, F32 h0, S32 lengths, S32
                        ffi::ThreadPool pool) {
   Shapes s;
   int64_t D;
-  if (auto e = forward_shapes("rnn_forward", xs, h0, w, wi, 1, batch_major, s, D);
-      e.failure())
-    return e;
+  SEQJAX_TRY(forward_shapes("rnn_forward", xs, h0, w, wi, 1, batch_major, s, D));
   std::vector<float> scratch(2 * s.B * s.H);
   const Forward kernel{s, steps_of(lengths, start, reverse, has_lengths), relu, D,
                        xs.typed_data(), wi.typed_data(), bias.typed_data(), w.typed_data(),
@@ -120,9 +118,7 @@ ffi::Error rnn_backward(F32 wt, F32 dys, F32 ys, F32 dh_final, S32 lengths, S32 
                         Out dh0,
                         ffi::ThreadPool pool) {
   Shapes s;
-  if (auto e = backward_shapes("rnn_backward", dys, wt, 1, batch_major, s);
-      e.failure())
-    return e;
+  SEQJAX_TRY(backward_shapes("rnn_backward", dys, wt, 1, batch_major, s));
   std::vector<float> scratch(s.B * s.H);
   const Backward kernel{s, steps_of(lengths, start, reverse, has_lengths), relu, wt.typed_data(),
                         dys.typed_data(), ys.typed_data(), dh_final.typed_data(),
