@@ -238,3 +238,17 @@ def test_no_module_of_seqjax_imports_itself_in_a_cycle():
     for name in graph:
         visit(name)
     assert "seqjax.types" in done and len(done) == len(graph)
+
+
+def test_options_unpack_like_the_pairs_modules_kept_before():
+    options = seqjax.UnrollOptions(remat=True, native=False)
+    assert dict(options)["remat"] is True and len(dict(options)) == 9
+    cell = seqjax.gru(H)
+    params = cell.init(jax.random.key(0), D)
+    xs, _ = data()
+    np.testing.assert_array_equal(
+        seqjax.unroll(cell, params, xs, **options)[1],
+        seqjax.unroll(cell, params, xs, options=options)[1],
+    )
+    with pytest.raises(KeyError, match="no option 'rematt'"):
+        options["rematt"]

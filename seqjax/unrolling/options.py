@@ -67,6 +67,16 @@ class UnrollOptions:
         for name, value in checked_fields(dataclasses.asdict(self), "UnrollOptions").items():
             object.__setattr__(self, name, value)
 
+    def keys(self) -> tuple[str, ...]:
+        """The option names: with ``__getitem__``, ``dict(options)`` and ``**options`` work,
+        as they did when modules kept their options as ``(name, value)`` pairs."""
+        return tuple(FIELDS)
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in FIELDS:
+            raise KeyError(f"UnrollOptions has no option {name!r}; the options are {list(FIELDS)}")
+        return getattr(self, name)
+
     def replace(self, **changes: Any) -> UnrollOptions:
         """A copy with ``changes`` (option names and values) applied and checked."""
         return options_from(changes, "UnrollOptions.replace", base=self)
