@@ -225,6 +225,24 @@ def check_lengths(
     return jnp.asarray(lengths)
 
 
+def check_resets(resets: Any, shape: tuple[int, ...], fn: str, time_major: bool) -> jax.Array:
+    """``resets``: booleans shaped like ``xs`` without its feature axis."""
+    if not hasattr(resets, "dtype"):
+        resets = np.asarray(resets)
+    layout = "(time, batch...)" if time_major else "(batch..., time)"
+    if resets.dtype != np.bool_:
+        raise TypeError(
+            f"{fn}: resets must be a boolean array (True where a new sequence starts); got dtype "
+            f"{resets.dtype}. Pass e.g. episode_starts.astype(bool)"
+        )
+    if tuple(resets.shape) != tuple(shape):
+        raise ValueError(
+            f"{fn}: resets must have the shape of xs without its feature axis, {layout} = "
+            f"{tuple(shape)}; got shape {tuple(resets.shape)}"
+        )
+    return jnp.asarray(resets)
+
+
 def check_parallel(cell: Any, fn: str) -> None:
     """``parallel=True`` needs a cell whose state evolves linearly (``cell.linear``)."""
     if cell.linear is None:

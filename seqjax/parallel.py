@@ -33,8 +33,10 @@ def parallel_scan(
     reverse: bool,
     chunk_size: int | None,
     remat: bool,
+    resets: Array | None = None,
 ) -> tuple[Carry, Array]:
-    """``(final_carry, ys)`` for time-major ``xs (time, batch..., features)``.
+    """``(final_carry, ys)`` for time-major ``xs (time, batch..., features)``; ``resets
+    (time, batch...)`` (masked and shifted by ``unroll``) restart the state from ``carry``.
 
     With ``chunk_size``, a sequential ``lax.scan`` over chunks of that many steps runs the
     associative scan inside each chunk, so the scan's intermediates are per chunk rather than
@@ -44,35 +46,45 @@ def parallel_scan(
     num_steps = xs.shape[0]
     chunk = num_steps if chunk_size is None else min(chunk_size, num_steps)
     h0 = linear.state(carry)
+    restart = None if resets is None else h0  # the state a reset goes back to
     if chunk == num_steps and not remat:
-        h_final, ys = _run_chunk(cell, params, h0, jnp.arange(num_steps), xs, lengths, reverse)
+        h_final, ys = _run_chunk(cell, params, h0, jnp.arange(num_steps), (xs, resets),
+                                 lengths, reverse, restart)  # fmt: skip
         return linear.carry(h_final, carry), ys
 
     num_chunks = -(-num_steps // chunk)
     pad = num_chunks * chunk - num_steps
     if pad:  # padding steps are masked like steps past every length: they change nothing
         xs = jnp.pad(xs, [(0, pad)] + [(0, 0)] * (xs.ndim - 1))
+        if resets is not None:
+            resets = jnp.pad(resets, [(0, pad)] + [(0, 0)] * (resets.ndim - 1))
         if lengths is None:
             lengths = jnp.full(xs.shape[1:-1], num_steps)
 
     def body(h, inputs):
         t, x = inputs
-        return _run_chunk(cell, params, h, t, x, lengths, reverse)
+        return _run_chunk(cell, params, h, t, x, lengths, reverse, restart)
 
     body = jax.checkpoint(body) if remat else body
-    split = lambda a: a.reshape((num_chunks, chunk, *a.shape[1:]))  # noqa: E731
+    split = lambda a: None if a is None else a.reshape((num_chunks, chunk, *a.shape[1:]))  # noqa: E731
     steps = jnp.arange(num_chunks * chunk)
-    h_final, ys = jax.lax.scan(body, h0, (split(steps), split(xs)), reverse=reverse)
+    chunks = (split(steps), (split(xs), split(resets)))
+    h_final, ys = jax.lax.scan(body, h0, chunks, reverse=reverse)
     ys = ys.reshape((num_chunks * chunk, *ys.shape[2:]))[:num_steps]
     return linear.carry(h_final, carry), ys
 
 
-def _run_chunk(cell, params, h0, t, xs, lengths, reverse):
-    """The final state and the outputs for the steps ``t`` with inputs ``xs (steps, ...)``."""
+def _run_chunk(cell, params, h0, t, inputs, lengths, reverse, restart=None):
+    """The final state and the outputs for the steps ``t`` with ``inputs = (xs (steps, ...),
+    resets (steps, batch...) or None)``; ``restart`` is the state a reset goes back to."""
     linear = cell.linear
+    xs, resets = inputs
     px = cell.project(params, xs)
     valid = None if lengths is None else t.reshape(t.shape + (1,) * lengths.ndim) < lengths
-    hs = _prefix_states(linear, params, px, h0, valid, reverse)
+    if resets is None:
+        hs = _prefix_states(linear, params, px, h0, valid, reverse)
+    else:
+        hs = _segmented_prefix_states(linear, params, px, h0, valid, reverse, resets, restart)
     ys = linear.read_out(params, hs, px)
     if valid is not None:
         ys = jnp.where(valid[..., None], ys, jnp.zeros_like(ys))
@@ -101,6 +113,48 @@ def _prefix_states(linear, params, px, h0, valid, reverse):
         _compose_log, (log_a, log_b), reverse=reverse
     )
     return jnp.exp(prefix_log_a) * h0 + jnp.exp(prefix_log_b)
+
+
+def _segmented_prefix_states(linear, params, px, h0, valid, reverse, resets, restart):
+    """``_prefix_states`` with restarts: a segmented scan whose elements carry a flag, and a
+    flagged element drops everything composed before it, so the prefix since the last reset
+    ``(A_t, B_t)`` gives ``h_t = A_t * restart + B_t`` (or ``A_t * h0 + B_t`` if none yet)."""
+    flags = resets[..., None]
+    if linear.log_coefficients is None:
+        a, b = linear.coefficients(params, px)
+        a = jnp.broadcast_to(a, b.shape)
+        if valid is not None:
+            a = jnp.where(valid[..., None], a, jnp.ones_like(a))
+            b = jnp.where(valid[..., None], b, jnp.zeros_like(b))
+        flags = jnp.broadcast_to(flags, b.shape)
+        prefix_a, prefix_b, restarted = jax.lax.associative_scan(
+            _compose_segments, (a, b, flags), reverse=reverse
+        )
+        return prefix_a * jnp.where(restarted, restart, h0) + prefix_b
+    log_a, log_b = linear.log_coefficients(params, px)
+    log_a = jnp.broadcast_to(log_a, log_b.shape)
+    if valid is not None:
+        nothing = jnp.asarray(jnp.finfo(log_b.dtype).min / 4, log_b.dtype)
+        log_a = jnp.where(valid[..., None], log_a, jnp.zeros_like(log_a))
+        log_b = jnp.where(valid[..., None], log_b, nothing)
+    flags = jnp.broadcast_to(flags, log_b.shape)
+    prefix_log_a, prefix_log_b, restarted = jax.lax.associative_scan(
+        _compose_log_segments, (log_a, log_b, flags), reverse=reverse
+    )
+    return jnp.exp(prefix_log_a) * jnp.where(restarted, restart, h0) + jnp.exp(prefix_log_b)
+
+
+def _compose_segments(first, second):
+    a1, b1, f1 = first
+    a2, b2, f2 = second
+    return jnp.where(f2, a2, a1 * a2), jnp.where(f2, b2, a2 * b1 + b2), f1 | f2
+
+
+def _compose_log_segments(first, second):
+    log_a1, log_b1, f1 = first
+    log_a2, log_b2, f2 = second
+    joined_b = jnp.logaddexp(log_a2 + log_b1, log_b2)
+    return jnp.where(f2, log_a2, log_a1 + log_a2), jnp.where(f2, log_b2, joined_b), f1 | f2
 
 
 def _compose(first, second):

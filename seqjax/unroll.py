@@ -45,6 +45,7 @@ def unroll(
     chunk_size: int | None = None,
     native: bool | None = None,
     *,
+    resets: Array | None = None,
     options: UnrollOptions | None = None,
 ) -> tuple[Carry, Array]:
     """Runs ``cell`` over the time axis of ``xs``.
@@ -67,6 +68,11 @@ def unroll(
       parallel: ``jax.lax.associative_scan`` for a linear recurrence.
       chunk_size: steps per chunk of the parallel scan.
       native: the fused CPU kernels (``None``: whenever they can run).
+      resets: optional booleans shaped like ``xs`` without its feature axis (``(batch...,
+        time)``, time first with ``time_major``): where true, the carry is set back to the
+        initial carry (``carry``, or zeros) before that step, and no gradient flows across it
+        (episode starts, packed documents). A reversed run restarts at each segment's last
+        step, so every segment runs as if alone, in both directions.
       options: all of the above as one :class:`~seqjax.UnrollOptions`, where each is
         described in full (then leave the keywords out).
 
@@ -86,13 +92,33 @@ def unroll(
     options.check_cell(cell, fn)
     time_axis = 0 if options.time_major else xs.ndim - 2
     carry, lengths, xs = _checked_inputs(cell, params, xs, carry, lengths, time_axis, fn)
+    if resets is not None:
+        resets = _checks.check_resets(resets, xs.shape[:-1], fn, options.time_major)
+        resets = _restart_flags(resets, lengths, time_axis, options.reverse)
     if options.custom_vjp is None and not options.parallel and cell.recur_split is not None:
         options = options.replace(custom_vjp=True)
     if options.hoist_projection is None:
         options = options.replace(hoist_projection=_hoist_by_default(cell, params, xs, time_axis))
     if options.custom_vjp:  # works in the caller's layout: no time-major copies of long sequences
-        return _unroll_custom_vjp(cell, params, xs, carry, lengths, time_axis, options, fn)
-    return _unroll_autodiff(cell, params, xs, carry, lengths, time_axis, options)
+        return _unroll_custom_vjp(cell, params, xs, carry, lengths, resets, time_axis, options, fn)
+    return _unroll_autodiff(cell, params, xs, carry, lengths, resets, time_axis, options)
+
+
+def _restart_flags(resets: Array, lengths: Array | None, time_axis: int, reverse: bool) -> Array:
+    """Where a run restarts, in the order it visits the steps: a reversed run meets each
+    segment's last step first, so it restarts before step t when step t + 1 starts a segment.
+    Only valid steps restart (a masked step keeps the carry)."""
+    num_steps = resets.shape[time_axis]
+    if reverse:
+        later = jax.lax.slice_in_dim(resets, 1, num_steps, axis=time_axis)
+        none = jnp.zeros_like(jax.lax.slice_in_dim(resets, 0, 1, axis=time_axis))
+        resets = jnp.concatenate([later, none], axis=time_axis)
+    if lengths is None:
+        return resets
+    steps = jnp.arange(num_steps)
+    if time_axis == 0:
+        return resets & (steps.reshape((-1,) + (1,) * lengths.ndim) < lengths)
+    return resets & (steps < lengths[..., None])
 
 
 def _checked_inputs(cell, params, xs, carry, lengths, time_axis, fn):
@@ -112,15 +138,15 @@ def _checked_inputs(cell, params, xs, carry, lengths, time_axis, fn):
     return carry, lengths, xs.astype(dtype)
 
 
-def _unroll_custom_vjp(cell, params, xs, carry, lengths, time_axis, options, fn):
-    kernel = _use_native(options.native, cell, params, xs, True, False, fn)
+def _unroll_custom_vjp(cell, params, xs, carry, lengths, resets, time_axis, options, fn):
+    kernel = _use_native(options.native, cell, params, xs, True, False, fn, resets is not None)
     if kernel is not None:
         loops = NativeLoop(kernel, options.reverse)
     else:
         loops = ScanLoop.of(cell, options.reverse, options.unroll, options.hoist_projection)
     try:
         return unroll_custom_vjp(
-            loops, params, xs, time_axis, carry, lengths, options.reverse, options.remat
+            loops, params, xs, time_axis, carry, lengths, options.reverse, options.remat, resets
         )
     except TypeError as err:
         if "forward-mode" not in str(err):
@@ -133,21 +159,22 @@ def _unroll_custom_vjp(cell, params, xs, carry, lengths, time_axis, options, fn)
         ) from err
 
 
-def _unroll_autodiff(cell, params, xs, carry, lengths, time_axis, options):
+def _unroll_autodiff(cell, params, xs, carry, lengths, resets, time_axis, options):
     """The scan or the parallel scan, time-major inside, differentiated by autodiff."""
     _use_native(options.native, cell, params, xs, False, options.parallel, "unroll")
     xs_tm = jnp.moveaxis(xs, time_axis, 0)  # (time, batch..., features)
+    resets = None if resets is None else jnp.moveaxis(resets, time_axis, 0)
     if options.parallel:
         chunk = options.chunk_size
         if options.remat and chunk is None:
             chunk = default_chunk_size(xs_tm.shape[0])
         carry, ys = parallel_scan(
-            cell, params, xs_tm, carry, lengths, options.reverse, chunk, options.remat
+            cell, params, xs_tm, carry, lengths, options.reverse, chunk, options.remat, resets
         )
     else:
         carry, ys = plain.scan(
             cell, params, xs_tm, carry, lengths, options.reverse, options.unroll,
-            options.remat, options.hoist_projection,
+            options.remat, options.hoist_projection, resets,
         )  # fmt: skip
     return carry, jnp.moveaxis(ys, 0, time_axis)
 
@@ -160,6 +187,7 @@ def _use_native(
     custom_vjp: bool,
     parallel: bool,
     fn: str,
+    resets: bool = False,
 ) -> str | None:
     """The :mod:`seqjax.native` kernel to run, or ``None`` for ``lax.scan``."""
     if native is False:
@@ -167,6 +195,8 @@ def _use_native(
     kernel = seqjax_native.kernel_for(cell.recur_split)
     if kernel is not None and (parallel or not custom_vjp):
         reason = "it runs inside seqjax's own backward pass: custom_vjp=False or parallel=True"
+    elif kernel is not None and resets:
+        reason = "the kernels do not restart the carry yet (resets); the scan does"
     else:
         reason = seqjax_native.unsupported_reason(kernel, params, xs)
     if reason is None:

@@ -23,25 +23,46 @@ class LoopBackend(Protocol):
 
     ``xs``, ``ys`` and their cotangents are time-major, or with ``batch_major`` (only where
     ``takes_batch_major``) ``(batch..., T, .)``; ``lengths`` is ``None`` without lengths.
+    ``restarts`` (where ``takes_restarts``) is ``None`` or a :class:`Restarts`: the carry is
+    set back to ``restarts.carry`` before each flagged step, and ``backward`` then also
+    returns the gradient that reaches that carry through the restarts.
     """
 
     takes_batch_major: bool
+    takes_restarts: bool
 
     def weights(self, params: Params) -> Any:
         """What the loops read of ``params`` in a layout of their own, made once per call,
         outside any loop over chunks (XLA does not hoist it out of one)."""
 
     def forward(
-        self, params, weights, xs, carry, steps, lengths, keep, batch_major=False
+        self, params, weights, xs, carry, steps, lengths, keep, batch_major=False, restarts=None
     ) -> tuple[Carry, tuple[Array, Any]]:
         """``(final_carry, (ys, saved))``; ``saved`` (with ``keep``) is what ``backward``
         needs: each step's input carry and residuals."""
 
     def backward(
-        self, params, weights, xs, d_carry, steps, lengths, saved, d_ys, batch_major=False
-    ) -> tuple[Carry, Params, Array]:
+        self, params, weights, xs, d_carry, steps, lengths, saved, d_ys, batch_major=False,
+        restarts=None,
+    ) -> tuple:  # fmt: skip
         """The reverse loop from ``d_carry``, then the weight and input gradients:
-        ``(d_carry_at_start, d_params, d_xs)``."""
+        ``(d_carry_at_start, d_params, d_xs)``, and with ``restarts`` also the gradient of
+        ``restarts.carry``."""
+
+
+class Restarts(NamedTuple):
+    """Where the carry starts again: ``flags (steps, batch...)`` booleans, time-major, already
+    masked to valid steps and shifted for a reversed run, and the carry it starts from."""
+
+    flags: Array
+    carry: Carry
+
+
+def restart(carry: Carry, restarts: Restarts | None, flag: Array | None) -> Carry:
+    """``carry``, or ``restarts.carry`` where ``flag`` (one step's flags) is set."""
+    if restarts is None:
+        return carry
+    return jax.tree.map(lambda c0, c: where(flag, c0, c), restarts.carry, carry)
 
 
 class ScanLoop(NamedTuple):
@@ -54,6 +75,7 @@ class ScanLoop(NamedTuple):
     unroll: int
     hoist_projection: bool
     takes_batch_major: bool = False
+    takes_restarts: bool = True
 
     @classmethod
     def of(cls, cell: Cell, reverse: bool, unroll: int, hoist_projection: bool) -> ScanLoop:
@@ -64,32 +86,41 @@ class ScanLoop(NamedTuple):
     def weights(self, params: Params) -> Params:
         return transposed_matrices(params)
 
-    def forward(self, params, weights, xs, carry, steps, lengths, keep, batch_major=False):
+    def forward(
+        self, params, weights, xs, carry, steps, lengths, keep, batch_major=False, restarts=None
+    ):
         del weights, batch_major
         split = self.cell.recur_split
         combine_forward = self.combine_vjp.forward
         project = self.cell.project
         inputs = project_all(project, params, xs) if self.hoist_projection else xs
+        flags = None if restarts is None else restarts.flags
 
         def body(carry, inp):
-            t, x_t = inp
+            t, x_t, flag = inp
+            carry = restart(carry, restarts, flag)
             px = x_t if self.hoist_projection else project(params, x_t)
             out, residuals = combine_forward(carry, px, split.hidden_projection(params, carry))
             out = keep_valid(out, carry, None if lengths is None else t < lengths)
             return out[0], (out[1], (carry, residuals) if keep else None)
 
-        return jax.lax.scan(body, carry, (steps, inputs), reverse=self.reverse, unroll=self.unroll)
+        return jax.lax.scan(
+            body, carry, (steps, inputs, flags), reverse=self.reverse, unroll=self.unroll
+        )
 
     def backward(
-        self, params, weights, xs, d_carry, steps, lengths, saved, d_ys, batch_major=False
-    ):
+        self, params, weights, xs, d_carry, steps, lengths, saved, d_ys, batch_major=False,
+        restarts=None,
+    ):  # fmt: skip
         del batch_major
         split = self.cell.recur_split
         combine_backward = self.combine_vjp.backward
         carries, step_residuals = saved
+        flags = None if restarts is None else restarts.flags
 
-        def body(d_carry, inp):
-            t, carry, step_residuals, dy = inp
+        def body(state, inp):
+            d_carry, d_restart = state
+            t, carry, step_residuals, dy, flag = inp
             d_carry_in, dpx, dhh = combine_backward(carry, step_residuals, (d_carry, dy))
             if lengths is not None:  # a masked step passed its carry on and emitted a constant
                 ok = t < lengths
@@ -99,13 +130,21 @@ class ScanLoop(NamedTuple):
             _, hidden_vjp = jax.vjp(lambda c: split.hidden_projection(loop_params, c), carry)
             (d_carry_via_hh,) = hidden_vjp(dhh)
             d_carry_in = jax.tree.map(jnp.add, d_carry_in, d_carry_via_hh)
-            return d_carry_in, (dhh if split.additive else (dpx, dhh))
+            if restarts is not None:  # a restarted step read restarts.carry, not the last one
+                d_restart = jax.tree.map(
+                    lambda acc, d: acc + where(flag, d, jnp.zeros_like(d)), d_restart, d_carry_in
+                )
+                d_carry_in = jax.tree.map(lambda d: where(flag, jnp.zeros_like(d), d), d_carry_in)
+            return (d_carry_in, d_restart), (dhh if split.additive else (dpx, dhh))
 
-        d_carry, d_gates = jax.lax.scan(
-            body, d_carry, (steps, carries, step_residuals, d_ys), reverse=not self.reverse
-        )
+        d_restart = None if restarts is None else jax.tree.map(jnp.zeros_like, restarts.carry)
+        (d_carry, d_restart), d_gates = jax.lax.scan(
+            body, (d_carry, d_restart), (steps, carries, step_residuals, d_ys, flags),
+            reverse=not self.reverse,
+        )  # fmt: skip
         dpxs, dhhs = (d_gates, d_gates) if split.additive else d_gates
-        return (d_carry, *weight_and_input_gradients(self.cell, params, xs, carries, dpxs, dhhs))
+        grads = weight_and_input_gradients(self.cell, params, xs, carries, dpxs, dhhs)
+        return (d_carry, *grads) if restarts is None else (d_carry, *grads, d_restart)
 
 
 class NativeLoop(NamedTuple):
@@ -114,11 +153,15 @@ class NativeLoop(NamedTuple):
     kernel: str
     reverse: bool
     takes_batch_major: bool = True
+    takes_restarts: bool = False  # the kernels do not restart yet: unroll uses ScanLoop then
 
     def weights(self, params: Params) -> seqjax_native.Weights:
         return seqjax_native.pack_weights(self.kernel, params)
 
-    def forward(self, params, weights, xs, carry, steps, lengths, keep, batch_major=False):
+    def forward(
+        self, params, weights, xs, carry, steps, lengths, keep, batch_major=False, restarts=None
+    ):
+        assert restarts is None, "unroll sends runs with resets to ScanLoop"
         final, ys, saved = seqjax_native.forward(
             self.kernel, params, weights, xs, carry, steps[0], lengths, self.reverse, keep,
             batch_major,
@@ -126,8 +169,10 @@ class NativeLoop(NamedTuple):
         return final, (ys, saved)
 
     def backward(
-        self, params, weights, xs, d_carry, steps, lengths, saved, d_ys, batch_major=False
-    ):
+        self, params, weights, xs, d_carry, steps, lengths, saved, d_ys, batch_major=False,
+        restarts=None,
+    ):  # fmt: skip
+        assert restarts is None, "unroll sends runs with resets to ScanLoop"
         return seqjax_native.backward(
             self.kernel, params, weights, xs, saved, d_carry, d_ys, steps[0], lengths,
             self.reverse, batch_major,

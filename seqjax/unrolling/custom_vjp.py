@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from seqjax.types import Carry, Params
-from seqjax.unrolling.backends import LoopBackend
+from seqjax.unrolling.backends import LoopBackend, Restarts
 from seqjax.unrolling.remat import backward_by_chunks, forward_by_chunks
 from seqjax.unrolling.segments import Segments, chunk_size, time_major
 
@@ -38,6 +38,7 @@ class Plan(NamedTuple):
     remat: bool
     has_lengths: bool
     batch_major: bool  # the loops read and write whole sequences in the caller's layout
+    has_resets: bool = False
 
     @property
     def num_steps(self) -> int:
@@ -53,6 +54,16 @@ class Plan(NamedTuple):
     def lengths(self, lengths: Array) -> Array | None:
         return lengths if self.has_lengths else None
 
+    def restarts(self, resets: Array, carry: Carry) -> Restarts | None:
+        """The loops' ``restarts`` for a whole sequence's ``resets`` (caller's layout)."""
+        return Restarts(self.to_loops(resets), carry) if self.has_resets else None
+
+    def chunk_restarts(self, resets: Array, start, size: int, carry: Carry) -> Restarts | None:
+        """The ``restarts`` of one chunk, from ``resets`` in the caller's layout."""
+        if not self.has_resets:
+            return None
+        return Restarts(self.chunks.take(resets, start, size), carry)
+
 
 def unroll_custom_vjp(
     loops: LoopBackend,
@@ -63,9 +74,12 @@ def unroll_custom_vjp(
     lengths: Array | None,
     reverse: bool,
     remat: bool,
+    resets: Array | None = None,
 ) -> tuple[Carry, Array]:
     """``(final_carry, ys)`` for ``xs`` in the caller's layout (time on ``time_axis``), with
-    the backward pass described in the module docstring."""
+    the backward pass described in the module docstring. ``resets``: where the carry starts
+    again from ``carry``, ``xs.shape[:-1]`` booleans already masked to valid steps and shifted
+    for a reversed run (the loops must take restarts)."""
     num_steps = xs.shape[time_axis]
     plan = Plan(
         loops=loops,
@@ -76,56 +90,67 @@ def unroll_custom_vjp(
         # The native kernels read and write (batch..., T, .) arrays as they are: no
         # time-major copies of the inputs, outputs and their gradients.
         batch_major=loops.takes_batch_major and 0 < time_axis == xs.ndim - 2,
+        has_resets=resets is not None,
     )
     if lengths is None:
         lengths = jnp.zeros((), jnp.int32)  # unused; keeps one signature for custom_vjp
+    bounds = (lengths,) if resets is None else (lengths, resets)
 
     @jax.custom_vjp
-    def run(params, xs, carry, lengths):
-        return _forward(plan, params, xs, carry, lengths, keep=False)[0]  # not differentiated
+    def run(params, xs, carry, bounds):
+        return _forward(plan, params, xs, carry, bounds, keep=False)[0]  # not differentiated
 
-    def run_fwd(params, xs, carry, lengths):
-        out, saved = _forward(plan, params, xs, carry, lengths, keep=True)
-        return out, (params, xs if remat else None, lengths, saved)
+    def run_fwd(params, xs, carry, bounds):
+        out, saved = _forward(plan, params, xs, carry, bounds, keep=True)
+        start = carry if plan.has_resets else None
+        return out, (params, xs if remat else None, bounds, start, saved)
 
     def run_bwd(residuals, cotangents):
-        params, xs, lengths, saved = residuals
-        d_lengths = np.zeros(np.shape(lengths), jax.dtypes.float0)
+        params, xs, bounds, start, saved = residuals
+        d_bounds = tuple(np.zeros(np.shape(b), jax.dtypes.float0) for b in bounds)
         if remat:
-            d_params, d_xs, d_carry0 = backward_by_chunks(plan, params, xs, lengths, saved,
-                                                           cotangents)  # fmt: skip
+            d_params, d_xs, d_carry0 = backward_by_chunks(plan, params, xs, bounds, start,
+                                                           saved, cotangents)  # fmt: skip
         else:
-            d_params, d_xs, d_carry0 = _backward_whole(plan, params, lengths, saved, cotangents)
-        return d_params, d_xs, d_carry0, d_lengths
+            d_params, d_xs, d_carry0 = _backward_whole(plan, params, bounds, start, saved,
+                                                       cotangents)  # fmt: skip
+        return d_params, d_xs, d_carry0, d_bounds
 
     run.defvjp(run_fwd, run_bwd)
-    return run(params, xs, carry, lengths)
+    return run(params, xs, carry, bounds)
 
 
-def _forward(plan: Plan, params, xs, carry, lengths, keep):
+def _forward(plan: Plan, params, xs, carry, bounds, keep):
     """``((final_carry, ys), saved)``: with ``keep``, the inputs in the loops' layout and
     every step's residuals, or with ``remat`` only the carry at the start of each chunk;
     without ``keep``, nothing."""
     if keep and plan.remat:
-        return forward_by_chunks(plan, params, xs, carry, lengths)
+        return forward_by_chunks(plan, params, xs, carry, bounds)
+    lengths, resets = (*bounds, None)[:2]
     loops = plan.loops
     weights = loops.weights(params)
     xs_loop = plan.to_loops(xs)
+    restarts = plan.restarts(resets, carry)
     final, (ys, saved) = loops.forward(
         params, weights, xs_loop, carry, jnp.arange(plan.num_steps), plan.lengths(lengths),
-        keep, plan.batch_major,
+        keep, plan.batch_major, restarts,
     )  # fmt: skip
     return (final, plan.to_caller(ys)), (xs_loop, saved) if keep else None
 
 
-def _backward_whole(plan: Plan, params, lengths, saved, cotangents):
-    """The reverse loop over the whole sequence, from what ``_forward`` kept of every step."""
+def _backward_whole(plan: Plan, params, bounds, start, saved, cotangents):
+    """The reverse loop over the whole sequence, from what ``_forward`` kept of every step;
+    ``start`` is the initial carry (with resets: the restarts read it)."""
+    lengths, resets = (*bounds, None)[:2]
     d_final, d_ys = cotangents
     weights = plan.loops.weights(params)
     steps = jnp.arange(plan.num_steps)  # made here: the backward pass closes over no tracer
     xs_loop, step_saved = saved  # the forward pass's copy (if any), not a second one
-    d_carry0, d_params, d_xs = plan.loops.backward(
+    restarts = plan.restarts(resets, start)
+    d_carry0, d_params, d_xs, *d_restart = plan.loops.backward(
         params, weights, xs_loop, d_final, steps, plan.lengths(lengths), step_saved,
-        plan.to_loops(d_ys), plan.batch_major,
+        plan.to_loops(d_ys), plan.batch_major, restarts,
     )  # fmt: skip
+    if d_restart:
+        d_carry0 = jax.tree.map(jnp.add, d_carry0, d_restart[0])
     return d_params, plan.to_caller(d_xs), d_carry0

@@ -38,18 +38,21 @@ def chunked_scan(body, carry, steps, inputs, reverse, unroll):
     return carry, chunks.join(ys)
 
 
-def forward_by_chunks(plan, params, xs, carry, lengths):
+def forward_by_chunks(plan, params, xs, carry, bounds):
     """The custom VJP's forward pass with ``remat``: ``((final_carry, ys), starts)``, keeping
     only the carry at the start of each chunk."""
     loops, chunks = plan.loops, plan.chunks
+    lengths, resets = (*bounds, None)[:2]
     weights = loops.weights(params)
+    initial = carry
 
     def forward_chunk(state, start, size, _):
         carry, ys = state
         steps = start + jnp.arange(size)
+        restarts = plan.chunk_restarts(resets, start, size, initial)
         new_carry, (ys_chunk, _) = loops.forward(
             params, weights, chunks.take(xs, start, size), carry, steps, plan.lengths(lengths),
-            keep=False,
+            False, False, restarts,
         )  # fmt: skip
         return (new_carry, chunks.put(ys, ys_chunk, start)), carry
 
@@ -64,10 +67,12 @@ def forward_by_chunks(plan, params, xs, carry, lengths):
     return (final, ys), starts
 
 
-def backward_by_chunks(plan, params, xs, lengths, starts, cotangents):
+def backward_by_chunks(plan, params, xs, bounds, initial, starts, cotangents):
     """The reverse loop chunk by chunk, last chunk of the recurrence first, each chunk's
-    forward steps rerun from its start carry to get its residuals."""
+    forward steps rerun from its start carry to get its residuals; ``initial`` is the carry
+    the restarts read (with resets)."""
     loops, chunks = plan.loops, plan.chunks
+    lengths, resets = (*bounds, None)[:2]
     d_final, d_ys = cotangents
     weights = loops.weights(params)
     # Every chunk reads its d_ys before it writes its d_xs, and the chunks cover every
@@ -78,22 +83,31 @@ def backward_by_chunks(plan, params, xs, lengths, starts, cotangents):
     reuse = d_ys.shape == xs.shape and d_ys.dtype == xs.dtype
 
     def backward_chunk(state, start, size, start_carry):
-        d_carry, d_params, d_xs = state
+        d_carry, d_params, d_xs, d_initial = state
         steps = start + jnp.arange(size)
         xs_chunk = chunks.take(xs, start, size)
+        restarts = plan.chunk_restarts(resets, start, size, initial)
         _, (_, chunk_saved) = loops.forward(
-            params, weights, xs_chunk, start_carry, steps, plan.lengths(lengths), keep=True
-        )
+            params, weights, xs_chunk, start_carry, steps, plan.lengths(lengths), True, False,
+            restarts,
+        )  # fmt: skip
         # With reuse, this chunk's d_ys is still in the state: no earlier chunk wrote here.
         d_ys_chunk = chunks.take(d_xs if reuse else d_ys, start, size)
-        d_carry, chunk_d_params, d_xs_chunk = loops.backward(
+        d_carry, chunk_d_params, d_xs_chunk, *d_restart = loops.backward(
             params, weights, xs_chunk, d_carry, steps, plan.lengths(lengths), chunk_saved,
-            d_ys_chunk,
+            d_ys_chunk, False, restarts,
         )  # fmt: skip
         d_params = jax.tree.map(jnp.add, d_params, chunk_d_params)
-        return (d_carry, d_params, chunks.put(d_xs, d_xs_chunk, start)), None
+        if d_restart:
+            d_initial = jax.tree.map(jnp.add, d_initial, d_restart[0])
+        return (d_carry, d_params, chunks.put(d_xs, d_xs_chunk, start), d_initial), None
 
     d_xs = d_ys if reuse else jnp.zeros_like(xs)
-    start = (d_final, jax.tree.map(jnp.zeros_like, params), d_xs)
-    (d_carry0, d_params, d_xs), _ = chunks.visit(backward_chunk, start, starts, backward=True)
+    d_initial = jax.tree.map(jnp.zeros_like, initial) if plan.has_resets else None
+    start = (d_final, jax.tree.map(jnp.zeros_like, params), d_xs, d_initial)
+    (d_carry0, d_params, d_xs, d_initial), _ = chunks.visit(
+        backward_chunk, start, starts, backward=True
+    )
+    if plan.has_resets:
+        d_carry0 = jax.tree.map(jnp.add, d_carry0, d_initial)
     return d_params, d_xs, d_carry0

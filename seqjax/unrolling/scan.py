@@ -24,8 +24,10 @@ def scan(
     unroll: int,
     remat: bool,
     hoist_projection: bool,
+    resets: Array | None = None,
 ) -> tuple[Carry, Array]:
-    """``cell`` over time-major ``xs (time, batch..., features)``.
+    """``cell`` over time-major ``xs (time, batch..., features)``; ``resets (time, batch...)``
+    (masked and shifted by ``unroll``) set the carry back to the initial one before a step.
 
     ``lengths`` become a mask ``t < length``: a masked step keeps the carry and emits zeros.
     Running forward, that freezes each sequence at its end; running in reverse, it makes each
@@ -33,12 +35,16 @@ def scan(
     """
     inputs = project_all(cell.project, params, xs) if hoist_projection else xs
     steps = jnp.arange(xs.shape[0])
+    initial = carry
 
-    def body(carry: Carry, inp: tuple[Array, Array]) -> tuple[Carry, Array]:
-        t, x_t = inp
+    def body(carry: Carry, inp: tuple[Array, tuple]) -> tuple[Carry, Array]:
+        t, (x_t, flag) = inp
+        if flag is not None:  # gradients stop here: the old carry is not used
+            carry = jax.tree.map(lambda c0, c: where(flag, c0, c), initial, carry)
         projected = x_t if hoist_projection else cell.project(params, x_t)
         return mask(cell.recur(params, carry, projected), carry, t, lengths)
 
+    inputs = (inputs, resets)
     if not remat:
         return jax.lax.scan(body, carry, (steps, inputs), reverse=reverse, unroll=unroll)
     return chunked_scan(body, carry, steps, inputs, reverse, unroll)

@@ -1,0 +1,176 @@
+"""``unroll(..., resets=...)`` against its definition: running each segment on its own.
+
+A row with resets is cut into segments at its flagged steps (within its length); each segment
+runs alone from the initial carry, with ``unroll`` and no resets. Outputs, the final carry and
+the gradients with respect to params, inputs and the initial carry must equal those of one
+``unroll`` with ``resets``, in float64, on every path: the scan, the custom VJP (whole and
+remat), plain autodiff, the parallel scan (log space, chunked), forward and reversed.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import seqjax
+
+B, T, D, H = 3, 9, 3, 4
+LENGTHS = np.array([9, 6, 4])
+# Row 0: three segments; row 1: a reset at its first step (a no-op) and one inside; row 2: a
+# reset past its length (padding: ignored) and none inside.
+RESETS = np.zeros((B, T), bool)
+RESETS[0, [3, 7]] = True
+RESETS[1, [0, 2]] = True
+RESETS[2, [5]] = True
+
+CELLS = {
+    "lstm": lambda: seqjax.lstm(H),
+    "gru": lambda: seqjax.gru(H),
+    "rnn": lambda: seqjax.simple_rnn(H),
+    "gru_reset_before": lambda: seqjax.gru(H, reset_after=False),
+    "lstm_peephole": lambda: seqjax.lstm(H, peephole=True),
+    "min_gru_log": lambda: seqjax.min_gru(H, log_space=True),
+    "min_lstm": lambda: seqjax.min_lstm(H),
+    "lru": lambda: seqjax.lru(H, D),
+}
+LINEAR = {"min_gru_log", "min_lstm", "lru"}
+PATHS = {
+    "default": {},
+    "remat": {"remat": True},
+    "autodiff": {"custom_vjp": False},
+    "autodiff_remat": {"custom_vjp": False, "remat": True},
+    "unroll2": {"unroll": 2, "native": False},
+    "parallel": {"parallel": True},
+    "parallel_chunks": {"parallel": True, "chunk_size": 4},
+    "parallel_remat": {"parallel": True, "remat": True},
+}
+
+
+def segments(row: int) -> list[tuple[int, int]]:
+    starts = [0] + [t for t in range(1, LENGTHS[row]) if RESETS[row, t]]
+    return list(zip(starts, [*starts[1:], int(LENGTHS[row])], strict=True))
+
+
+def reference(cell, params, xs, carry, reverse):
+    """Every segment of every row run alone; outputs zero past each length."""
+    ys_rows, finals = [], []
+    for row in range(B):
+        pieces, final = [], None
+        row_carry = jax.tree.map(lambda c, r=row: c[r : r + 1], carry)
+        for start, end in segments(row):
+            seg_final, seg_ys = seqjax.unroll(
+                cell, params, xs[row : row + 1, start:end], carry=row_carry, reverse=reverse,
+                native=False,
+            )  # fmt: skip
+            pieces.append(seg_ys)
+            if final is None or not reverse:  # reversed: the carry after the first segment
+                final = seg_final if not reverse or final is None else final
+        pad = jnp.zeros((1, T - int(LENGTHS[row]), pieces[0].shape[-1]), pieces[0].dtype)
+        ys_rows.append(jnp.concatenate([*pieces, pad], axis=1))
+        finals.append(final)
+    return jax.tree.map(lambda *r: jnp.concatenate(r), *finals), jnp.concatenate(ys_rows)
+
+
+def loss(out):
+    final, ys = out
+    weights = jnp.linspace(0.5, 1.5, ys.size).reshape(ys.shape)
+    return jnp.sum(weights * jnp.sin(ys)) + sum(jnp.sum(c**2) for c in jax.tree.leaves(final))
+
+
+# Each unroll path with the cells that take it, in both directions (the test compiles one
+# reference per segment length, so the matrix is chosen, not crossed in full).
+CASES = [
+    *[("lstm", path) for path in ("default", "remat", "autodiff", "unroll2")],
+    *[("gru", path) for path in ("default", "remat")],
+    ("rnn", "default"),
+    ("gru_reset_before", "default"),
+    ("lstm_peephole", "autodiff_remat"),
+    *[("min_gru_log", path) for path in ("default", "parallel", "parallel_chunks")],
+    ("min_lstm", "parallel_remat"),
+    *[("lru", path) for path in ("default", "parallel")],
+]
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("name, path", CASES)
+def test_resets_equal_running_each_segment_alone(x64, name, path, reverse):
+    options = PATHS[path]
+    assert not options.get("parallel") or name in LINEAR
+    cell, params, xs, carry = _inputs(name)
+    lengths, resets = jnp.asarray(LENGTHS), jnp.asarray(RESETS)
+
+    def ours(p, x, c):
+        return seqjax.unroll(cell, p, x, carry=c, lengths=lengths, resets=resets,
+                             reverse=reverse, **options)  # fmt: skip
+
+    want, want_grads = _reference_and_gradients(name, reverse)
+    ours = jax.jit(ours)
+    got = ours(params, xs, carry)
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-9, atol=1e-12)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12),
+                 got[0], want[0])  # fmt: skip
+    grads = jax.jit(jax.grad(lambda *a: loss(ours(*a)), argnums=(0, 1, 2)))(params, xs, carry)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-10),
+                 grads, want_grads)  # fmt: skip
+
+
+_REFERENCES: dict = {}
+
+
+def _reference_and_gradients(name: str, reverse: bool):
+    """The segment-by-segment outputs and gradients, once per cell and direction: they do not
+    depend on the path under test."""
+    if (name, reverse) not in _REFERENCES:
+        cell, params, xs, carry = _inputs(name)
+        run = jax.jit(lambda *a: reference(cell, *a, reverse))  # one compile, not one a segment
+        want = run(params, xs, carry)
+        grads = jax.jit(jax.grad(lambda *a: loss(run(*a)), argnums=(0, 1, 2)))(params, xs, carry)
+        _REFERENCES[name, reverse] = (want, grads)
+    return _REFERENCES[name, reverse]
+
+
+def _inputs(name: str):
+    cell = CELLS[name]()
+    params = cell.init(jax.random.key(0), D)
+    xs = jax.random.normal(jax.random.key(1), (B, T, D))
+    carry = jax.tree.map(
+        lambda c: c + 0.3 * jax.random.normal(jax.random.key(2), c.shape),
+        cell.initial_carry(params, (B,)),
+    )
+    return cell, params, xs, carry
+
+
+def test_a_reset_stops_the_gradient():
+    cell = seqjax.gru(H)
+    params = cell.init(jax.random.key(0), D)
+    xs = jax.random.normal(jax.random.key(1), (1, T, D))
+    resets = jnp.zeros((1, T), bool).at[0, 5].set(True)
+    d_xs = jax.grad(lambda x: jnp.sum(seqjax.unroll(cell, params, x, resets=resets)[1][:, 5:]))(xs)
+    assert np.all(np.asarray(d_xs[:, :5]) == 0)  # nothing after the reset depends on before
+    assert np.all(np.abs(np.asarray(d_xs[:, 5:])).sum(-1) > 0)
+
+
+@pytest.mark.parametrize(
+    "resets, error, message",
+    [
+        (np.zeros((B, T)), TypeError, "resets must be a boolean array"),
+        (np.zeros((B, T, 1), bool), ValueError, "resets must have the shape of xs without"),
+        (np.zeros((T, B), bool), ValueError, "(batch..., time) = (3, 9); got shape (9, 3)"),
+    ],
+)
+def test_bad_resets_are_refused_by_name(resets, error, message):
+    cell = seqjax.lstm(H)
+    params = cell.init(jax.random.key(0), D)
+    with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)")):
+        seqjax.unroll(cell, params, jnp.ones((B, T, D)), resets=resets)
+
+
+def test_native_true_with_resets_says_why():
+    cell = seqjax.lstm(H)
+    params = cell.init(jax.random.key(0), D)
+    if seqjax.native.unavailable_reason() is not None:
+        pytest.skip("no native kernels here")
+    with pytest.raises(ValueError, match="do not restart the carry yet"):
+        seqjax.unroll(cell, params, jnp.ones((B, T, D)), resets=jnp.asarray(RESETS), native=True)
