@@ -39,9 +39,12 @@ class ApplyFn(Protocol):
         lengths: Array | None = None,
         carry: Carry | None = None,
         key: Array | None = None,
+        resets: Array | None = None,
     ) -> tuple[Carry, Array]:
         """Maps ``xs (batch..., time, features)`` to ``(final_carry, ys (batch..., time, out))``.
-        ``key`` enables the layer's randomness (dropout); without it the layer is deterministic."""
+        ``key`` enables the layer's randomness (dropout); without it the layer is deterministic.
+        ``resets (batch..., time)``: where the carry restarts (see :func:`seqjax.unroll`); the
+        built-in layers take it, a layer built by hand may leave it out."""
 
 
 class RNNSpec(NamedTuple):
@@ -123,9 +126,11 @@ def rnn(cell: Cell, *, options: UnrollOptions | None = None, **unroll_options: A
     options = merged_options(options, unroll_options, "rnn")
     options.check_cell(cell, "rnn")
 
-    def apply(params, xs, *, lengths=None, carry=None, key=None):
+    def apply(params, xs, *, lengths=None, carry=None, key=None, resets=None):
         del key  # a plain recurrent layer has no randomness
-        return unroll(cell, params, xs, carry=carry, lengths=lengths, options=options)
+        return unroll(
+            cell, params, xs, carry=carry, lengths=lengths, resets=resets, options=options
+        )
 
     return Layer(
         init=cell.init,
@@ -172,7 +177,7 @@ def bidirectional(forward: Layer, backward: Layer) -> Layer:
             backward.initial_carry(params["backward"], batch_shape),
         )
 
-    def apply(params, xs, *, lengths=None, carry=None, key=None):
+    def apply(params, xs, *, lengths=None, carry=None, key=None, resets=None):
         if not isinstance(params, dict) or set(params) != {"forward", "backward"}:
             got = sorted(params) if isinstance(params, dict) else type(params).__name__
             raise ValueError(
@@ -185,15 +190,14 @@ def bidirectional(forward: Layer, backward: Layer) -> Layer:
         xs = _checks.check_array(xs, "xs", "bidirectional", min_rank=2)
         time_axis = 0 if time_major else xs.ndim - 2
         carry_fwd, ys_fwd = forward.apply(
-            params["forward"], xs, lengths=lengths, carry=carry_fwd, key=key_fwd
-        )
+            params["forward"], xs, lengths=lengths, carry=carry_fwd, key=key_fwd,
+            **_with_resets(resets),
+        )  # fmt: skip
         carry_bwd, ys_bwd = backward.apply(
-            params["backward"],
-            reverse_sequences(xs, lengths, time_axis),
-            lengths=lengths,
-            carry=carry_bwd,
-            key=key_bwd,
-        )
+            params["backward"], reverse_sequences(xs, lengths, time_axis), lengths=lengths,
+            carry=carry_bwd, key=key_bwd,
+            **_with_resets(_reversed_resets(resets, lengths, time_axis)),
+        )  # fmt: skip
         ys_bwd = reverse_sequences(ys_bwd, lengths, time_axis)
         return (carry_fwd, carry_bwd), jnp.concatenate([ys_fwd, ys_bwd], axis=-1)
 
@@ -250,7 +254,7 @@ def stack(*layers: Layer, dropout: float = 0.0, options: UnrollOptions | None = 
             layer.initial_carry(p, batch_shape) for layer, p in zip(layers, params, strict=True)
         )
 
-    def apply(params, xs, *, lengths=None, carry=None, key=None):
+    def apply(params, xs, *, lengths=None, carry=None, key=None, resets=None):
         if not isinstance(params, tuple | list) or len(params) != count:
             raise ValueError(
                 f"stack: params must be a tuple of {count} entries (one per layer), as "
@@ -262,7 +266,9 @@ def stack(*layers: Layer, dropout: float = 0.0, options: UnrollOptions | None = 
         keys = jax.random.split(key, 2 * count) if key is not None else [None] * (2 * count)
         finals = []
         for i, (layer, p, c) in enumerate(zip(layers, params, carries, strict=True)):
-            c, xs = layer.apply(p, xs, lengths=lengths, carry=c, key=keys[2 * i])
+            c, xs = layer.apply(
+                p, xs, lengths=lengths, carry=c, key=keys[2 * i], **_with_resets(resets)
+            )
             finals.append(c)
             if i < count - 1 and key is not None and dropout > 0:
                 xs = _dropout(keys[2 * i + 1], xs, dropout)
@@ -311,6 +317,25 @@ def reverse_sequences(xs: Array, lengths: Array | None, time_axis: int) -> Array
     source = jnp.where(t < lengths, lengths - 1 - t, t)  # (time, batch...)
     flipped = jnp.take_along_axis(xs_tm, source[..., None], axis=0)
     return jnp.moveaxis(flipped, 0, time_axis)
+
+
+def _with_resets(resets: Array | None) -> dict:
+    """``resets=`` for an inner layer's ``apply``, left out when there are none (a layer built
+    by hand need not take it)."""
+    return {} if resets is None else {"resets": resets}
+
+
+def _reversed_resets(resets: Array | None, lengths: Array | None, time_axis: int):
+    """The resets of the sequences ``reverse_sequences`` makes: a segment ``[s, e)`` of a
+    length-L row becomes ``[L - e, L - s)``, so the reversed row restarts at ``L - s`` for each
+    original start ``s``: the original flags reversed within the length, one step later."""
+    if resets is None:
+        return None
+    flipped = reverse_sequences(resets[..., None], lengths, time_axis)[..., 0]
+    num_steps = resets.shape[time_axis]
+    earlier = jax.lax.slice_in_dim(flipped, 0, num_steps - 1, axis=time_axis)
+    none = jnp.zeros_like(jax.lax.slice_in_dim(flipped, 0, 1, axis=time_axis))
+    return jnp.concatenate([none, earlier], axis=time_axis)
 
 
 def _dropout(key: Array, xs: Array, rate: float) -> Array:

@@ -91,13 +91,14 @@ class Recurrent(nnx.Module):
         time_major: bool = False,
         reverse: bool = False,
         keep_order: bool = False,
+        resets: Array | None = None,
     ):
         """``inputs (batch..., time, in_features)`` (time first with ``time_major``) ->
         outputs ``(batch..., time, out_features)``, or ``(final_carry, outputs)`` with
-        ``return_carry``."""
+        ``return_carry``; ``resets`` restart the carry (:func:`seqjax.unroll`)."""
         lengths = _lengths(seq_lengths, lengths)
         final, ys = unroll(
-            self.cell, self.params, inputs, carry=initial_carry, lengths=lengths,
+            self.cell, self.params, inputs, carry=initial_carry, lengths=lengths, resets=resets,
             options=self.options.replace(reverse=reverse, time_major=time_major),
         )  # fmt: skip
         if reverse and not keep_order:
@@ -186,10 +187,11 @@ class Bidirectional(nnx.Module):
         self.forward, self.backward = forward, backward
 
     def __call__(self, inputs: Array, *, initial_carry=None, seq_lengths=None, lengths=None,
-                 return_carry: bool = False, time_major: bool = False):  # fmt: skip
+                 return_carry: bool = False, time_major: bool = False, resets=None):  # fmt: skip
         lengths = _lengths(seq_lengths, lengths)
         carries = (None, None) if initial_carry is None else initial_carry
-        common = dict(seq_lengths=lengths, return_carry=True, time_major=time_major)
+        common = dict(seq_lengths=lengths, return_carry=True, time_major=time_major,
+                      resets=resets)  # fmt: skip
         f_final, f_ys = self.forward(inputs, initial_carry=carries[0], **common)
         b_final, b_ys = self.backward(inputs, initial_carry=carries[1], reverse=True,
                                       keep_order=True, **common)  # fmt: skip
@@ -208,7 +210,7 @@ class Stack(nnx.Module):
         self.dropout = nnx.Dropout(dropout, rngs=rngs) if dropout else None
 
     def __call__(self, inputs: Array, *, initial_carry=None, seq_lengths=None, lengths=None,
-                 return_carry: bool = False, time_major: bool = False):  # fmt: skip
+                 return_carry: bool = False, time_major: bool = False, resets=None):  # fmt: skip
         lengths = _lengths(seq_lengths, lengths)
         carries = [None] * len(self.layers) if initial_carry is None else initial_carry
         finals, ys = [], inputs
@@ -216,6 +218,6 @@ class Stack(nnx.Module):
             if i and self.dropout is not None:
                 ys = self.dropout(ys)
             final, ys = layer(ys, initial_carry=carry, seq_lengths=lengths, return_carry=True,
-                              time_major=time_major)  # fmt: skip
+                              time_major=time_major, resets=resets)  # fmt: skip
             finals.append(final)
         return (tuple(finals), ys) if return_carry else ys

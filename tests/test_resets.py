@@ -174,3 +174,44 @@ def test_native_true_with_resets_says_why():
         pytest.skip("no native kernels here")
     with pytest.raises(ValueError, match="do not restart the carry yet"):
         seqjax.unroll(cell, params, jnp.ones((B, T, D)), resets=jnp.asarray(RESETS), native=True)
+
+
+def test_a_bidirectional_stack_over_packed_segments_equals_each_segment_alone():
+    """The packed-documents case: a two-layer bidirectional model over rows holding several
+    segments gives, on every segment, what it gives on that segment alone."""
+    model = seqjax.stack(
+        seqjax.bidirectional(seqjax.rnn(seqjax.gru(H)), seqjax.rnn(seqjax.lstm(H))),
+        seqjax.rnn(seqjax.min_gru(H), parallel=True),
+    )
+    params = model.init(jax.random.key(0), D)
+    xs = jax.random.normal(jax.random.key(1), (B, T, D))
+    lengths, resets = jnp.asarray(LENGTHS), jnp.asarray(RESETS)
+    _, ys = jax.jit(lambda x: model.apply(params, x, lengths=lengths, resets=resets))(xs)
+    for row in range(B):
+        for start, end in segments(row):
+            _, alone = model.apply(params, xs[row : row + 1, start:end])
+            np.testing.assert_allclose(ys[row, start:end], alone[0], rtol=2e-5, atol=2e-6)
+        assert np.all(np.asarray(ys[row, LENGTHS[row] :]) == 0)
+
+
+def test_nnx_modules_take_resets_like_the_functional_layers():
+    from flax import nnx
+
+    import seqjax.nn as snn
+
+    forward, backward = snn.GRU(D, H, rngs=nnx.Rngs(0)), snn.LSTM(D, H, rngs=nnx.Rngs(1))
+    both = snn.Bidirectional(forward, backward)
+    model = snn.Stack(both, snn.GRU(2 * H, H, rngs=nnx.Rngs(2)))
+    xs = jax.random.normal(jax.random.key(1), (B, T, D))
+    lengths, resets = jnp.asarray(LENGTHS), jnp.asarray(RESETS)
+    ys = model(xs, seq_lengths=lengths, resets=resets)
+    layer = seqjax.stack(
+        seqjax.bidirectional(seqjax.rnn(forward.cell), seqjax.rnn(backward.cell)),
+        seqjax.rnn(model.layers[1].cell),
+    )
+    params = ({"forward": forward.params, "backward": backward.params}, model.layers[1].params)
+    _, want = layer.apply(params, xs, lengths=lengths, resets=resets)
+    np.testing.assert_allclose(ys, want, rtol=1e-5, atol=1e-6)
+    # and the module restarts for real: row 0's third segment equals that segment alone
+    alone = model(xs[:1, 7:9])
+    np.testing.assert_allclose(ys[0, 7:9], alone[0], rtol=1e-5, atol=1e-6)
