@@ -81,26 +81,48 @@ def _run_chunk(cell, params, h0, t, inputs, lengths, reverse, restart=None):
     xs, resets = inputs
     px = cell.project(params, xs)
     valid = None if lengths is None else t.reshape(t.shape + (1,) * lengths.ndim) < lengths
-    if resets is None:
-        hs = _prefix_states(linear, params, px, h0, valid, reverse)
-    else:
-        hs = _segmented_prefix_states(linear, params, px, h0, valid, reverse, resets, restart)
+    hs = _prefix_states(linear, params, px, h0, valid, reverse, resets, restart)
     ys = linear.read_out(params, hs, px)
     if valid is not None:
         ys = jnp.where(valid[..., None], ys, jnp.zeros_like(ys))
     return (hs[0] if reverse else hs[-1]), ys
 
 
-def _prefix_states(linear, params, px, h0, valid, reverse):
-    """Every step's state ``h_t`` for the steps in ``px (steps, batch..., P)`` from ``h0``."""
+def _prefix_states(linear, params, px, h0, valid, reverse, resets=None, restart=None):
+    """Every step's state ``h_t`` for the steps in ``px (steps, batch..., P)`` from ``h0``.
+
+    With ``resets``, a segmented scan: each element carries a flag, and a flagged element
+    drops everything composed before it, so the prefix since the last reset ``(A_t, B_t)``
+    gives ``h_t = A_t * restart + B_t`` (or ``A_t * h0 + B_t`` before any reset).
+    """
+    log_space = linear.log_coefficients is not None
+    a, b = _masked_coefficients(linear, params, px, valid)  # logs of them in log space
+    if resets is None:
+        compose = _compose_log if log_space else _compose
+        prefix_a, prefix_b = jax.lax.associative_scan(compose, (a, b), reverse=reverse)
+        start = h0
+    else:
+        compose = _compose_log_segments if log_space else _compose_segments
+        flags = jnp.broadcast_to(resets[..., None], b.shape)
+        prefix_a, prefix_b, restarted = jax.lax.associative_scan(
+            compose, (a, b, flags), reverse=reverse
+        )
+        start = jnp.where(restarted, restart, h0)
+    if log_space:
+        return jnp.exp(prefix_a) * start + jnp.exp(prefix_b)
+    return prefix_a * start + prefix_b
+
+
+def _masked_coefficients(linear, params, px, valid):
+    """``(a, b)`` (``(log a, log b)`` for a log-space cell), with steps past a length made
+    the identity ``(1, 0)``."""
     if linear.log_coefficients is None:
         a, b = linear.coefficients(params, px)
         a = jnp.broadcast_to(a, b.shape)
         if valid is not None:
             a = jnp.where(valid[..., None], a, jnp.ones_like(a))
             b = jnp.where(valid[..., None], b, jnp.zeros_like(b))
-        prefix_a, prefix_b = jax.lax.associative_scan(_compose, (a, b), reverse=reverse)
-        return prefix_a * h0 + prefix_b
+        return a, b
     log_a, log_b = linear.log_coefficients(params, px)
     log_a = jnp.broadcast_to(log_a, log_b.shape)
     if valid is not None:
@@ -109,39 +131,7 @@ def _prefix_states(linear, params, px, h0, valid, reverse):
         nothing = jnp.asarray(jnp.finfo(log_b.dtype).min / 4, log_b.dtype)
         log_a = jnp.where(valid[..., None], log_a, jnp.zeros_like(log_a))
         log_b = jnp.where(valid[..., None], log_b, nothing)
-    prefix_log_a, prefix_log_b = jax.lax.associative_scan(
-        _compose_log, (log_a, log_b), reverse=reverse
-    )
-    return jnp.exp(prefix_log_a) * h0 + jnp.exp(prefix_log_b)
-
-
-def _segmented_prefix_states(linear, params, px, h0, valid, reverse, resets, restart):
-    """``_prefix_states`` with restarts: a segmented scan whose elements carry a flag, and a
-    flagged element drops everything composed before it, so the prefix since the last reset
-    ``(A_t, B_t)`` gives ``h_t = A_t * restart + B_t`` (or ``A_t * h0 + B_t`` if none yet)."""
-    flags = resets[..., None]
-    if linear.log_coefficients is None:
-        a, b = linear.coefficients(params, px)
-        a = jnp.broadcast_to(a, b.shape)
-        if valid is not None:
-            a = jnp.where(valid[..., None], a, jnp.ones_like(a))
-            b = jnp.where(valid[..., None], b, jnp.zeros_like(b))
-        flags = jnp.broadcast_to(flags, b.shape)
-        prefix_a, prefix_b, restarted = jax.lax.associative_scan(
-            _compose_segments, (a, b, flags), reverse=reverse
-        )
-        return prefix_a * jnp.where(restarted, restart, h0) + prefix_b
-    log_a, log_b = linear.log_coefficients(params, px)
-    log_a = jnp.broadcast_to(log_a, log_b.shape)
-    if valid is not None:
-        nothing = jnp.asarray(jnp.finfo(log_b.dtype).min / 4, log_b.dtype)
-        log_a = jnp.where(valid[..., None], log_a, jnp.zeros_like(log_a))
-        log_b = jnp.where(valid[..., None], log_b, nothing)
-    flags = jnp.broadcast_to(flags, log_b.shape)
-    prefix_log_a, prefix_log_b, restarted = jax.lax.associative_scan(
-        _compose_log_segments, (log_a, log_b, flags), reverse=reverse
-    )
-    return jnp.exp(prefix_log_a) * jnp.where(restarted, restart, h0) + jnp.exp(prefix_log_b)
+    return log_a, log_b
 
 
 def _compose_segments(first, second):
