@@ -10,6 +10,7 @@ from seqjax import diagnostics, host_memory, initializers, interop
 from seqjax.cell import Cell, CombineVJP, LinearRecurrence, RecurSplit, step
 from seqjax.cells import LSTMCarry, gru, indrnn, irnn, lru, lstm, min_gru, min_lstm, simple_rnn
 from seqjax.layers import Layer, bidirectional, reverse_sequences, rnn, stack
+from seqjax.streaming import Stream, stream
 from seqjax.unroll import unroll
 from seqjax.unrolling.options import UnrollOptions
 
@@ -33,6 +34,7 @@ __all__ = [
     "Layer",
     "LinearRecurrence",
     "RecurSplit",
+    "Stream",
     "UnrollOptions",
     "bidirectional",
     "diagnostics",
@@ -51,5 +53,6 @@ __all__ = [
     "simple_rnn",
     "stack",
     "step",
+    "stream",
     "unroll",
 ]

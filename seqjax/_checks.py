@@ -193,9 +193,10 @@ def check_tree_like(value: Any, expected: Any, name: str, fn: str, source: str) 
 
 
 def check_lengths(
-    lengths: Any, batch_shape: tuple[int, ...], num_steps: int, fn: str
+    lengths: Any, batch_shape: tuple[int, ...], num_steps: int, fn: str, *, low: int = 1
 ) -> jax.Array | None:
-    """``lengths`` is an integer array of shape ``batch_shape`` with values in ``[1, num_steps]``.
+    """``lengths`` is an integer array of shape ``batch_shape`` with values in
+    ``[low, num_steps]`` (a streamed chunk may hold no step of a row whose stream has ended).
 
     Values are checked whenever they are concrete; under ``jit`` only shape and dtype can be.
     """
@@ -215,11 +216,11 @@ def check_lengths(
         )
     if is_concrete(lengths) and np.size(lengths) > 0:
         values = np.asarray(lengths)
-        low, high = int(values.min()), int(values.max())
-        if low < 1 or high > num_steps:
-            bad = low if low < 1 else high
+        smallest, high = int(values.min()), int(values.max())
+        if smallest < low or high > num_steps:
+            bad = smallest if smallest < low else high
             raise ValueError(
-                f"{fn}: lengths must lie in [1, {num_steps}] (the number of time steps); "
+                f"{fn}: lengths must lie in [{low}, {num_steps}] (the number of time steps); "
                 f"got a length of {bad}"
             )
     return jnp.asarray(lengths)

@@ -23,6 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from seqjax import _checks
+from seqjax import dropout as recurrent_dropout_
+from seqjax.dropout import Dropouts, Masked
 from seqjax.types import Carry, Cell, Params
 from seqjax.unroll import unroll
 from seqjax.unrolling.options import UnrollOptions, merged_options, options_argument
@@ -40,18 +42,22 @@ class ApplyFn(Protocol):
         carry: Carry | None = None,
         key: Array | None = None,
         resets: Array | None = None,
+        reset_carry: Carry | None = None,
     ) -> tuple[Carry, Array]:
         """Maps ``xs (batch..., time, features)`` to ``(final_carry, ys (batch..., time, out))``.
         ``key`` enables the layer's randomness (dropout); without it the layer is deterministic.
-        ``resets (batch..., time)``: where the carry restarts (see :func:`seqjax.unroll`); the
-        built-in layers take it, a layer built by hand may leave it out."""
+        ``resets (batch..., time)``: where the carry restarts, from ``reset_carry`` (shaped
+        like the carry) or else the initial carry (see :func:`seqjax.unroll`); the built-in
+        layers take them, a layer built by hand may leave them out."""
 
 
 class RNNSpec(NamedTuple):
-    """A layer built by :func:`rnn`: its cell and the options it unrolls it with."""
+    """A layer built by :func:`rnn`: its cell, the options it unrolls it with and its dropout
+    rates (the cell is the one given, without the dropout masks)."""
 
     cell: Cell
     options: UnrollOptions
+    dropouts: Dropouts = Dropouts()
 
 
 class BidirectionalSpec(NamedTuple):
@@ -110,7 +116,15 @@ class Layer(NamedTuple):
         return None
 
 
-def rnn(cell: Cell, *, options: UnrollOptions | None = None, **unroll_options: Any) -> Layer:
+def rnn(
+    cell: Cell,
+    *,
+    options: UnrollOptions | None = None,
+    recurrent_dropout: float = 0.0,
+    input_dropout: float = 0.0,
+    zoneout: float = 0.0,
+    **unroll_options: Any,
+) -> Layer:
     """The layer that runs ``cell`` over a sequence with :func:`seqjax.unroll`.
 
     Args:
@@ -119,18 +133,43 @@ def rnn(cell: Cell, *, options: UnrollOptions | None = None, **unroll_options: A
       **unroll_options: the same as keywords (``reverse``, ``time_major``, ``unroll``,
         ``remat``, ``hoist_projection``, ``custom_vjp``, ``parallel``, ``chunk_size``,
         ``native``).
+      recurrent_dropout: variational dropout (Gal & Ghahramani 2016) of the state entering the
+        recurrent product: one mask per sequence, the same at every step. With a ``key`` only.
+      input_dropout: variational dropout of the inputs, one mask per sequence. With a ``key``
+        only.
+      zoneout: zoneout (Krueger et al. 2017): each unit of the state keeps its previous value
+        with this probability at each step; without a ``key``, the expectation.
 
-    Params are the cell's; the carry is the cell's carry.
+    Params are the cell's; the carry is the cell's carry. The dropouts are described in
+    :mod:`seqjax.dropout`; a layer with zoneout, or with recurrent dropout and a key, runs
+    the scan (the native kernels take no masks).
     """
     _checks.check_cell(cell, "rnn")
     options = merged_options(options, unroll_options, "rnn")
     options.check_cell(cell, "rnn")
+    dropouts = Dropouts(*(
+        _checks.check_number(rate, name, "rnn", lambda p: 0 <= p < 1, "a probability in [0, 1)")
+        for rate, name in ((recurrent_dropout, "recurrent_dropout"),
+                           (input_dropout, "input_dropout"), (zoneout, "zoneout"))
+    ))  # fmt: skip
+    recurrent_dropout_.check_cell(cell, dropouts, "rnn")
+    if dropouts.any and options.parallel:
+        raise ValueError(
+            "rnn: dropout and zoneout run step by step, and parallel=True is the associative "
+            "scan of a linear recurrence; pass parallel=False, or no dropout"
+        )
 
-    def apply(params, xs, *, lengths=None, carry=None, key=None, resets=None):
+    def apply(params, xs, *, lengths=None, carry=None, key=None, resets=None, reset_carry=None):
+        if dropouts.any:
+            _check_key(key, "rnn")
+            return _apply_with_dropout(
+                cell, dropouts, options, params, xs, lengths, carry, key, resets, reset_carry
+            )
         del key  # a plain recurrent layer has no randomness
         return unroll(
-            cell, params, xs, carry=carry, lengths=lengths, resets=resets, options=options
-        )
+            cell, params, xs, carry=carry, lengths=lengths, resets=resets,
+            reset_carry=reset_carry, options=options,
+        )  # fmt: skip
 
     return Layer(
         init=cell.init,
@@ -138,8 +177,50 @@ def rnn(cell: Cell, *, options: UnrollOptions | None = None, **unroll_options: A
         initial_carry=cell.initial_carry,
         output_size=cell.output_size,
         time_major=options.time_major,
-        spec=RNNSpec(cell, options),
+        spec=RNNSpec(cell, options, dropouts),
     )
+
+
+def _apply_with_dropout(cell, dropouts, options, params, xs, lengths, carry, key, resets,
+                        reset_carry):  # fmt: skip
+    """``rnn``'s apply with masks: the input mask applied, the zoneout masks appended to the
+    inputs, the variational mask carried along with the carry (:mod:`seqjax.dropout`)."""
+    xs = _checks.check_array(xs, "xs", "rnn", min_rank=2)
+    dtype = _checks.params_dtype(params, "rnn")
+    time_axis = 0 if options.time_major else xs.ndim - 2
+    batch_shape = tuple(d for i, d in enumerate(xs.shape[:-1]) if i != time_axis)
+    keys = jax.random.split(key, 3) if key is not None else (None,) * 3
+    if dropouts.input > 0 and key is not None:
+        shape = list(xs.shape)
+        shape[time_axis] = 1  # one mask per sequence, the same at every step
+        xs = xs * recurrent_dropout_.bernoulli_scaled(keys[0], dropouts.input, tuple(shape), dtype)
+    run_cell = cell
+    if dropouts.zoneout > 0:
+        run_cell = recurrent_dropout_.zoneout_cell(run_cell)
+        zeros = jax.eval_shape(lambda: cell.initial_carry(params, ()))
+        shape = (*xs.shape[:-1], sum(leaf.shape[-1] for leaf in jax.tree.leaves(zeros)))
+        if key is None:  # the expectation, as at test time in the paper
+            keep_old = jnp.full(shape, dropouts.zoneout, dtype)
+        else:
+            keep_old = jax.random.bernoulli(keys[1], dropouts.zoneout, shape).astype(dtype)
+        xs = jnp.concatenate([xs.astype(dtype), keep_old], axis=-1)
+    masked = dropouts.recurrent > 0 and key is not None
+    if masked:
+        run_cell = recurrent_dropout_.variational_cell(run_cell)
+        carry = cell.initial_carry(params, batch_shape) if carry is None else carry
+        leaves, tree = jax.tree.flatten(carry)
+        leaf_keys = jax.random.split(keys[2], len(leaves))
+        mask = jax.tree.unflatten(tree, [
+            recurrent_dropout_.bernoulli_scaled(k, dropouts.recurrent, leaf.shape, dtype)
+            for k, leaf in zip(leaf_keys, leaves, strict=True)
+        ])  # fmt: skip
+        carry = Masked(carry, mask)
+        reset_carry = None if reset_carry is None else Masked(reset_carry, mask)
+    final, ys = unroll(
+        run_cell, params, xs, carry=carry, lengths=lengths, resets=resets,
+        reset_carry=reset_carry, options=options,
+    )  # fmt: skip
+    return (final.carry if masked else final), ys
 
 
 def bidirectional(forward: Layer, backward: Layer) -> Layer:
@@ -177,7 +258,7 @@ def bidirectional(forward: Layer, backward: Layer) -> Layer:
             backward.initial_carry(params["backward"], batch_shape),
         )
 
-    def apply(params, xs, *, lengths=None, carry=None, key=None, resets=None):
+    def apply(params, xs, *, lengths=None, carry=None, key=None, resets=None, reset_carry=None):
         if not isinstance(params, dict) or set(params) != {"forward", "backward"}:
             got = sorted(params) if isinstance(params, dict) else type(params).__name__
             raise ValueError(
@@ -185,18 +266,19 @@ def bidirectional(forward: Layer, backward: Layer) -> Layer:
                 f"layer.init returns; got {got}"
             )
         carry_fwd, carry_bwd = _split_carry(carry, 2, "bidirectional")
+        restart_fwd, restart_bwd = _split_carry(reset_carry, 2, "bidirectional", "reset_carry")
         _check_key(key, "bidirectional")
         key_fwd, key_bwd = jax.random.split(key) if key is not None else (None, None)
         xs = _checks.check_array(xs, "xs", "bidirectional", min_rank=2)
         time_axis = 0 if time_major else xs.ndim - 2
         carry_fwd, ys_fwd = forward.apply(
             params["forward"], xs, lengths=lengths, carry=carry_fwd, key=key_fwd,
-            **_with_resets(resets),
+            **_with_resets(resets, restart_fwd),
         )  # fmt: skip
         carry_bwd, ys_bwd = backward.apply(
             params["backward"], reverse_sequences(xs, lengths, time_axis), lengths=lengths,
             carry=carry_bwd, key=key_bwd,
-            **_with_resets(_reversed_resets(resets, lengths, time_axis)),
+            **_with_resets(_reversed_resets(resets, lengths, time_axis), restart_bwd),
         )  # fmt: skip
         ys_bwd = reverse_sequences(ys_bwd, lengths, time_axis)
         return (carry_fwd, carry_bwd), jnp.concatenate([ys_fwd, ys_bwd], axis=-1)
@@ -254,7 +336,7 @@ def stack(*layers: Layer, dropout: float = 0.0, options: UnrollOptions | None = 
             layer.initial_carry(p, batch_shape) for layer, p in zip(layers, params, strict=True)
         )
 
-    def apply(params, xs, *, lengths=None, carry=None, key=None, resets=None):
+    def apply(params, xs, *, lengths=None, carry=None, key=None, resets=None, reset_carry=None):
         if not isinstance(params, tuple | list) or len(params) != count:
             raise ValueError(
                 f"stack: params must be a tuple of {count} entries (one per layer), as "
@@ -262,12 +344,13 @@ def stack(*layers: Layer, dropout: float = 0.0, options: UnrollOptions | None = 
                 + (f" of {len(params)}" if isinstance(params, tuple | list) else "")
             )
         carries = _split_carry(carry, count, "stack")
+        restarts = _split_carry(reset_carry, count, "stack", "reset_carry")
         _check_key(key, "stack")
         keys = jax.random.split(key, 2 * count) if key is not None else [None] * (2 * count)
         finals = []
-        for i, (layer, p, c) in enumerate(zip(layers, params, carries, strict=True)):
+        for i, (layer, p, c, r) in enumerate(zip(layers, params, carries, restarts, strict=True)):
             c, xs = layer.apply(
-                p, xs, lengths=lengths, carry=c, key=keys[2 * i], **_with_resets(resets)
+                p, xs, lengths=lengths, carry=c, key=keys[2 * i], **_with_resets(resets, r)
             )
             finals.append(c)
             if i < count - 1 and key is not None and dropout > 0:
@@ -319,10 +402,11 @@ def reverse_sequences(xs: Array, lengths: Array | None, time_axis: int) -> Array
     return jnp.moveaxis(flipped, 0, time_axis)
 
 
-def _with_resets(resets: Array | None) -> dict:
-    """``resets=`` for an inner layer's ``apply``, left out when there are none (a layer built
-    by hand need not take it)."""
-    return {} if resets is None else {"resets": resets}
+def _with_resets(resets: Array | None, reset_carry: Carry | None = None) -> dict:
+    """``resets=`` (and ``reset_carry=``) for an inner layer's ``apply``, left out when there
+    are none (a layer built by hand need not take them)."""
+    extra = {} if resets is None else {"resets": resets}
+    return extra if reset_carry is None else {**extra, "reset_carry": reset_carry}
 
 
 def _reversed_resets(resets: Array | None, lengths: Array | None, time_axis: int):
@@ -343,13 +427,13 @@ def _dropout(key: Array, xs: Array, rate: float) -> Array:
     return jnp.where(keep, xs / (1.0 - rate), jnp.zeros_like(xs))
 
 
-def _split_carry(carry: Any, count: int, fn: str) -> tuple[Any, ...]:
+def _split_carry(carry: Any, count: int, fn: str, name: str = "carry") -> tuple[Any, ...]:
     if carry is None:
         return (None,) * count
     # A NamedTuple (such as LSTMCarry) is one cell's carry, never the per-layer tuple.
     if not isinstance(carry, tuple) or hasattr(carry, "_fields") or len(carry) != count:
         raise ValueError(
-            f"{fn}: carry must be a tuple of {count} entries (None for zeros, or as "
+            f"{fn}: {name} must be a tuple of {count} entries (None for zeros, or as "
             f"layer.initial_carry returns); got {type(carry).__name__}"
             + (f" of {len(carry)}" if isinstance(carry, tuple) else "")
         )
@@ -369,7 +453,11 @@ def _unrolled_with(layer: Layer, options: UnrollOptions, name: str) -> Layer:
     spec = layer.spec
     if isinstance(spec, RNNSpec):
         own = options.replace(reverse=spec.options.reverse, time_major=spec.options.time_major)
-        return rnn(spec.cell, options=own)
+        rates = spec.dropouts
+        return rnn(
+            spec.cell, options=own, recurrent_dropout=rates.recurrent, input_dropout=rates.input,
+            zoneout=rates.zoneout,
+        )  # fmt: skip
     if isinstance(spec, BidirectionalSpec):
         return bidirectional(
             _unrolled_with(spec.forward, options, f"{name}.forward"),

@@ -34,9 +34,11 @@ def parallel_scan(
     chunk_size: int | None,
     remat: bool,
     resets: Array | None = None,
+    restart_carry: Carry | None = None,
 ) -> tuple[Carry, Array]:
     """``(final_carry, ys)`` for time-major ``xs (time, batch..., features)``; ``resets
-    (time, batch...)`` (masked and shifted by ``unroll``) restart the state from ``carry``.
+    (time, batch...)`` (masked and shifted by ``unroll``) restart the state from
+    ``restart_carry`` (default: ``carry``).
 
     With ``chunk_size``, a sequential ``lax.scan`` over chunks of that many steps runs the
     associative scan inside each chunk, so the scan's intermediates are per chunk rather than
@@ -46,7 +48,9 @@ def parallel_scan(
     num_steps = xs.shape[0]
     chunk = num_steps if chunk_size is None else min(chunk_size, num_steps)
     h0 = linear.state(carry)
-    restart = None if resets is None else h0  # the state a reset goes back to
+    restart = None  # the state a reset goes back to
+    if resets is not None:
+        restart = h0 if restart_carry is None else linear.state(restart_carry)
     if chunk == num_steps and not remat:
         h_final, ys = _run_chunk(cell, params, h0, jnp.arange(num_steps), (xs, resets),
                                  lengths, reverse, restart)  # fmt: skip

@@ -46,6 +46,7 @@ def unroll(
     native: bool | None = None,
     *,
     resets: Array | None = None,
+    reset_carry: Carry | None = None,
     options: UnrollOptions | None = None,
 ) -> tuple[Carry, Array]:
     """Runs ``cell`` over the time axis of ``xs``.
@@ -73,6 +74,9 @@ def unroll(
         initial carry (``carry``, or zeros) before that step, and no gradient flows across it
         (episode starts, packed documents). A reversed run restarts at each segment's last
         step, so every segment runs as if alone, in both directions.
+      reset_carry: the carry ``resets`` restart from, when it is not the initial one: a run
+        that goes on from an earlier chunk's carry but restarts each new episode from zeros
+        passes ``carry=last_carry, reset_carry=cell.initial_carry(params, batch_shape)``.
       options: all of the above as one :class:`~seqjax.UnrollOptions`, where each is
         described in full (then leave the keywords out).
 
@@ -95,13 +99,33 @@ def unroll(
     if resets is not None:
         resets = _checks.check_resets(resets, xs.shape[:-1], fn, options.time_major)
         resets = _restart_flags(resets, lengths, time_axis, options.reverse)
+    reset_carry = _checked_reset_carry(cell, params, reset_carry, resets, carry, fn)
     if options.custom_vjp is None and not options.parallel and cell.recur_split is not None:
         options = options.replace(custom_vjp=True)
     if options.hoist_projection is None:
         options = options.replace(hoist_projection=_hoist_by_default(cell, params, xs, time_axis))
     if options.custom_vjp:  # works in the caller's layout: no time-major copies of long sequences
-        return _unroll_custom_vjp(cell, params, xs, carry, lengths, resets, time_axis, options, fn)
-    return _unroll_autodiff(cell, params, xs, carry, lengths, resets, time_axis, options)
+        return _unroll_custom_vjp(
+            cell, params, xs, carry, lengths, (resets, reset_carry), time_axis, options, fn
+        )
+    return _unroll_autodiff(
+        cell, params, xs, carry, lengths, (resets, reset_carry), time_axis, options
+    )
+
+
+def _checked_reset_carry(cell, params, reset_carry, resets, carry, fn):
+    """``reset_carry``, checked like ``carry``; it needs ``resets``."""
+    if reset_carry is None:
+        return None
+    if resets is None:
+        raise ValueError(
+            f"{fn}: reset_carry is the carry resets restart from, but no resets were given; "
+            "pass resets=, or leave out reset_carry"
+        )
+    expected = jax.eval_shape(lambda: carry)
+    source = "the carry (cell.initial_carry(params, batch_shape))"
+    _checks.check_tree_like(reset_carry, expected, "reset_carry", fn, source)
+    return reset_carry
 
 
 def _restart_flags(resets: Array, lengths: Array | None, time_axis: int, reverse: bool) -> Array:
@@ -138,7 +162,8 @@ def _checked_inputs(cell, params, xs, carry, lengths, time_axis, fn):
     return carry, lengths, xs.astype(dtype)
 
 
-def _unroll_custom_vjp(cell, params, xs, carry, lengths, resets, time_axis, options, fn):
+def _unroll_custom_vjp(cell, params, xs, carry, lengths, restarts, time_axis, options, fn):
+    resets, reset_carry = restarts
     kernel = _use_native(options.native, cell, params, xs, True, False, fn, resets is not None)
     if kernel is not None:
         loops = NativeLoop(kernel, options.reverse)
@@ -146,8 +171,9 @@ def _unroll_custom_vjp(cell, params, xs, carry, lengths, resets, time_axis, opti
         loops = ScanLoop.of(cell, options.reverse, options.unroll, options.hoist_projection)
     try:
         return unroll_custom_vjp(
-            loops, params, xs, time_axis, carry, lengths, options.reverse, options.remat, resets
-        )
+            loops, params, xs, time_axis, carry, lengths, options.reverse, options.remat, resets,
+            reset_carry,
+        )  # fmt: skip
     except TypeError as err:
         if "forward-mode" not in str(err):
             raise
@@ -159,8 +185,9 @@ def _unroll_custom_vjp(cell, params, xs, carry, lengths, resets, time_axis, opti
         ) from err
 
 
-def _unroll_autodiff(cell, params, xs, carry, lengths, resets, time_axis, options):
+def _unroll_autodiff(cell, params, xs, carry, lengths, restarts, time_axis, options):
     """The scan or the parallel scan, time-major inside, differentiated by autodiff."""
+    resets, reset_carry = restarts
     _use_native(options.native, cell, params, xs, False, options.parallel, "unroll")
     xs_tm = jnp.moveaxis(xs, time_axis, 0)  # (time, batch..., features)
     resets = None if resets is None else jnp.moveaxis(resets, time_axis, 0)
@@ -169,12 +196,13 @@ def _unroll_autodiff(cell, params, xs, carry, lengths, resets, time_axis, option
         if options.remat and chunk is None:
             chunk = default_chunk_size(xs_tm.shape[0])
         carry, ys = parallel_scan(
-            cell, params, xs_tm, carry, lengths, options.reverse, chunk, options.remat, resets
-        )
+            cell, params, xs_tm, carry, lengths, options.reverse, chunk, options.remat, resets,
+            reset_carry,
+        )  # fmt: skip
     else:
         carry, ys = plain.scan(
             cell, params, xs_tm, carry, lengths, options.reverse, options.unroll,
-            options.remat, options.hoist_projection, resets,
+            options.remat, options.hoist_projection, resets, reset_carry,
         )  # fmt: skip
     return carry, jnp.moveaxis(ys, 0, time_axis)
 

@@ -75,11 +75,12 @@ def unroll_custom_vjp(
     reverse: bool,
     remat: bool,
     resets: Array | None = None,
+    restart_carry: Carry | None = None,
 ) -> tuple[Carry, Array]:
     """``(final_carry, ys)`` for ``xs`` in the caller's layout (time on ``time_axis``), with
     the backward pass described in the module docstring. ``resets``: where the carry starts
-    again from ``carry``, ``xs.shape[:-1]`` booleans already masked to valid steps and shifted
-    for a reversed run (the loops must take restarts)."""
+    again from ``restart_carry``, ``xs.shape[:-1]`` booleans already masked to valid steps and
+    shifted for a reversed run (the loops must take restarts)."""
     num_steps = xs.shape[time_axis]
     plan = Plan(
         loops=loops,
@@ -96,41 +97,43 @@ def unroll_custom_vjp(
         lengths = jnp.zeros((), jnp.int32)  # unused; keeps one signature for custom_vjp
     bounds = (lengths,) if resets is None else (lengths, resets)
 
-    @jax.custom_vjp
-    def run(params, xs, carry, bounds):
-        return _forward(plan, params, xs, carry, bounds, keep=False)[0]  # not differentiated
+    # The carry a reset restarts from is an input of its own (its gradient is what reaches
+    # the restarted steps); the caller passes ``carry`` again when the two are one.
+    restart = None if resets is None else (carry if restart_carry is None else restart_carry)
 
-    def run_fwd(params, xs, carry, bounds):
-        out, saved = _forward(plan, params, xs, carry, bounds, keep=True)
-        start = carry if plan.has_resets else None
-        return out, (params, xs if remat else None, bounds, start, saved)
+    @jax.custom_vjp
+    def run(params, xs, carry, restart, bounds):
+        out, _ = _forward(plan, params, xs, carry, restart, bounds, keep=False)
+        return out  # not differentiated
+
+    def run_fwd(params, xs, carry, restart, bounds):
+        out, saved = _forward(plan, params, xs, carry, restart, bounds, keep=True)
+        return out, (params, xs if remat else None, bounds, restart, saved)
 
     def run_bwd(residuals, cotangents):
-        params, xs, bounds, start, saved = residuals
+        params, xs, bounds, restart, saved = residuals
         d_bounds = tuple(np.zeros(np.shape(b), jax.dtypes.float0) for b in bounds)
         if remat:
-            d_params, d_xs, d_carry0 = backward_by_chunks(plan, params, xs, bounds, start,
-                                                           saved, cotangents)  # fmt: skip
+            grads = backward_by_chunks(plan, params, xs, bounds, restart, saved, cotangents)
         else:
-            d_params, d_xs, d_carry0 = _backward_whole(plan, params, bounds, start, saved,
-                                                       cotangents)  # fmt: skip
-        return d_params, d_xs, d_carry0, d_bounds
+            grads = _backward_whole(plan, params, bounds, restart, saved, cotangents)
+        return (*grads, d_bounds)
 
     run.defvjp(run_fwd, run_bwd)
-    return run(params, xs, carry, bounds)
+    return run(params, xs, carry, restart, bounds)
 
 
-def _forward(plan: Plan, params, xs, carry, bounds, keep):
+def _forward(plan: Plan, params, xs, carry, restart, bounds, keep):
     """``((final_carry, ys), saved)``: with ``keep``, the inputs in the loops' layout and
     every step's residuals, or with ``remat`` only the carry at the start of each chunk;
-    without ``keep``, nothing."""
+    without ``keep``, nothing. ``restart``: the carry resets restart from."""
     if keep and plan.remat:
-        return forward_by_chunks(plan, params, xs, carry, bounds)
+        return forward_by_chunks(plan, params, xs, carry, restart, bounds)
     lengths, resets = (*bounds, None)[:2]
     loops = plan.loops
     weights = loops.weights(params)
     xs_loop = plan.to_loops(xs)
-    restarts = plan.restarts(resets, carry)
+    restarts = plan.restarts(resets, restart)
     final, (ys, saved) = loops.forward(
         params, weights, xs_loop, carry, jnp.arange(plan.num_steps), plan.lengths(lengths),
         keep, plan.batch_major, restarts,
@@ -138,19 +141,17 @@ def _forward(plan: Plan, params, xs, carry, bounds, keep):
     return (final, plan.to_caller(ys)), (xs_loop, saved) if keep else None
 
 
-def _backward_whole(plan: Plan, params, bounds, start, saved, cotangents):
-    """The reverse loop over the whole sequence, from what ``_forward`` kept of every step;
-    ``start`` is the initial carry (with resets: the restarts read it)."""
+def _backward_whole(plan: Plan, params, bounds, restart, saved, cotangents):
+    """The reverse loop over the whole sequence, from what ``_forward`` kept of every step:
+    ``(d_params, d_xs, d_carry0, d_restart)``, the last ``None`` without resets."""
     lengths, resets = (*bounds, None)[:2]
     d_final, d_ys = cotangents
     weights = plan.loops.weights(params)
     steps = jnp.arange(plan.num_steps)  # made here: the backward pass closes over no tracer
     xs_loop, step_saved = saved  # the forward pass's copy (if any), not a second one
-    restarts = plan.restarts(resets, start)
+    restarts = plan.restarts(resets, restart)
     d_carry0, d_params, d_xs, *d_restart = plan.loops.backward(
         params, weights, xs_loop, d_final, steps, plan.lengths(lengths), step_saved,
         plan.to_loops(d_ys), plan.batch_major, restarts,
     )  # fmt: skip
-    if d_restart:
-        d_carry0 = jax.tree.map(jnp.add, d_carry0, d_restart[0])
-    return d_params, plan.to_caller(d_xs), d_carry0
+    return d_params, plan.to_caller(d_xs), d_carry0, (d_restart or [None])[0]

@@ -38,13 +38,13 @@ def chunked_scan(body, carry, steps, inputs, reverse, unroll):
     return carry, chunks.join(ys)
 
 
-def forward_by_chunks(plan, params, xs, carry, bounds):
+def forward_by_chunks(plan, params, xs, carry, restart, bounds):
     """The custom VJP's forward pass with ``remat``: ``((final_carry, ys), starts)``, keeping
-    only the carry at the start of each chunk."""
+    only the carry at the start of each chunk; resets restart from ``restart``."""
     loops, chunks = plan.loops, plan.chunks
     lengths, resets = (*bounds, None)[:2]
     weights = loops.weights(params)
-    initial = carry
+    initial = restart
 
     def forward_chunk(state, start, size, _):
         carry, ys = state
@@ -70,7 +70,8 @@ def forward_by_chunks(plan, params, xs, carry, bounds):
 def backward_by_chunks(plan, params, xs, bounds, initial, starts, cotangents):
     """The reverse loop chunk by chunk, last chunk of the recurrence first, each chunk's
     forward steps rerun from its start carry to get its residuals; ``initial`` is the carry
-    the restarts read (with resets)."""
+    the restarts read (with resets). ``(d_params, d_xs, d_carry0, d_initial)``, the last
+    ``None`` without resets."""
     loops, chunks = plan.loops, plan.chunks
     lengths, resets = (*bounds, None)[:2]
     d_final, d_ys = cotangents
@@ -108,6 +109,4 @@ def backward_by_chunks(plan, params, xs, bounds, initial, starts, cotangents):
     (d_carry0, d_params, d_xs, d_initial), _ = chunks.visit(
         backward_chunk, start, starts, backward=True
     )
-    if plan.has_resets:
-        d_carry0 = jax.tree.map(jnp.add, d_carry0, d_initial)
-    return d_params, d_xs, d_carry0
+    return d_params, d_xs, d_carry0, d_initial

@@ -25,9 +25,11 @@ def scan(
     remat: bool,
     hoist_projection: bool,
     resets: Array | None = None,
+    restart_carry: Carry | None = None,
 ) -> tuple[Carry, Array]:
     """``cell`` over time-major ``xs (time, batch..., features)``; ``resets (time, batch...)``
-    (masked and shifted by ``unroll``) set the carry back to the initial one before a step.
+    (masked and shifted by ``unroll``) set the carry back to ``restart_carry`` (default: the
+    initial one) before a step.
 
     ``lengths`` become a mask ``t < length``: a masked step keeps the carry and emits zeros.
     Running forward, that freezes each sequence at its end; running in reverse, it makes each
@@ -35,7 +37,7 @@ def scan(
     """
     inputs = project_all(cell.project, params, xs) if hoist_projection else xs
     steps = jnp.arange(xs.shape[0])
-    initial = carry
+    initial = carry if restart_carry is None else restart_carry
 
     def body(carry: Carry, inp: tuple[Array, tuple]) -> tuple[Carry, Array]:
         t, (x_t, flag) = inp
