@@ -46,7 +46,14 @@ from jax.flatten_util import ravel_pytree
 
 from seqjax import _checks
 from seqjax.cell import Carry, Cell, Params, RecurSplit
-from seqjax.layers import BidirectionalSpec, Layer, RNNSpec, StackSpec, reverse_sequences
+from seqjax.layers import (
+    BidirectionalSpec,
+    Layer,
+    RNNSpec,
+    StackSpec,
+    _reversed_resets,
+    reverse_sequences,
+)
 from seqjax.unroll import unroll
 from seqjax.unrolling.options import UnrollOptions
 
@@ -273,6 +280,7 @@ def gradient_through_time(
     *,
     lengths: Array | None = None,
     carry: Carry | None = None,
+    resets: Array | None = None,
 ) -> GradientFlow:
     """The norm of ``dL/dh_t``, the total derivative of a loss with respect to the hidden state
     at every step t, per layer: where the learning signal vanishes or explodes back in time.
@@ -290,6 +298,9 @@ def gradient_through_time(
       lengths: optional ``(batch,)`` integers in ``[1, time]``; steps past a sequence's length
         get a gradient of exactly 0 and are left out of the batch average.
       carry: optional initial carry, as the model's ``apply`` takes it; zeros when ``None``.
+      resets: optional booleans shaped like ``xs`` without its features: where the state
+        restarts from the initial carry (see :func:`seqjax.unroll`). No gradient crosses a
+        reset, so the norms show each segment's own flow, ending at its last step.
 
     Returns:
       A :class:`GradientFlow`: ``norms (time,)`` or ``(layers, time)`` for a stack, the
@@ -317,8 +328,10 @@ def gradient_through_time(
     if steps == 0:
         raise ValueError(f"{fn}: xs has an empty time axis (shape {xs.shape}); need 1 step")
     lengths = _checks.check_lengths(lengths, (batch,), steps, fn)
+    if resets is not None:
+        resets = _checks.check_resets(resets, xs.shape[:-1], fn, plan.time_major)
     _validate_model(plan, params, carry, xs, batch, layout, fn)
-    return _flow_jit(plan, _hashable(loss_fn), params, xs, lengths, carry)
+    return _flow_jit(plan, _hashable(loss_fn), params, xs, lengths, carry, resets)
 
 
 def _validate_model(
@@ -473,6 +486,7 @@ def _flow(
     xs: Array,
     lengths: Array | None,
     carry: Carry | None,
+    resets: Array | None = None,
 ) -> GradientFlow:
     """``dL/dh_t`` for every level and step, as the gradient of the loss with respect to a
     zero perturbation ``eps_t`` added to the state after each step (by ``_perturbed_cell``)."""
@@ -485,9 +499,13 @@ def _flow(
         cell, options, rp, rc, dtype = entry
         extra = [e for e in eps if e is not None]
         aug = jnp.concatenate([inputs.astype(dtype), *extra], axis=-1)
+        run_resets = resets
         if reverse_input:
             aug = reverse_sequences(aug, lengths, time_axis)
-        final, ys = unroll(cell, rp, aug, carry=rc, lengths=lengths, options=options)
+            run_resets = _reversed_resets(resets, lengths, time_axis)
+        final, ys = unroll(
+            cell, rp, aug, carry=rc, lengths=lengths, resets=run_resets, options=options
+        )
         if reverse_input:
             ys = reverse_sequences(ys, lengths, time_axis)
         return final, ys
@@ -628,6 +646,7 @@ def jacobian_norms(
     method: str = "auto",
     iterations: int = 100,
     key: Array | None = None,
+    resets: Array | None = None,
 ) -> JacobianNorms:
     """Spectral norms of ``J_t = d state_t / d state_(t-1)`` along the trajectory ``cell``
     follows on ``xs``, and of products of consecutive ``J_t``.
@@ -650,6 +669,8 @@ def jacobian_norms(
       iterations: power-iteration steps (``"power"`` only). The estimate is a lower bound on
         the norm that converges as ``(sigma_2 / sigma_1) ** (4 * iterations)`` in relative error.
       key: the random start vector of the power iteration (default ``jax.random.key(0)``).
+      resets: optional booleans ``xs.shape[:-1]``: the state restarts from ``carry`` before
+        each flagged step, whose ``J_t`` is then 0 (the new state does not depend on the old).
 
     Returns:
       A :class:`JacobianNorms`. The state is the carry flattened, so for the LSTM it is
@@ -689,8 +710,10 @@ def jacobian_norms(
         method = "exact" if state_size <= EXACT_MAX_STATE else "power"
     if key is None:
         key = jax.random.key(0)
+    if resets is not None:
+        resets = _checks.check_resets(resets, xs.shape[:-1], fn, False)
     step, products, start = _jacobian_jit(
-        cell, spans, from_start, method, iterations, params, xs.astype(dtype), carry, key
+        cell, spans, from_start, method, iterations, params, xs.astype(dtype), carry, key, resets
     )
     return JacobianNorms(step, products, start, spans, method, state_size)
 
@@ -705,12 +728,18 @@ def _jacobian_run(
     xs: Array,
     carry: Carry,
     key: Array,
+    resets: Array | None = None,
 ) -> tuple[Array, Array, Array | None]:
-    def one(xs: Array, carry: Carry) -> tuple[Array, Array, Array | None]:
+    def one(xs: Array, carry: Carry, flags: Array | None) -> tuple[Array, Array, Array | None]:
         flat0, unravel = ravel_pytree(carry)
         pxs = cell.project(params, xs)  # (T, P)
+        if flags is not None:  # the flag rides as a last column of each step's input
+            pxs = jnp.concatenate([pxs, flags[:, None].astype(pxs.dtype)], axis=-1)
 
         def step(state: Array, px: Array) -> Array:
+            if flags is not None:
+                state = jnp.where(px[-1] > 0, flat0, state)  # d new / d old = 0 there
+                px = px[:-1]
             new, _ = cell.recur(params, unravel(state), px)
             return ravel_pytree(new)[0]
 
@@ -723,8 +752,8 @@ def _jacobian_run(
         return _power_norms(step, before, pxs, spans, from_start, iterations, key)
 
     if xs.ndim == 3:
-        return jax.vmap(one)(xs, carry)
-    return one(xs, carry)
+        return jax.vmap(one)(xs, carry, resets)
+    return one(xs, carry, resets)
 
 
 _jacobian_jit = jax.jit(_jacobian_run, static_argnums=(0, 1, 2, 3, 4))

@@ -469,3 +469,45 @@ def test_tiny_gradients_do_not_underflow_in_float32():
     flow = diagnostics.gradient_through_time(cell, params, xs, loss_fn)
     expected = 0.3 ** np.arange(steps - 1, -1, -1, dtype=np.float64)
     np.testing.assert_allclose(np.asarray(flow.norms, np.float64), expected, rtol=1e-4)
+
+
+def sum_of_outputs(ys, final_carry):
+    del final_carry
+    return jnp.sum(jnp.sin(ys))
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_gradient_flow_with_resets_is_each_segment_alone(x64, bidirectional):
+    """No gradient crosses a reset: the per-example norms over ``[0, r)`` and ``[r, T)`` are
+    those of each segment run alone."""
+    make = lambda: seqjax.rnn(seqjax.lstm(4))  # noqa: E731
+    model = seqjax.bidirectional(make(), make()) if bidirectional else make()
+    params = model.init(jax.random.key(0), 3, jnp.float64)
+    xs = jax.random.normal(jax.random.key(1), (2, 9, 3), jnp.float64)
+    r = 4
+    resets = np.zeros((2, 9), bool)
+    resets[:, r] = True
+    flow = seqjax.diagnostics.gradient_through_time(
+        model, params, xs, sum_of_outputs, resets=resets
+    )
+    first = seqjax.diagnostics.gradient_through_time(model, params, xs[:, :r], sum_of_outputs)
+    second = seqjax.diagnostics.gradient_through_time(model, params, xs[:, r:], sum_of_outputs)
+    expected = np.concatenate([first.per_example, second.per_example], axis=-1)
+    np.testing.assert_allclose(flow.per_example, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_jacobian_norms_with_resets_are_zero_at_the_reset():
+    cell = seqjax.gru(4)
+    params = cell.init(jax.random.key(0), 3)
+    xs = jax.random.normal(jax.random.key(1), (8, 3))
+    resets = np.zeros(8, bool)
+    resets[5] = True
+    got = seqjax.diagnostics.jacobian_norms(cell, params, xs, spans=(2,), resets=resets)
+    plain = seqjax.diagnostics.jacobian_norms(cell, params, xs[:5], spans=(2,))
+    after = seqjax.diagnostics.jacobian_norms(cell, params, xs[5:], spans=(2,))
+    assert got.step[5] == 0
+    np.testing.assert_allclose(got.step[:5], plain.step, rtol=1e-5)
+    np.testing.assert_allclose(got.step[6:], after.step[1:], rtol=1e-5)
+    assert got.products[0, 5] == 0 and got.products[0, 6] == 0  # windows across the reset
+    with pytest.raises(ValueError, match="jacobian_norms: resets must have the shape"):
+        seqjax.diagnostics.jacobian_norms(cell, params, xs, resets=np.zeros(7, bool))

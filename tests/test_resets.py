@@ -4,7 +4,8 @@ A row with resets is cut into segments at its flagged steps (within its length);
 runs alone from the initial carry, with ``unroll`` and no resets. Outputs, the final carry and
 the gradients with respect to params, inputs and the initial carry must equal those of one
 ``unroll`` with ``resets``, in float64, on every path: the scan, the custom VJP (whole and
-remat), plain autodiff, the parallel scan (log space, chunked), forward and reversed.
+remat), plain autodiff, the parallel scan (log space, chunked), forward and reversed; and the
+native kernels, in float32, against the scan.
 """
 
 from __future__ import annotations
@@ -175,13 +176,66 @@ def test_bad_resets_are_refused_by_name(resets, error, message):
         seqjax.unroll(cell, params, jnp.ones((B, T, D)), resets=resets)
 
 
-def test_native_true_with_resets_says_why():
-    cell = seqjax.lstm(H)
-    params = cell.init(jax.random.key(0), D)
+# The native kernels (float32) restart the carry in the loop itself: against the scan with the
+# same resets in float32 (which the float64 cases above hold to the segment-by-segment
+# definition), with lengths, on a chosen matrix of kernel, direction, remat (chunks of 3, 3 and a
+# tail of 1 over 7 steps) and layout.
+NATIVE_CELLS = {
+    "lstm": seqjax.lstm,
+    "gru": seqjax.gru,
+    "rnn_tanh": seqjax.simple_rnn,
+    "rnn_relu": lambda h: seqjax.simple_rnn(h, activation="relu"),
+}
+NATIVE_RESETS = np.zeros((B, 7), bool)
+NATIVE_RESETS[0, [0, 3, 5]] = True
+NATIVE_RESETS[1, [2, 4, 6]] = True  # step 6 is past row 1's length: ignored
+NATIVE_RESETS[2, [1]] = True
+NATIVE_CASES = [
+    ("lstm", {}),
+    ("lstm", {"reverse": True, "remat": True}),
+    ("lstm", {"time_major": True}),
+    ("gru", {"reverse": True}),
+    ("gru", {"remat": True}),
+    ("rnn_tanh", {"remat": True}),
+    ("rnn_relu", {"reverse": True}),
+]
+
+
+@pytest.mark.parametrize("name, options", NATIVE_CASES, ids=lambda v: str(v))
+def test_native_kernels_restart_like_the_scan(name, options):
     if seqjax.native.unavailable_reason() is not None:
         pytest.skip("no native kernels here")
-    with pytest.raises(ValueError, match="do not restart the carry yet"):
-        seqjax.unroll(cell, params, jnp.ones((B, T, D)), resets=jnp.asarray(RESETS), native=True)
+    cell = NATIVE_CELLS[name](6)
+    params = jax.tree.map(
+        lambda p: p + 0.2 * jax.random.normal(jax.random.key(7), p.shape),
+        cell.init(jax.random.key(0), D),
+    )
+    xs = jax.random.normal(jax.random.key(1), (B, 7, D))
+    carry = jax.tree.map(
+        lambda c: 0.5 * jax.random.normal(jax.random.key(2), c.shape),
+        cell.initial_carry(params, (B,)),
+    )
+    resets, lengths = jnp.asarray(NATIVE_RESETS), jnp.array([7, 5, 3])
+    if options.get("time_major"):
+        xs, resets = jnp.swapaxes(xs, 0, 1), resets.T
+
+    def value_and_grads(native):
+        def run(p, x, c):
+            out = seqjax.unroll(cell, p, x, carry=c, lengths=lengths, resets=resets,
+                                native=native, **options)  # fmt: skip
+            return loss(out), out
+
+        return jax.jit(jax.value_and_grad(run, argnums=(0, 1, 2), has_aux=True))
+
+    got = value_and_grads(True)
+    program = got.lower(params, xs, carry).as_text()
+    kernel = name.split("_")[0]
+    for target in ("forward", "backward"):  # the kernels ran, restarting, not the scan
+        assert f"seqjax_{kernel}_{target}_restarting" in program
+    got, want = got(params, xs, carry), value_and_grads(False)(params, xs, carry)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        scale = float(jnp.max(jnp.abs(w))) + 1.0
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=2e-5, atol=2e-5 * scale)
 
 
 def test_a_bidirectional_stack_over_packed_segments_equals_each_segment_alone():

@@ -140,16 +140,20 @@ def forward(
     reverse: bool,
     keep: bool,
     batch_major: bool = False,
+    restarts: tuple[Array, Any] | None = None,
 ) -> tuple[Any, Array, Saved | None]:
     """The recurrence over ``xs (T, batch..., D)``, time-major (or with ``batch_major``,
     ``(batch..., T, D)``), from ``carry``, with ``weights`` from :func:`pack_weights`; the steps
-    are ``start .. start + T - 1`` of the whole sequence (for ``lengths``). Returns the final
+    are ``start .. start + T - 1`` of the whole sequence (for ``lengths``). ``restarts``:
+    ``None``, or ``(flags, restart_carry)`` with boolean ``flags`` laid out as ``xs`` without its
+    features: before a flagged step the row's carry is ``restart_carry``. Returns the final
     carry, ``ys`` in the layout of ``xs`` and, with ``keep``, what :func:`backward` needs."""
     T, batch, rows, per_step = _layout(xs, batch_major)
     H = params["w_hh"].shape[0]
     xs = xs.reshape(*per_step, -1)  # the kernels project it step by step (see lstm.cc)
     bias = _bias(kernel, params, H)
-    common = _common_operands(lengths, rows, start)
+    suffix, restart, flags = _restart_operands(restarts, rows, H, per_step)
+    common = (*_common_operands(lengths, rows, start), *flags)
     attrs = dict(
         reverse=bool(reverse), has_lengths=lengths is not None, batch_major=bool(batch_major)
     )
@@ -158,25 +162,27 @@ def forward(
     residual = per_step if keep else (0, 0)
     if kernel == "lstm":
         ys, cs, acts, h, c = _call(
-            "seqjax_lstm_forward",
+            "seqjax_lstm_forward" + suffix,
             (out((*per_step, H), xs.dtype), out((*residual, H), xs.dtype),
              out((*residual, 4 * H), xs.dtype), out((rows, H), xs.dtype), out((rows, H), xs.dtype)),
-            xs, weights.wi, bias, weights.w, flat.h, flat.c, *common, keep=bool(keep), **attrs,
+            xs, weights.wi, bias, weights.w, flat.h, flat.c, *restart, *common, keep=bool(keep),
+            **attrs,
         )  # fmt: skip
         final, extra = type(carry)(h.reshape(*batch, H), c.reshape(*batch, H)), (cs, acts)
     elif kernel == "gru":
         ys, acts, h = _call(
-            "seqjax_gru_forward",
+            "seqjax_gru_forward" + suffix,
             (out((*per_step, H), xs.dtype), out((*residual, 4 * H), xs.dtype),
              out((rows, H), xs.dtype)),
-            xs, weights.wi, bias, weights.w, flat, *common, keep=bool(keep), **attrs,
+            xs, weights.wi, bias, weights.w, flat, *restart, *common, keep=bool(keep), **attrs,
         )  # fmt: skip
         final, extra = h.reshape(*batch, H), (acts,)
     else:
         ys, h = _call(
-            "seqjax_rnn_forward",
+            "seqjax_rnn_forward" + suffix,
             (out((*per_step, H), xs.dtype), out((rows, H), xs.dtype)),
-            xs, weights.wi, bias, weights.w, flat, *common, relu=kernel == "rnn_relu", **attrs,
+            xs, weights.wi, bias, weights.w, flat, *restart, *common, relu=kernel == "rnn_relu",
+            **attrs,
         )  # fmt: skip
         final, extra = h.reshape(*batch, H), ()
     saved = Saved(flat, ys, extra) if keep else None
@@ -195,14 +201,18 @@ def backward(
     lengths: Array | None,
     reverse: bool,
     batch_major: bool = False,
-) -> tuple[Any, Any, Array]:
-    """The gradient of :func:`forward` (with ``keep``, and the same ``xs`` and layout) for the
-    cotangents of its final carry and outputs: ``(d_carry, d_params, d_xs)``. The reverse loop
-    is one custom call; the weight and input gradients are matmuls over all (time x batch) rows
+    restarts: tuple[Array, Any] | None = None,
+) -> tuple:
+    """The gradient of :func:`forward` (with ``keep``, and the same ``xs``, layout and
+    ``restarts``) for the cotangents of its final carry and outputs: ``(d_carry, d_params,
+    d_xs)``, and with ``restarts`` also the gradient of the restart carry. The reverse loop is
+    one custom call; the weight and input gradients are matmuls over all (time x batch) rows
     after it."""
     T, batch, rows, per_step = _layout(xs, batch_major)
     H = params["w_hh"].shape[0]
-    common = _common_operands(lengths, rows, start)
+    suffix, restart, flags = _restart_operands(restarts, rows, H, per_step)
+    common = (*_common_operands(lengths, rows, start), *flags)
+    d_restart_out = tuple(jax.ShapeDtypeStruct((rows, H), saved.ys.dtype) for _ in restart)
     attrs = dict(
         reverse=bool(reverse), has_lengths=lengths is not None, batch_major=bool(batch_major)
     )
@@ -212,10 +222,11 @@ def backward(
     dtype = saved.ys.dtype
     if kernel == "lstm":
         cs, acts = saved.extra
-        d_gates, dh, dc = _call(
-            "seqjax_lstm_backward",
-            (out((*per_step, 4 * H), dtype), out((rows, H), dtype), out((rows, H), dtype)),
-            weights.wt, d_ys, cs, acts, saved.carry.c, d_flat.h, d_flat.c,
+        d_gates, dh, dc, *d_restart = _call(
+            "seqjax_lstm_backward" + suffix,
+            (out((*per_step, 4 * H), dtype), out((rows, H), dtype), out((rows, H), dtype),
+             *d_restart_out),
+            weights.wt, d_ys, cs, acts, saved.carry.c, d_flat.h, d_flat.c, *restart[1:],
             *common, **attrs,
         )  # fmt: skip
         d_carry0 = type(d_carry)(dh.reshape(*batch, H), dc.reshape(*batch, H))
@@ -223,23 +234,26 @@ def backward(
         d_hh = d_gates
     elif kernel == "gru":
         (acts,) = saved.extra
-        d_gates, d_hh, dh = _call(
-            "seqjax_gru_backward",
+        d_gates, d_hh, dh, *d_restart = _call(
+            "seqjax_gru_backward" + suffix,
             (out((*per_step, 3 * H), dtype), out((*per_step, 3 * H), dtype),
-             out((rows, H), dtype)),
-            weights.wt, d_ys, saved.ys, acts, saved.carry, d_flat, *common, **attrs,
+             out((rows, H), dtype), *d_restart_out),
+            weights.wt, d_ys, saved.ys, acts, saved.carry, d_flat, *restart, *common, **attrs,
         )  # fmt: skip
         d_carry0, h0 = dh.reshape(*batch, H), saved.carry
     else:
-        d_gates, dh = _call(
-            "seqjax_rnn_backward",
-            (out((*per_step, H), dtype), out((rows, H), dtype)),
+        d_gates, dh, *d_restart = _call(
+            "seqjax_rnn_backward" + suffix,
+            (out((*per_step, H), dtype), out((rows, H), dtype), *d_restart_out),
             weights.wt, d_ys, saved.ys, d_flat, *common,
             relu=kernel == "rnn_relu", **attrs,
         )  # fmt: skip
         d_carry0, h0 = dh.reshape(*batch, H), saved.carry
         d_hh = d_gates
     h_prev = _previous_outputs(saved.ys, h0, lengths, rows, start, reverse, batch_major)
+    if restarts is not None:  # a restarted step's input carry was the restart one
+        h_restart = jnp.expand_dims(restart[0], 1 if batch_major else 0)
+        h_prev = jnp.where(flags[0][..., None], h_restart, h_prev)
     # The gradients of x W_ih + b_ih (d_gates) and of h W_hh + b_hh (d_hh) are one array but
     # for the GRU, whose reset gate scales h W_hn + b_hn alone.
     d_gates = d_gates.reshape(T * rows, -1)
@@ -253,7 +267,11 @@ def backward(
         "b_hh": d_bias if kernel != "gru" else jnp.sum(d_hh, axis=0),
     }
     d_xs = (d_gates @ params["w_ih"].T).reshape(xs.shape)
-    return d_carry0, d_params, d_xs
+    if restarts is None:
+        return d_carry0, d_params, d_xs
+    structure = jax.tree.structure(restarts[1])
+    d_restart = jax.tree.unflatten(structure, [d.reshape(*batch, H) for d in d_restart])
+    return d_carry0, d_params, d_xs, d_restart
 
 
 def _layout(xs: Array, batch_major: bool) -> tuple[int, tuple[int, ...], int, tuple[int, int]]:
@@ -280,6 +298,17 @@ def _pack(w: Array, gates: int) -> Array:
     U = -(-H // 16)
     w = jnp.pad(w.reshape(K, gates, H), ((0, 0), (0, 0), (0, U * 16 - H)))
     return w.reshape(K, gates, U, 16).transpose(2, 0, 1, 3)
+
+
+def _restart_operands(restarts, rows: int, H: int, per_step: tuple[int, int]):
+    """``(suffix, restart_carry, flags)`` for a call with ``restarts``: the suffix of its
+    targets, the leaves of the restart carry as ``(rows, H)`` and the flags laid out as the
+    per-step arrays; for a call without, the plain targets and no operands."""
+    if restarts is None:
+        return "", (), ()
+    flags, carry = restarts
+    leaves = tuple(c.reshape(rows, H) for c in jax.tree.leaves(carry))
+    return "_restarting", leaves, (jnp.asarray(flags, jnp.bool_).reshape(per_step),)
 
 
 def _common_operands(lengths: Array | None, rows: int, start: Array | int) -> tuple[Array, Array]:

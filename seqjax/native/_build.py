@@ -32,6 +32,13 @@ TARGETS = {
     "seqjax_gru_backward": "SeqjaxGruBackward",
     "seqjax_rnn_forward": "SeqjaxRnnForward",
     "seqjax_rnn_backward": "SeqjaxRnnBackward",
+    # The same loops restarting the carry where a call has resets.
+    "seqjax_lstm_forward_restarting": "SeqjaxLstmForwardRestarting",
+    "seqjax_lstm_backward_restarting": "SeqjaxLstmBackwardRestarting",
+    "seqjax_gru_forward_restarting": "SeqjaxGruForwardRestarting",
+    "seqjax_gru_backward_restarting": "SeqjaxGruBackwardRestarting",
+    "seqjax_rnn_forward_restarting": "SeqjaxRnnForwardRestarting",
+    "seqjax_rnn_backward_restarting": "SeqjaxRnnBackwardRestarting",
 }
 
 

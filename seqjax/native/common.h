@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
 #include <thread>
 #include <tuple>
 #include <type_traits>
@@ -220,32 +221,67 @@ inline Shapes shapes_of(ffi::Span<const int64_t> d, int64_t H, bool batch_major)
 }
 
 // Which steps a row runs: all, or those with start + t < lengths[b] (the step's index in the
-// whole sequence below the row's length); and the order the recurrence visits them in.
+// whole sequence below the row's length); the order the recurrence visits them in; and where a
+// row starts again (resets): before a flagged step its carry is the restart carry, not the one
+// the step before left.
 struct Steps {
   const int32_t* lengths;  // null: every step runs
   int64_t start;
   bool reverse;
+  const bool* restarts = nullptr;  // per step and row, laid out as Shapes::row; null: none
 
   bool runs(int64_t t, int64_t b) const { return !lengths || start + t < lengths[b]; }
   // The i-th step the recurrence (or, with `backward`, its gradient) visits, of T.
   int64_t nth(int64_t i, int64_t T, bool backward = false) const {
     return reverse != backward ? T - 1 - i : i;
   }
+  bool restarts_at(const Shapes& s, int64_t t, int64_t b) const {
+    return restarts && restarts[s.row(t, b)];
+  }
+  // Whether row b restarts at the step the recurrence visits after t (whose carry t writes).
+  bool restarts_after(const Shapes& s, int64_t t, int64_t b) const {
+    const int64_t next = reverse ? t - 1 : t + 1;
+    return restarts && next >= 0 && next < s.T && restarts[s.row(next, b)];
+  }
 };
 inline Steps steps_of(ffi::Buffer<ffi::S32>& lengths, ffi::Buffer<ffi::S32>& start, bool reverse,
-                      bool has_lengths) {
-  return {has_lengths ? lengths.typed_data() : nullptr, start.typed_data()[0], reverse};
+                      bool has_lengths, const bool* restarts = nullptr) {
+  return {has_lengths ? lengths.typed_data() : nullptr, start.typed_data()[0], reverse, restarts};
 }
 
-// The carry (a (B, H) array's row b) that entered step t: the previous step's in the forward
-// loop's order, kept per step in `per_step`, or `initial` where that step did not run (a row
-// past its length keeps its carry) or there is none.
+// The carry (a (B, H) array's row b) that entered step t: `restart` where the row restarted
+// there; else the previous step's in the forward loop's order, kept per step in `per_step`, or
+// `initial` where that step did not run (a row past its length keeps its carry) or there is none.
 inline const float* carried_into(const Shapes& s, const Steps& steps, const float* per_step,
-                                 const float* initial, int64_t t, int64_t b) {
+                                 const float* initial, int64_t t, int64_t b,
+                                 const float* restart = nullptr) {
+  if (steps.restarts_at(s, t, b)) return restart + b * s.H;
   const int64_t prev = steps.reverse ? t + 1 : t - 1;
   if (prev < 0 || prev >= s.T || !steps.runs(prev, b)) return initial + b * s.H;
   return per_step + s.row(prev, b) * s.H;
 }
+
+// The carry the forward loop's first step reads, into `to` (B, H): `initial`, but the restart
+// carry for the rows that restart at that step.
+inline void first_carry(const Shapes& s, const Steps& steps, const float* initial,
+                        const float* restart, float* to) {
+  copy_n(initial, s.B * s.H, to);
+  const int64_t t = steps.nth(0, s.T);
+  for (int64_t b = 0; b < s.B && s.T > 0; ++b)
+    if (steps.restarts_at(s, t, b)) copy_n(restart + b * s.H, s.H, to + b * s.H);
+}
+
+// Stores n units (from column col) of the carry row b leaves step t with, at `to`: `v`, or the
+// restart carry where the next step restarts. Written here, by the task that owns these units,
+// so every task of the next step reads the restarted carry (its matmul reads all of a row).
+inline void store_carry(const Shapes& s, const Steps& steps, int64_t t, int64_t b, int64_t col,
+                        int64_t n, v16 v, const float* restart, float* to) {
+  if (steps.restarts_after(s, t, b))
+    copy_n(restart + b * s.H + col, n, to);
+  else
+    store_n(to, v, n);
+}
+
 
 // A task's share of the hidden units: unit blocks [u_begin, u_end), columns [col0, col1).
 struct Units {
@@ -328,15 +364,34 @@ void hidden_gradient(const Shapes& s, const Steps& steps, const Units& units, in
   });
 }
 
+// A row that restarted at step t read the restart carry, not the carry the step before left: so
+// these units of the gradient of its input carry, d (B, H), go to d_restart, and none goes on.
+inline void restart_gradient(const Shapes& s, const Steps& steps, const Units& units, int64_t t,
+                             float* d, float* d_restart) {
+  for (int64_t b = 0; b < s.B; ++b) {
+    if (!steps.restarts_at(s, t, b)) continue;
+    for (int64_t col = units.col0; col < units.col1; col += 16) {
+      const int64_t n = std::min<int64_t>(16, s.H - col), at = b * s.H + col;
+      store_n(d_restart + at, load_n(d_restart + at, n) + load_n(d + at, n), n);
+      zero_n(d + at, n);
+    }
+  }
+}
+
 // Step i of a reverse loop as run_steps runs it, T + 1 steps in all (see hidden_gradient):
-// these units of dh from the gate gradients of the (i-1)-th step visited (dh = dG W_hh^T, or with
-// kAdd dh += dG W_hh^T), then gates(t), the gate gradients of the i-th, t, for the same units.
-template <bool kAdd, typename Gates>
+// these units of dh from the gate gradients of the (i-1)-th step visited, t' (dh = dG W_hh^T, or
+// with kAdd dh += dG W_hh^T); with resets, restarted(t'), which hands the rows that restarted at
+// t' their carry's gradient for these units to the restart carry (restart_gradient); then
+// gates(t), the gate gradients of the i-th, t, for the same units.
+template <bool kAdd, typename Gates, typename Restarted>
 void reverse_step(const Shapes& s, const Steps& steps, const Units& units, int64_t i,
-                  const float* dgates, int64_t K, const float* wt, float* dh, Gates&& gates) {
-  if (i > 0)
-    hidden_gradient<kAdd>(s, steps, units, steps.nth(i - 1, s.T, /*backward=*/true), dgates, K,
-                          wt, dh);
+                  const float* dgates, int64_t K, const float* wt, float* dh, Gates&& gates,
+                  Restarted&& restarted) {
+  if (i > 0) {
+    const int64_t t = steps.nth(i - 1, s.T, /*backward=*/true);
+    hidden_gradient<kAdd>(s, steps, units, t, dgates, K, wt, dh);
+    if (steps.restarts) restarted(t);
+  }
   if (i < s.T) gates(steps.nth(i, s.T, /*backward=*/true));
 }
 
@@ -444,14 +499,25 @@ auto f32_args(Binding&& b) {
     return f32_args<kIn - 1>(std::move(b).template Arg<ffi::Buffer<ffi::F32>>());
   }
 }
-template <int kIn>
-auto recurrence_binding() {
-  return f32_args<kIn>(ffi::Ffi::Bind())
-      .template Arg<ffi::Buffer<ffi::S32>>()
-      .template Arg<ffi::Buffer<ffi::S32>>()
+// With kRestarts (an entry of a call with resets), the flags of the steps where the carry
+// restarts, a bool buffer laid out as the per-step arrays, come after start.
+template <typename Binding>
+auto common_attrs(Binding&& b) {
+  return std::move(b)
       .template Attr<bool>("reverse")
       .template Attr<bool>("has_lengths")
       .template Attr<bool>("batch_major");
+}
+template <int kIn, bool kRestarts = false>
+auto recurrence_binding() {
+  auto b = f32_args<kIn>(ffi::Ffi::Bind())
+               .template Arg<ffi::Buffer<ffi::S32>>()
+               .template Arg<ffi::Buffer<ffi::S32>>();
+  if constexpr (kRestarts) {
+    return common_attrs(std::move(b).template Arg<ffi::Buffer<ffi::PRED>>());
+  } else {
+    return common_attrs(std::move(b));
+  }
 }
 template <int kOut, typename Binding>
 auto with_results(Binding&& b) {
@@ -468,6 +534,7 @@ inline ffi::Error invalid_unless(bool ok, const char* what) {
 
 using F32 = ffi::Buffer<ffi::F32>;
 using S32 = ffi::Buffer<ffi::S32>;
+using Flags = ffi::Buffer<ffi::PRED>;
 using Out = ffi::ResultBuffer<ffi::F32>;
 
 // An entry's last line: the loop over the steps, then success (every check came before).
@@ -511,6 +578,27 @@ inline ffi::Error backward_shapes(const char* name, const F32& dys, const F32& w
   return ffi::Error::Success();
 }
 
+// What the entries of a call with resets add (all null without): the restart flags, the
+// restart carry (h, and c for the LSTM, as far as the entry reads it) and, in a backward entry,
+// the results that receive the gradient of that carry.
+struct RestartArgs {
+  const Flags* flags = nullptr;
+  const F32 *h = nullptr, *c = nullptr;
+  Out *dh = nullptr, *dc = nullptr;
+};
+
+// The checks an entry of a call with resets adds: one flag per step and row, and each restart
+// carry (B, H).
+inline ffi::Error restart_shapes(const char* name, const Shapes& s, const Flags& flags,
+                                 std::initializer_list<const F32*> carries) {
+  bool ok = static_cast<int64_t>(flags.element_count()) == s.T * s.B;
+  for (const F32* c : carries) ok = ok && static_cast<int64_t>(c->element_count()) == s.B * s.H;
+  if (ok) return ffi::Error::Success();
+  return ffi::Error::InvalidArgument(std::string(name) +
+                                     ": the restart flags must be (T, B) and the restart carry "
+                                     "(B, H)");
+}
+
 }  // namespace seqjax
 
 // Returns the error of a failed check from the entry that makes it.
@@ -526,3 +614,12 @@ inline ffi::Error backward_shapes(const char* name, const F32& dys, const F32& w
 #define SEQJAX_HANDLER_WITH(symbol, fn, kIn, kOut, attr) \
   XLA_FFI_DEFINE_HANDLER_SYMBOL(                         \
       symbol, fn, seqjax::with_results<kOut>(seqjax::recurrence_binding<kIn>().Attr<bool>(attr)))
+// The entries of calls with resets: the same, with the restart flags after start (see
+// recurrence_binding).
+#define SEQJAX_RESTARTING_HANDLER(symbol, fn, kIn, kOut) \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(                         \
+      symbol, fn, seqjax::with_results<kOut>(seqjax::recurrence_binding<kIn, true>()))
+#define SEQJAX_RESTARTING_HANDLER_WITH(symbol, fn, kIn, kOut, attr) \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(                                    \
+      symbol, fn,                                                   \
+      seqjax::with_results<kOut>(seqjax::recurrence_binding<kIn, true>().Attr<bool>(attr)))

@@ -17,6 +17,9 @@
 //   acts    (T, B, 4H)    r, z, n and h W_hn + b_hn: the backward pass's residuals
 //   d_px    (T, B, 3H)    the gradient of x W_ih + b_ih: dr, dz, dn
 //   d_hh    (T, B, 3H)    the gradient of h W_hh + b_hh: dr, dz, dn * r
+// With resets (the *Restarting entries), also:
+//   flags   (T, B) bool   where a row starts again: its carry into step t is the restart carry
+//   h_restart (B, H)      that carry; dh_restart (B, H) its gradient
 
 #include "common.h"
 
@@ -31,6 +34,7 @@ struct Forward {
   const float *xs, *wi, *bias, *w, *h0;
   float *ys, *acts, *h_final;
   float* hbuf;  // (2, B, H): the carry, double-buffered across steps
+  const float* h_restart = nullptr;  // with steps.restarts
 
   template <int NR>
   void tile(int64_t t, int64_t r0, int64_t u, const float* h_prev, float* h_next) const {
@@ -47,7 +51,7 @@ struct Forward {
       const int64_t b = r0 + r, row = s.row(t, b);
       const float* hp = h_prev + b * H + col;
       if (!steps.runs(t, b)) {  // past this row's length: the carry stays, the output is zero
-        copy_n(hp, n, h_next + b * H + col);
+        store_carry(s, steps, t, b, col, n, load_n(hp, n), h_restart, h_next + b * H + col);
         zero_n(ys + row * H + col, n);
         if (keep)
           for (int g = 0; g < 4; ++g) zero_n(acts + row * 4 * H + g * H + col, n);
@@ -59,7 +63,7 @@ struct Forward {
       v16 hn = acc[r][2] + load_n(bc + 3 * H, n);
       v16 cand = tanh16(xn[r] + load_n(bc + 2 * H, n) + reset * hn);
       v16 h = cand + update * (load_n(hp, n) - cand);
-      store_n(h_next + b * H + col, h, n);
+      store_carry(s, steps, t, b, col, n, h, h_restart, h_next + b * H + col);
       store_n(ys + row * H + col, h, n);
       if (!keep) continue;
       float* a = acts + row * 4 * H + col;
@@ -72,7 +76,7 @@ struct Forward {
 
   static constexpr int kGroup = 1;  // unit blocks a task: its tile holds a block's 3 gates
   int64_t num_steps() const { return s.T; }
-  void begin() const { copy_n(h0, s.B * s.H, hbuf); }
+  void begin() const { first_carry(s, steps, h0, h_restart, hbuf); }
   void end() const { copy_n(carry_half(s, hbuf, s.T), s.B * s.H, h_final); }
 
   void step(int64_t i, const Units& units) const {
@@ -91,6 +95,8 @@ struct Backward {
   const float *wt, *dys, *ys, *acts, *h0, *dh_final;
   float *d_px, *d_hh, *dh0;
   float* dhbuf;  // (B, H): dh carried into the step being processed
+  const float* h_restart = nullptr;  // with steps.restarts; and the gradient of that carry:
+  float* dh_restart = nullptr;
 
   // The gate gradients of step t for these units; dh becomes its direct part dh * z.
   void gates(int64_t t, const Units& units) const {
@@ -113,7 +119,7 @@ struct Backward {
         v16 dh = load_n(dhbuf + b * H + col, n) + load_n(dys + row * H + col, n);
         v16 dn = dh * (1.0f - update) * (1.0f - cand * cand);
         v16 dr = dn * hn * reset * (1.0f - reset);
-        v16 h_prev = load_n(carried_into(s, steps, ys, h0, t, b) + col, n);
+        v16 h_prev = load_n(carried_into(s, steps, ys, h0, t, b, h_restart) + col, n);
         v16 dz = dh * (h_prev - cand) * update * (1.0f - update);
         store_n(dp + col, dr, n);
         store_n(dp + H + col, dz, n);
@@ -128,43 +134,89 @@ struct Backward {
 
   static constexpr int kGroup = 2;  // unit blocks a task: see run_steps
   int64_t num_steps() const { return s.T + 1; }  // see reverse_step
-  void begin() const { copy_n(dh_final, s.B * s.H, dhbuf); }
+  void begin() const {
+    copy_n(dh_final, s.B * s.H, dhbuf);
+    if (steps.restarts) zero_n(dh_restart, s.B * s.H);
+  }
   void end() const { copy_n(dhbuf, s.B * s.H, dh0); }
 
   void step(int64_t i, const Units& units) const {  // dh * z + dG_hh W_hh^T
-    reverse_step<true>(s, steps, units, i, d_hh, 3 * s.H, wt, dhbuf,
-                       [&](int64_t t) { gates(t, units); });
+    reverse_step<true>(
+        s, steps, units, i, d_hh, 3 * s.H, wt, dhbuf, [&](int64_t t) { gates(t, units); },
+        [&](int64_t t) { restart_gradient(s, steps, units, t, dhbuf, dh_restart); });
   }
 };
 
-ffi::Error gru_forward(F32 xs, F32 wi, F32 bias, F32 w, F32 h0, S32 lengths, S32 start,
-                       bool reverse, bool has_lengths, bool batch_major, bool keep, Out ys,
-                       Out acts, Out h_final,
-                       ffi::ThreadPool pool) {
+// The entries' bodies, with resets or (an empty RestartArgs) without.
+ffi::Error gru_forward_with(F32& xs, F32& wi, F32& bias, F32& w, F32& h0, S32& lengths,
+                            S32& start, const RestartArgs& restart, bool reverse,
+                            bool has_lengths, bool batch_major, bool keep, Out& ys, Out& acts,
+                            Out& h_final, ffi::ThreadPool& pool) {
   Shapes s;
   int64_t D;
   SEQJAX_TRY(forward_shapes("gru_forward", xs, h0, w, wi, 3, batch_major, s, D));
+  if (restart.flags)
+    SEQJAX_TRY(restart_shapes("gru_forward", s, *restart.flags, {restart.h}));
   std::vector<float> scratch(2 * s.B * s.H);
-  const Forward kernel{s, steps_of(lengths, start, reverse, has_lengths), keep, D,
-                       xs.typed_data(), wi.typed_data(), bias.typed_data(), w.typed_data(),
-                       h0.typed_data(),
-                       ys->typed_data(), acts->typed_data(), h_final->typed_data(),
-                       scratch.data()};
+  const bool* flags = restart.flags ? restart.flags->typed_data() : nullptr;
+  Forward kernel{s, steps_of(lengths, start, reverse, has_lengths, flags), keep, D,
+                 xs.typed_data(), wi.typed_data(), bias.typed_data(), w.typed_data(),
+                 h0.typed_data(), ys->typed_data(), acts->typed_data(), h_final->typed_data(),
+                 scratch.data()};
+  if (flags) kernel.h_restart = restart.h->typed_data();
   return launch(pool, s, 6 * s.B * s.H * (s.H + D), kernel);
+}
+
+ffi::Error gru_forward(F32 xs, F32 wi, F32 bias, F32 w, F32 h0, S32 lengths, S32 start,
+                       bool reverse, bool has_lengths, bool batch_major, bool keep, Out ys,
+                       Out acts, Out h_final, ffi::ThreadPool pool) {
+  return gru_forward_with(xs, wi, bias, w, h0, lengths, start, {}, reverse, has_lengths,
+                          batch_major, keep, ys, acts, h_final, pool);
+}
+
+ffi::Error gru_forward_restarting(F32 xs, F32 wi, F32 bias, F32 w, F32 h0, F32 h_restart,
+                                  S32 lengths, S32 start, Flags flags, bool reverse,
+                                  bool has_lengths, bool batch_major, bool keep, Out ys,
+                                  Out acts, Out h_final, ffi::ThreadPool pool) {
+  return gru_forward_with(xs, wi, bias, w, h0, lengths, start, {&flags, &h_restart}, reverse,
+                          has_lengths, batch_major, keep, ys, acts, h_final, pool);
+}
+
+ffi::Error gru_backward_with(F32& wt, F32& dys, F32& ys, F32& acts, F32& h0, F32& dh_final,
+                             S32& lengths, S32& start, const RestartArgs& restart, bool reverse,
+                             bool has_lengths, bool batch_major, Out& d_px, Out& d_hh, Out& dh0,
+                             ffi::ThreadPool& pool) {
+  Shapes s;
+  SEQJAX_TRY(backward_shapes("gru_backward", dys, wt, 3, batch_major, s));
+  if (restart.flags)
+    SEQJAX_TRY(restart_shapes("gru_backward", s, *restart.flags, {restart.h}));
+  std::vector<float> scratch(s.B * s.H);
+  const bool* flags = restart.flags ? restart.flags->typed_data() : nullptr;
+  Backward kernel{s, steps_of(lengths, start, reverse, has_lengths, flags), wt.typed_data(),
+                  dys.typed_data(), ys.typed_data(), acts.typed_data(), h0.typed_data(),
+                  dh_final.typed_data(), d_px->typed_data(), d_hh->typed_data(),
+                  dh0->typed_data(), scratch.data()};
+  if (flags) {
+    kernel.h_restart = restart.h->typed_data();
+    kernel.dh_restart = (*restart.dh)->typed_data();
+  }
+  return launch(pool, s, 6 * s.B * s.H * s.H, kernel);
 }
 
 ffi::Error gru_backward(F32 wt, F32 dys, F32 ys, F32 acts, F32 h0, F32 dh_final, S32 lengths,
                         S32 start, bool reverse, bool has_lengths, bool batch_major, Out d_px,
-                        Out d_hh, Out dh0,
-                        ffi::ThreadPool pool) {
-  Shapes s;
-  SEQJAX_TRY(backward_shapes("gru_backward", dys, wt, 3, batch_major, s));
-  std::vector<float> scratch(s.B * s.H);
-  const Backward kernel{s, steps_of(lengths, start, reverse, has_lengths), wt.typed_data(),
-                        dys.typed_data(), ys.typed_data(), acts.typed_data(), h0.typed_data(),
-                        dh_final.typed_data(), d_px->typed_data(), d_hh->typed_data(),
-                        dh0->typed_data(), scratch.data()};
-  return launch(pool, s, 6 * s.B * s.H * s.H, kernel);
+                        Out d_hh, Out dh0, ffi::ThreadPool pool) {
+  return gru_backward_with(wt, dys, ys, acts, h0, dh_final, lengths, start, {}, reverse,
+                           has_lengths, batch_major, d_px, d_hh, dh0, pool);
+}
+
+ffi::Error gru_backward_restarting(F32 wt, F32 dys, F32 ys, F32 acts, F32 h0, F32 dh_final,
+                                   F32 h_restart, S32 lengths, S32 start, Flags flags,
+                                   bool reverse, bool has_lengths, bool batch_major, Out d_px,
+                                   Out d_hh, Out dh0, Out dh_restart, ffi::ThreadPool pool) {
+  return gru_backward_with(wt, dys, ys, acts, h0, dh_final, lengths, start,
+                           {&flags, &h_restart, nullptr, &dh_restart}, reverse, has_lengths,
+                           batch_major, d_px, d_hh, dh0, pool);
 }
 
 }  // namespace
@@ -172,3 +224,6 @@ ffi::Error gru_backward(F32 wt, F32 dys, F32 ys, F32 acts, F32 h0, F32 dh_final,
 
 SEQJAX_HANDLER_WITH(SeqjaxGruForward, seqjax::gru_forward, 5, 3, "keep");
 SEQJAX_HANDLER(SeqjaxGruBackward, seqjax::gru_backward, 6, 3);
+SEQJAX_RESTARTING_HANDLER_WITH(SeqjaxGruForwardRestarting, seqjax::gru_forward_restarting, 6, 3,
+                               "keep");
+SEQJAX_RESTARTING_HANDLER(SeqjaxGruBackwardRestarting, seqjax::gru_backward_restarting, 7, 4);

@@ -24,6 +24,9 @@
 //   cs      (T, B, H)     c_t (the carry after step t; only read where the step ran)
 //   acts    (T, B, 4H)    sigmoid(i), sigmoid(f), tanh(g), sigmoid(o)
 //   dgates  (T, B, 4H)    the gradient of the gate pre-activations
+// With resets (the *Restarting entries), also:
+//   flags   (T, B) bool   where a row starts again: its carry into step t is the restart carry
+//   h_restart, c_restart  (B, H) that carry; dh_restart, dc_restart (B, H) its gradient
 // Steps are visited t = 0 .. T-1, or T-1 .. 0 with reverse; the gradient loop runs the other way.
 
 #include "common.h"
@@ -40,6 +43,7 @@ struct Forward {
   float *ys, *cs, *acts, *h_final, *c_final;
   float* hbuf;  // (2, B, H): the carry h, double-buffered across steps
   float* cbuf;  // (B, H)
+  const float *h_restart = nullptr, *c_restart = nullptr;  // with steps.restarts
 
   // Step t for rows r0 .. r0 + NR - 1 and the 16 units of block u.
   template <int NR>
@@ -53,12 +57,13 @@ struct Forward {
       float* hn = h_next + b * H + col;
       float* c = cbuf + b * H + col;
       if (!steps.runs(t, b)) {  // past this row's length: the carry stays, the output is zero
-        copy_n(h_prev + b * H + col, n, hn);
+        store_carry(s, steps, t, b, col, n, load_n(h_prev + b * H + col, n), h_restart, hn);
         zero_n(ys + row * H + col, n);
         if (keep) {
           copy_n(c, n, cs + row * H + col);
           for (int g = 0; g < 4; ++g) zero_n(acts + row * 4 * H + g * H + col, n);
         }
+        store_carry(s, steps, t, b, col, n, load_n(c, n), c_restart, c);
         continue;
       }
       const float* bc = bias + col;
@@ -68,8 +73,8 @@ struct Forward {
       v16 o = sigmoid16(acc[r][3] + load_n(bc + 3 * H, n));
       v16 c_new = f * load_n(c, n) + i * g;
       v16 h = o * tanh16(c_new);
-      store_n(c, c_new, n);
-      store_n(hn, h, n);
+      store_carry(s, steps, t, b, col, n, c_new, c_restart, c);
+      store_carry(s, steps, t, b, col, n, h, h_restart, hn);
       store_n(ys + row * H + col, h, n);
       if (!keep) continue;
       store_n(cs + row * H + col, c_new, n);
@@ -84,8 +89,8 @@ struct Forward {
   static constexpr int kGroup = 1;  // unit blocks a task: its tile holds a block's 4 gates
   int64_t num_steps() const { return s.T; }
   void begin() const {
-    copy_n(h0, s.B * s.H, hbuf);
-    copy_n(c0, s.B * s.H, cbuf);
+    first_carry(s, steps, h0, h_restart, hbuf);
+    first_carry(s, steps, c0, c_restart, cbuf);
   }
   void end() const {
     copy_n(carry_half(s, hbuf, s.T), s.B * s.H, h_final);
@@ -109,6 +114,8 @@ struct Backward {
   float *dgates, *dh0, *dc0;
   float* dhbuf;  // (B, H), dh carried into the step being processed
   float* dcbuf;  // (B, H)
+  const float* c_restart = nullptr;  // with steps.restarts, and the gradient of the restart carry:
+  float *dh_restart = nullptr, *dc_restart = nullptr;
 
   // The gate gradients of step t for these units; dc becomes dc_(t-1).
   void gates(int64_t t, const Units& units) const {
@@ -128,7 +135,7 @@ struct Backward {
         v16 tc = tanh16(load_n(cs + row * H + col, n));
         v16 dh = load_n(dhbuf + b * H + col, n) + load_n(dys + row * H + col, n);
         v16 dc = load_n(dcbuf + b * H + col, n) + dh * o * (1.0f - tc * tc);
-        v16 cp = load_n(carried_into(s, steps, cs, c0, t, b) + col, n);
+        v16 cp = load_n(carried_into(s, steps, cs, c0, t, b, c_restart) + col, n);
         store_n(dg + col, dc * g * i * (1.0f - i), n);
         store_n(dg + H + col, dc * cp * f * (1.0f - f), n);
         store_n(dg + 2 * H + col, dc * i * (1.0f - g * g), n);
@@ -143,6 +150,10 @@ struct Backward {
   void begin() const {
     copy_n(dh_final, s.B * s.H, dhbuf);
     copy_n(dc_final, s.B * s.H, dcbuf);
+    if (steps.restarts) {
+      zero_n(dh_restart, s.B * s.H);
+      zero_n(dc_restart, s.B * s.H);
+    }
   }
   void end() const {
     copy_n(dhbuf, s.B * s.H, dh0);
@@ -150,41 +161,96 @@ struct Backward {
   }
 
   void step(int64_t i, const Units& units) const {  // dh_(t-1) = dG_t W_hh^T
-    reverse_step<false>(s, steps, units, i, dgates, 4 * s.H, wt, dhbuf,
-                        [&](int64_t t) { gates(t, units); });
+    reverse_step<false>(
+        s, steps, units, i, dgates, 4 * s.H, wt, dhbuf, [&](int64_t t) { gates(t, units); },
+        [&](int64_t t) {  // dc into step t came from gates(t), for these units too
+          restart_gradient(s, steps, units, t, dhbuf, dh_restart);
+          restart_gradient(s, steps, units, t, dcbuf, dc_restart);
+        });
   }
 };
 
-ffi::Error lstm_forward(F32 xs, F32 wi, F32 bias, F32 w, F32 h0, F32 c0, S32 lengths,
-                        S32 start, bool reverse, bool has_lengths, bool batch_major, bool keep,
-                        Out ys, Out cs,
-                        Out acts, Out h_final, Out c_final, ffi::ThreadPool pool) {
+// The entries' bodies, with resets or (an empty RestartArgs) without.
+ffi::Error lstm_forward_with(F32& xs, F32& wi, F32& bias, F32& w, F32& h0, F32& c0, S32& lengths,
+                             S32& start, const RestartArgs& restart, bool reverse,
+                             bool has_lengths, bool batch_major, bool keep, Out& ys, Out& cs,
+                             Out& acts, Out& h_final, Out& c_final, ffi::ThreadPool& pool) {
   Shapes s;
   int64_t D;
   SEQJAX_TRY(forward_shapes("lstm_forward", xs, h0, w, wi, 4, batch_major, s, D));
+  if (restart.flags)
+    SEQJAX_TRY(restart_shapes("lstm_forward", s, *restart.flags, {restart.h, restart.c}));
   std::vector<float> scratch(3 * s.B * s.H);
-  const Forward kernel{s, steps_of(lengths, start, reverse, has_lengths), keep, D,
-                       xs.typed_data(), wi.typed_data(), bias.typed_data(), w.typed_data(),
-                       h0.typed_data(),
-                       c0.typed_data(), ys->typed_data(), cs->typed_data(), acts->typed_data(),
-                       h_final->typed_data(), c_final->typed_data(), scratch.data(),
-                       scratch.data() + 2 * s.B * s.H};
+  const bool* flags = restart.flags ? restart.flags->typed_data() : nullptr;
+  Forward kernel{s, steps_of(lengths, start, reverse, has_lengths, flags), keep, D,
+                 xs.typed_data(), wi.typed_data(), bias.typed_data(), w.typed_data(),
+                 h0.typed_data(), c0.typed_data(), ys->typed_data(), cs->typed_data(),
+                 acts->typed_data(), h_final->typed_data(), c_final->typed_data(),
+                 scratch.data(), scratch.data() + 2 * s.B * s.H};
+  if (flags) {
+    kernel.h_restart = restart.h->typed_data();
+    kernel.c_restart = restart.c->typed_data();
+  }
   return launch(pool, s, 8 * s.B * s.H * (s.H + D), kernel);
+}
+
+ffi::Error lstm_forward(F32 xs, F32 wi, F32 bias, F32 w, F32 h0, F32 c0, S32 lengths,
+                        S32 start, bool reverse, bool has_lengths, bool batch_major, bool keep,
+                        Out ys, Out cs, Out acts, Out h_final, Out c_final,
+                        ffi::ThreadPool pool) {
+  return lstm_forward_with(xs, wi, bias, w, h0, c0, lengths, start, {}, reverse, has_lengths,
+                           batch_major, keep, ys, cs, acts, h_final, c_final, pool);
+}
+
+ffi::Error lstm_forward_restarting(F32 xs, F32 wi, F32 bias, F32 w, F32 h0, F32 c0,
+                                   F32 h_restart, F32 c_restart, S32 lengths, S32 start,
+                                   Flags flags, bool reverse, bool has_lengths, bool batch_major,
+                                   bool keep, Out ys, Out cs, Out acts, Out h_final,
+                                   Out c_final, ffi::ThreadPool pool) {
+  return lstm_forward_with(xs, wi, bias, w, h0, c0, lengths, start,
+                           {&flags, &h_restart, &c_restart}, reverse, has_lengths, batch_major,
+                           keep, ys, cs, acts, h_final, c_final, pool);
+}
+
+ffi::Error lstm_backward_with(F32& wt, F32& dys, F32& cs, F32& acts, F32& c0, F32& dh_final,
+                              F32& dc_final, S32& lengths, S32& start,
+                              const RestartArgs& restart, bool reverse, bool has_lengths,
+                              bool batch_major, Out& dgates, Out& dh0, Out& dc0,
+                              ffi::ThreadPool& pool) {
+  Shapes s;
+  SEQJAX_TRY(backward_shapes("lstm_backward", dys, wt, 4, batch_major, s));
+  if (restart.flags)
+    SEQJAX_TRY(restart_shapes("lstm_backward", s, *restart.flags, {restart.c}));
+  std::vector<float> scratch(2 * s.B * s.H);
+  const bool* flags = restart.flags ? restart.flags->typed_data() : nullptr;
+  Backward kernel{s, steps_of(lengths, start, reverse, has_lengths, flags), wt.typed_data(),
+                  dys.typed_data(), cs.typed_data(), acts.typed_data(), c0.typed_data(),
+                  dh_final.typed_data(), dc_final.typed_data(), dgates->typed_data(),
+                  dh0->typed_data(), dc0->typed_data(), scratch.data(),
+                  scratch.data() + s.B * s.H};
+  if (flags) {
+    kernel.c_restart = restart.c->typed_data();
+    kernel.dh_restart = (*restart.dh)->typed_data();
+    kernel.dc_restart = (*restart.dc)->typed_data();
+  }
+  return launch(pool, s, 8 * s.B * s.H * s.H, kernel);
 }
 
 ffi::Error lstm_backward(F32 wt, F32 dys, F32 cs, F32 acts, F32 c0, F32 dh_final, F32 dc_final,
                          S32 lengths, S32 start, bool reverse, bool has_lengths, bool batch_major,
-                         Out dgates,
-                         Out dh0, Out dc0, ffi::ThreadPool pool) {
-  Shapes s;
-  SEQJAX_TRY(backward_shapes("lstm_backward", dys, wt, 4, batch_major, s));
-  std::vector<float> scratch(2 * s.B * s.H);
-  const Backward kernel{s, steps_of(lengths, start, reverse, has_lengths), wt.typed_data(),
-                        dys.typed_data(), cs.typed_data(), acts.typed_data(), c0.typed_data(),
-                        dh_final.typed_data(), dc_final.typed_data(), dgates->typed_data(),
-                        dh0->typed_data(), dc0->typed_data(), scratch.data(),
-                        scratch.data() + s.B * s.H};
-  return launch(pool, s, 8 * s.B * s.H * s.H, kernel);
+                         Out dgates, Out dh0, Out dc0, ffi::ThreadPool pool) {
+  return lstm_backward_with(wt, dys, cs, acts, c0, dh_final, dc_final, lengths, start, {},
+                            reverse, has_lengths, batch_major, dgates, dh0, dc0, pool);
+}
+
+ffi::Error lstm_backward_restarting(F32 wt, F32 dys, F32 cs, F32 acts, F32 c0, F32 dh_final,
+                                    F32 dc_final, F32 c_restart, S32 lengths, S32 start,
+                                    Flags flags, bool reverse, bool has_lengths,
+                                    bool batch_major, Out dgates, Out dh0, Out dc0,
+                                    Out dh_restart, Out dc_restart, ffi::ThreadPool pool) {
+  return lstm_backward_with(wt, dys, cs, acts, c0, dh_final, dc_final, lengths, start,
+                            {&flags, nullptr, &c_restart, &dh_restart, &dc_restart}, reverse,
+                            has_lengths, batch_major, dgates, dh0, dc0, pool);
 }
 
 }  // namespace
@@ -192,3 +258,6 @@ ffi::Error lstm_backward(F32 wt, F32 dys, F32 cs, F32 acts, F32 c0, F32 dh_final
 
 SEQJAX_HANDLER_WITH(SeqjaxLstmForward, seqjax::lstm_forward, 6, 5, "keep");
 SEQJAX_HANDLER(SeqjaxLstmBackward, seqjax::lstm_backward, 7, 3);
+SEQJAX_RESTARTING_HANDLER_WITH(SeqjaxLstmForwardRestarting, seqjax::lstm_forward_restarting, 8, 5,
+                               "keep");
+SEQJAX_RESTARTING_HANDLER(SeqjaxLstmBackwardRestarting, seqjax::lstm_backward_restarting, 8, 5);

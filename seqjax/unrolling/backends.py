@@ -51,8 +51,10 @@ class LoopBackend(Protocol):
 
 
 class Restarts(NamedTuple):
-    """Where the carry starts again: ``flags (steps, batch...)`` booleans, time-major, already
-    masked to valid steps and shifted for a reversed run, and the carry it starts from."""
+    """Where the carry starts again: ``flags`` booleans in the loops' layout of ``xs`` without
+    its features (``(steps, batch...)``, or ``(batch..., steps)`` for loops that take
+    ``batch_major``), already masked to valid steps and shifted for a reversed run, and the
+    carry it starts from."""
 
     flags: Array
     carry: Carry
@@ -148,12 +150,14 @@ class ScanLoop(NamedTuple):
 
 
 class NativeLoop(NamedTuple):
-    """Both loops as the two custom calls of a :mod:`seqjax.native` kernel."""
+    """Both loops as the two custom calls of a :mod:`seqjax.native` kernel; with ``restarts``,
+    the kernels' restarting variants, which set the carry back in the loop itself. The flags
+    come in the layout of ``xs`` (batch-major where the loops are), as the kernels read them."""
 
     kernel: str
     reverse: bool
     takes_batch_major: bool = True
-    takes_restarts: bool = False  # the kernels do not restart yet: unroll uses ScanLoop then
+    takes_restarts: bool = True
 
     def weights(self, params: Params) -> seqjax_native.Weights:
         return seqjax_native.pack_weights(self.kernel, params)
@@ -161,10 +165,9 @@ class NativeLoop(NamedTuple):
     def forward(
         self, params, weights, xs, carry, steps, lengths, keep, batch_major=False, restarts=None
     ):
-        assert restarts is None, "unroll sends runs with resets to ScanLoop"
         final, ys, saved = seqjax_native.forward(
             self.kernel, params, weights, xs, carry, steps[0], lengths, self.reverse, keep,
-            batch_major,
+            batch_major, restarts,
         )  # fmt: skip
         return final, (ys, saved)
 
@@ -172,10 +175,9 @@ class NativeLoop(NamedTuple):
         self, params, weights, xs, d_carry, steps, lengths, saved, d_ys, batch_major=False,
         restarts=None,
     ):  # fmt: skip
-        assert restarts is None, "unroll sends runs with resets to ScanLoop"
         return seqjax_native.backward(
             self.kernel, params, weights, xs, saved, d_carry, d_ys, steps[0], lengths,
-            self.reverse, batch_major,
+            self.reverse, batch_major, restarts,
         )  # fmt: skip
 
 
