@@ -164,7 +164,7 @@ def _checked_inputs(cell, params, xs, carry, lengths, time_axis, fn):
 
 def _unroll_custom_vjp(cell, params, xs, carry, lengths, restarts, time_axis, options, fn):
     resets, reset_carry = restarts
-    kernel = _use_native(options.native, cell, params, xs, True, False, fn, resets is not None)
+    kernel = _use_native(options.native, cell, params, xs, True, False, fn)
     if kernel is not None:
         loops = NativeLoop(kernel, options.reverse)
     else:
@@ -215,16 +215,14 @@ def _use_native(
     custom_vjp: bool,
     parallel: bool,
     fn: str,
-    resets: bool = False,
 ) -> str | None:
-    """The :mod:`seqjax.native` kernel to run, or ``None`` for ``lax.scan``."""
+    """The :mod:`seqjax.native` kernel to run, or ``None`` for ``lax.scan``. Resets do not
+    matter here: the kernels restart the carry themselves."""
     if native is False:
         return None
     kernel = seqjax_native.kernel_for(cell.recur_split)
     if kernel is not None and (parallel or not custom_vjp):
         reason = "it runs inside seqjax's own backward pass: custom_vjp=False or parallel=True"
-    elif kernel is not None and resets:
-        reason = "the kernels do not restart the carry yet (resets); the scan does"
     else:
         reason = seqjax_native.unsupported_reason(kernel, params, xs)
     if reason is None:
