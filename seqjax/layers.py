@@ -59,6 +59,16 @@ class RNNSpec(NamedTuple):
     options: UnrollOptions
     dropouts: Dropouts = Dropouts()
 
+    @property
+    def dropouts_kw(self) -> dict[str, float]:
+        """The dropout rates as :func:`rnn`'s keywords."""
+        rates = self.dropouts
+        return {
+            "recurrent_dropout": rates.recurrent,
+            "input_dropout": rates.input,
+            "zoneout": rates.zoneout,
+        }
+
 
 class BidirectionalSpec(NamedTuple):
     """A layer built by :func:`bidirectional` from these two layers."""
@@ -453,11 +463,7 @@ def _unrolled_with(layer: Layer, options: UnrollOptions, name: str) -> Layer:
     spec = layer.spec
     if isinstance(spec, RNNSpec):
         own = options.replace(reverse=spec.options.reverse, time_major=spec.options.time_major)
-        rates = spec.dropouts
-        return rnn(
-            spec.cell, options=own, recurrent_dropout=rates.recurrent, input_dropout=rates.input,
-            zoneout=rates.zoneout,
-        )  # fmt: skip
+        return rnn(spec.cell, options=own, **spec.dropouts_kw)
     if isinstance(spec, BidirectionalSpec):
         return bidirectional(
             _unrolled_with(spec.forward, options, f"{name}.forward"),

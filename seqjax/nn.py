@@ -51,13 +51,20 @@ class Recurrent(nnx.Module):
       in_features: the input size.
       rngs: ``nnx.Rngs``; the ``params`` stream draws the initial weights.
       dtype: the params' dtype (default float32).
+      recurrent_dropout, input_dropout, zoneout: the recurrent dropouts of
+        :func:`seqjax.rnn` (:mod:`seqjax.dropout`). Their masks are drawn from ``rngs``'s
+        ``dropout`` stream (or a call's ``rngs``) while the module trains; after
+        ``model.eval()`` (``deterministic=True``) dropout is off and zoneout takes its
+        expectation.
       **options: fixed options of :func:`seqjax.unroll` (``unroll``, ``remat``, ``parallel``,
         ``chunk_size``, ``hoist_projection``, ``custom_vjp``, ``native``).
     """
 
     def __init__(
-        self, cell: Cell, in_features: int, *, rngs: nnx.Rngs, dtype: Any = None, **options: Any
-    ):
+        self, cell: Cell, in_features: int, *, rngs: nnx.Rngs, dtype: Any = None,
+        recurrent_dropout: float = 0.0, input_dropout: float = 0.0, zoneout: float = 0.0,
+        **options: Any,
+    ):  # fmt: skip
         _checks.check_cell(cell, type(self).__name__)
         self.cell = nnx.static(cell)
         self.options = nnx.static(
@@ -66,6 +73,14 @@ class Recurrent(nnx.Module):
                 elsewhere="it is an argument of each call",
             )
         )  # fmt: skip
+        rates = dict(recurrent_dropout=recurrent_dropout, input_dropout=input_dropout,
+                     zoneout=zoneout)  # fmt: skip
+        # The functional layer checks the rates and the cell, and runs the masks.
+        self.with_dropout = nnx.static(
+            layers.rnn(cell, options=self.options, **rates) if any(rates.values()) else None
+        )
+        self.deterministic = False
+        self.rngs = rngs if any(rates.values()) else None
         params = cell.init(rngs.params(), in_features, dtype)
         self.param_names = nnx.static(tuple(params))
         for name, value in params.items():
@@ -92,15 +107,25 @@ class Recurrent(nnx.Module):
         reverse: bool = False,
         keep_order: bool = False,
         resets: Array | None = None,
+        rngs: nnx.Rngs | None = None,
     ):
         """``inputs (batch..., time, in_features)`` (time first with ``time_major``) ->
         outputs ``(batch..., time, out_features)``, or ``(final_carry, outputs)`` with
-        ``return_carry``; ``resets`` restart the carry (:func:`seqjax.unroll`)."""
+        ``return_carry``; ``resets`` restart the carry (:func:`seqjax.unroll`); ``rngs``
+        draws this call's dropout masks instead of the module's own."""
         lengths = _lengths(seq_lengths, lengths)
-        final, ys = unroll(
-            self.cell, self.params, inputs, carry=initial_carry, lengths=lengths, resets=resets,
-            options=self.options.replace(reverse=reverse, time_major=time_major),
-        )  # fmt: skip
+        options = self.options.replace(reverse=reverse, time_major=time_major)
+        if self.with_dropout is not None:
+            layer = layers.rnn(self.cell, options=options, **self.with_dropout.spec.dropouts_kw)
+            key = None if self.deterministic else (rngs or self.rngs).dropout()
+            final, ys = layer.apply(
+                self.params, inputs, carry=initial_carry, lengths=lengths, resets=resets, key=key
+            )
+        else:
+            final, ys = unroll(
+                self.cell, self.params, inputs, carry=initial_carry, lengths=lengths,
+                resets=resets, options=options,
+            )  # fmt: skip
         if reverse and not keep_order:
             time_axis = 0 if time_major else ys.ndim - 2
             ys = layers.reverse_sequences(ys, lengths, time_axis)

@@ -179,3 +179,16 @@ def test_options_are_checked_when_the_module_is_built(options, error, match):
 def test_bidirectional_needs_modules():
     with pytest.raises(TypeError, match=r"forward must be a seqjax\.nn recurrent module; got Cell"):
         snn.Bidirectional(seqjax.lstm(H), seqjax.lstm(H))
+
+
+def test_recurrent_dropout_of_the_modules_equals_the_functional_layer():
+    module = snn.GRU(3, 4, rngs=nnx.Rngs(0), recurrent_dropout=0.4, zoneout=0.2)
+    xs = jax.random.normal(jax.random.key(1), (2, 6, 3))
+    layer = seqjax.rnn(seqjax.gru(4), recurrent_dropout=0.4, zoneout=0.2)
+    trained = module(xs, rngs=nnx.Rngs(dropout=7))
+    expected = layer.apply(module.params, xs, key=nnx.Rngs(dropout=7).dropout())[1]
+    np.testing.assert_allclose(trained, expected, atol=1e-6)
+    module.eval()
+    np.testing.assert_allclose(module(xs), layer.apply(module.params, xs)[1], atol=1e-6)
+    with pytest.raises(ValueError, match="zoneout must be a probability"):
+        snn.LSTM(3, 4, rngs=nnx.Rngs(0), zoneout=1.5)
