@@ -32,7 +32,6 @@ CASES = [
     ("lstm", {}),
     ("lstm", {"remat": True}),
     ("gru", {"custom_vjp": False}),
-    ("rnn", {"unroll": 2, "native": False}),
     ("min_gru_log", {"parallel": True}),
     ("lru", {"parallel": True, "chunk_size": 4}),
 ]
