@@ -163,6 +163,12 @@ def rnn(
                            (input_dropout, "input_dropout"), (zoneout, "zoneout"))
     ))  # fmt: skip
     recurrent_dropout_.check_cell(cell, dropouts, "rnn")
+    if (dropouts.recurrent > 0 or dropouts.zoneout > 0) and options.native:
+        raise ValueError(
+            "rnn: native=True, but the native kernels take no dropout masks: recurrent_dropout "
+            "(with a key) and zoneout run on the scan. Pass native=None to use the kernels "
+            "wherever no mask is drawn"
+        )
     if dropouts.any and options.parallel:
         raise ValueError(
             "rnn: dropout and zoneout run step by step, and parallel=True is the associative "

@@ -51,11 +51,12 @@ class Recurrent(nnx.Module):
       in_features: the input size.
       rngs: ``nnx.Rngs``; the ``params`` stream draws the initial weights.
       dtype: the params' dtype (default float32).
-      recurrent_dropout, input_dropout, zoneout: the recurrent dropouts of
-        :func:`seqjax.rnn` (:mod:`seqjax.dropout`). Their masks are drawn from ``rngs``'s
+      recurrent_dropout: variational dropout of the recurrent state, as in
+        :func:`seqjax.rnn` (:mod:`seqjax.dropout`). The masks are drawn from ``rngs``'s
         ``dropout`` stream (or a call's ``rngs``) while the module trains; after
-        ``model.eval()`` (``deterministic=True``) dropout is off and zoneout takes its
-        expectation.
+        ``model.eval()`` (``deterministic=True``) dropout is off.
+      input_dropout: variational dropout of the inputs, likewise.
+      zoneout: zoneout, likewise; after ``model.eval()`` each step takes its expectation.
       **options: fixed options of :func:`seqjax.unroll` (``unroll``, ``remat``, ``parallel``,
         ``chunk_size``, ``hoist_projection``, ``custom_vjp``, ``native``).
     """

@@ -164,6 +164,8 @@ def test_bad_dropout_settings_get_named_errors():
         seqjax.rnn(seqjax.lstm(H), zoneout=-0.1)
     with pytest.raises(ValueError, match="recurrent_dropout masks the state"):
         seqjax.rnn(seqjax.lru(H, D), recurrent_dropout=0.2)
+    with pytest.raises(ValueError, match="native kernels take no dropout masks"):
+        seqjax.rnn(seqjax.lstm(H), zoneout=0.1, native=True)
     with pytest.raises(ValueError, match="parallel=True"):
         seqjax.rnn(seqjax.min_gru(H), parallel=True, input_dropout=0.1)
     lru = seqjax.lru(H, D)
