@@ -153,23 +153,13 @@ def sequence_forward(cfg: Config, params: dict, carry0: Any, obs: jax.Array, sta
     """The network over whole rollouts, ``obs (N, T, 2)``, ``start (N, T)``, in one
     :func:`seqjax.unroll` call. Returns logits ``(N, T, 2)`` and values ``(N, T)``.
 
-    ``unroll``'s ``resets`` set the carry back to the *given* carry, not to zeros; here the
-    given carry is ``carry0`` (an episode's state in mid-flight), while a new episode must
-    start from zeros. So the batch is run twice in the same call: once from ``carry0`` without
-    resets (right up to each row's first episode start) and once from zeros with the resets
-    (right from it on), and each step takes its output from the run that is right for it. No
-    gradient reaches a step from the run it does not take, and none crosses a reset."""
+    The rollout goes on from ``carry0`` (each environment's state in mid-episode), and each
+    new episode starts from zeros: ``resets`` flag the episode starts and ``reset_carry`` is
+    the carry they restart from. No gradient crosses a reset."""
     cell = seqjax.lstm(cfg.hidden)
-    n = obs.shape[0]
     xs = encode(params, obs)
-    zeros = cell.initial_carry(params["lstm"], (n,))
-    carry = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), carry0, zeros)
-    resets = jnp.concatenate([jnp.zeros_like(start), start])
-    _, ys = seqjax.unroll(
-        cell, params["lstm"], jnp.concatenate([xs, xs]), carry=carry, resets=resets
-    )
-    first_episode = (jnp.cumsum(start, axis=1) == 0)[..., None]
-    h = jnp.where(first_episode, ys[:n], ys[n:])
+    zeros = cell.initial_carry(params["lstm"], (obs.shape[0],))
+    _, h = seqjax.unroll(cell, params["lstm"], xs, carry=carry0, resets=start, reset_carry=zeros)
     return heads(params, h)
 
 

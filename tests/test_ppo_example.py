@@ -50,8 +50,8 @@ def test_resets_reproduce_acting_states(ppo):
     logits, values = ppo.sequence_forward(cfg, runner.params, ro.carry0, ro.obs, ro.start)
     np.testing.assert_allclose(ppo.log_prob(logits, ro.action), ro.logp, atol=1e-5)
     np.testing.assert_allclose(values, ro.value, atol=1e-5)
-    # Why the example runs the batch twice: unroll's resets restart from the given carry
-    # (here carry0), not from zeros, so one plain call with carry0 gets new episodes wrong.
+    # Why the example passes reset_carry: without it, resets restart from the given carry
+    # (here carry0), not from zeros, and new episodes come out wrong.
     cell = seqjax.lstm(cfg.hidden)
     xs = ppo.encode(runner.params, ro.obs)
     _, ys = seqjax.unroll(cell, runner.params["lstm"], xs, carry=ro.carry0, resets=ro.start)
