@@ -163,10 +163,12 @@ def checked_carry(
     return carry
 
 
-def check_carry(cell: Any, params: Any, carry: Any, batch_shape: tuple[int, ...], fn: str) -> None:
+def check_carry(
+    cell: Any, params: Any, carry: Any, batch_shape: tuple[int, ...], fn: str, name: str = "carry"
+) -> None:
     """The carry must have the structure, shapes and dtypes of ``cell.initial_carry``."""
     expected = jax.eval_shape(lambda p: cell.initial_carry(p, batch_shape), params)
-    check_tree_like(carry, expected, "carry", fn, f"cell.initial_carry(params, {batch_shape})")
+    check_tree_like(carry, expected, name, fn, f"cell.initial_carry(params, {batch_shape})")
 
 
 def check_tree_like(value: Any, expected: Any, name: str, fn: str, source: str) -> None:

@@ -96,8 +96,7 @@ def zoneout_cell(cell: Cell) -> Cell:
     split = cell.recur_split
 
     def mask_width(params: Params) -> int:
-        carry = jax.eval_shape(lambda: cell.initial_carry(params, ()))
-        return sum(leaf.shape[-1] for leaf in jax.tree.leaves(carry))
+        return zoneout_width(cell, params)
 
     def project(params: Params, xs: Array) -> Array:
         k = mask_width(params)
@@ -137,6 +136,12 @@ def zoneout_cell(cell: Cell) -> Cell:
         recur_split=zoned_split,
         linear=None,
     )
+
+
+def zoneout_width(cell: Cell, params: Params) -> int:
+    """Columns of a step's zoneout mask: one per unit of every leaf of ``cell``'s carry."""
+    carry = jax.eval_shape(lambda: cell.initial_carry(params, ()))
+    return sum(leaf.shape[-1] for leaf in jax.tree.leaves(carry))
 
 
 def hidden_output(carry: Carry, cell: Cell) -> Array:

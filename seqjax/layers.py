@@ -213,8 +213,7 @@ def _apply_with_dropout(cell, dropouts, options, params, xs, lengths, carry, key
     run_cell = cell
     if dropouts.zoneout > 0:
         run_cell = recurrent_dropout_.zoneout_cell(run_cell)
-        zeros = jax.eval_shape(lambda: cell.initial_carry(params, ()))
-        shape = (*xs.shape[:-1], sum(leaf.shape[-1] for leaf in jax.tree.leaves(zeros)))
+        shape = (*xs.shape[:-1], recurrent_dropout_.zoneout_width(cell, params))
         if key is None:  # the expectation, as at test time in the paper
             keep_old = jnp.full(shape, dropouts.zoneout, dtype)
         else:

@@ -76,10 +76,9 @@ class Recurrent(nnx.Module):
         )  # fmt: skip
         rates = dict(recurrent_dropout=recurrent_dropout, input_dropout=input_dropout,
                      zoneout=zoneout)  # fmt: skip
-        # The functional layer checks the rates and the cell, and runs the masks.
-        self.with_dropout = nnx.static(
-            layers.rnn(cell, options=self.options, **rates) if any(rates.values()) else None
-        )
+        if any(rates.values()):
+            layers.rnn(cell, options=self.options, **rates)  # checks the rates and the cell
+        self.dropout_rates = nnx.static(rates if any(rates.values()) else None)
         self.deterministic = False
         self.rngs = rngs if any(rates.values()) else None
         params = cell.init(rngs.params(), in_features, dtype)
@@ -116,8 +115,8 @@ class Recurrent(nnx.Module):
         draws this call's dropout masks instead of the module's own."""
         lengths = _lengths(seq_lengths, lengths)
         options = self.options.replace(reverse=reverse, time_major=time_major)
-        if self.with_dropout is not None:
-            layer = layers.rnn(self.cell, options=options, **self.with_dropout.spec.dropouts_kw)
+        if self.dropout_rates is not None:
+            layer = layers.rnn(self.cell, options=options, **self.dropout_rates)
             key = None if self.deterministic else (rngs or self.rngs).dropout()
             final, ys = layer.apply(
                 self.params, inputs, carry=initial_carry, lengths=lengths, resets=resets, key=key

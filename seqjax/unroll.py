@@ -99,7 +99,8 @@ def unroll(
     if resets is not None:
         resets = _checks.check_resets(resets, xs.shape[:-1], fn, options.time_major)
         resets = _restart_flags(resets, lengths, time_axis, options.reverse)
-    reset_carry = _checked_reset_carry(cell, params, reset_carry, resets, carry, fn)
+    batch_shape = xs.shape[1:-1] if time_axis == 0 else xs.shape[:-2]
+    reset_carry = _checked_reset_carry(cell, params, reset_carry, resets, batch_shape, fn)
     if options.custom_vjp is None and not options.parallel and cell.recur_split is not None:
         options = options.replace(custom_vjp=True)
     if options.hoist_projection is None:
@@ -113,7 +114,7 @@ def unroll(
     )
 
 
-def _checked_reset_carry(cell, params, reset_carry, resets, carry, fn):
+def _checked_reset_carry(cell, params, reset_carry, resets, batch_shape, fn):
     """``reset_carry``, checked like ``carry``; it needs ``resets``."""
     if reset_carry is None:
         return None
@@ -122,9 +123,7 @@ def _checked_reset_carry(cell, params, reset_carry, resets, carry, fn):
             f"{fn}: reset_carry is the carry resets restart from, but no resets were given; "
             "pass resets=, or leave out reset_carry"
         )
-    expected = jax.eval_shape(lambda: carry)
-    source = "the carry (cell.initial_carry(params, batch_shape))"
-    _checks.check_tree_like(reset_carry, expected, "reset_carry", fn, source)
+    _checks.check_carry(cell, params, reset_carry, batch_shape, fn, "reset_carry")
     return reset_carry
 
 

@@ -28,6 +28,17 @@ def inputs(key=1):
     return jax.random.normal(jax.random.key(key), (B, T, D), jnp.result_type(float))
 
 
+def run_rnn(key: int, **rates):
+    """A tanh RNN with these dropout rates on ``inputs()``, with a key: ``(params as NumPy,
+    xs, ys, h_prev)``, ``h_prev[:, t]`` the state before step t."""
+    cell, params = rnn_params()
+    xs = inputs()
+    _, ys = seqjax.rnn(cell, **rates).apply(params, xs, key=jax.random.key(key))
+    ys = np.asarray(ys)
+    h_prev = np.concatenate([np.zeros((B, 1, H)), ys[:, :-1]], axis=1)
+    return {k: np.asarray(v) for k, v in params.items()}, np.asarray(xs), ys, h_prev
+
+
 def pre_activations(params, xs, ys):
     """``atanh(h_t) - x_t W_ih - b``: what the recurrent product contributed at each step."""
     p = {k: np.asarray(v) for k, v in params.items()}
@@ -53,16 +64,11 @@ def test_variational_recurrent_mask_is_one_per_sequence_and_constant_over_time(x
 
 
 def test_variational_input_mask_is_one_per_sequence_and_constant_over_time(x64):
-    cell, params = rnn_params()
-    xs = inputs()
     rate = 0.5
-    _, ys = seqjax.rnn(cell, input_dropout=rate).apply(params, xs, key=jax.random.key(3))
-    p = {k: np.asarray(v) for k, v in params.items()}
-    ys = np.asarray(ys)
-    h_prev = np.concatenate([np.zeros((B, 1, H)), ys[:, :-1]], axis=1)
+    p, xs, ys, h_prev = run_rnn(3, input_dropout=rate)
     projected = np.arctanh(ys) - p["b_ih"] - p["b_hh"] - h_prev @ p["w_hh"]  # (x * m) W_ih
     x_masked = np.linalg.lstsq(p["w_ih"].T, projected.reshape(-1, H).T, rcond=None)[0]
-    masks = x_masked.T.reshape(B, T, D) / np.asarray(xs)
+    masks = x_masked.T.reshape(B, T, D) / xs
     np.testing.assert_allclose(masks, np.broadcast_to(masks[:, :1], masks.shape), atol=1e-6)
     kept = np.isclose(masks[:, 0], 1 / (1 - rate), atol=1e-6)
     assert np.all(kept | np.isclose(masks[:, 0], 0, atol=1e-6))
@@ -82,14 +88,9 @@ def test_dropout_is_off_without_a_key(cell_name):
 
 
 def test_zoneout_keeps_old_units_or_takes_new_ones(x64):
-    cell, params = rnn_params()
-    xs = inputs()
     rate = 0.3
-    _, ys = seqjax.rnn(cell, zoneout=rate).apply(params, xs, key=jax.random.key(2))
-    p = {k: np.asarray(v) for k, v in params.items()}
-    ys = np.asarray(ys)
-    h_prev = np.concatenate([np.zeros((B, 1, H)), ys[:, :-1]], axis=1)
-    new = np.tanh(np.asarray(xs) @ p["w_ih"] + p["b_ih"] + h_prev @ p["w_hh"] + p["b_hh"])
+    p, xs, ys, h_prev = run_rnn(2, zoneout=rate)
+    new = np.tanh(xs @ p["w_ih"] + p["b_ih"] + h_prev @ p["w_hh"] + p["b_hh"])
     kept = np.isclose(ys, h_prev, atol=1e-12)
     assert np.all(kept | np.isclose(ys, new, atol=1e-12))
     assert 0.1 < kept.mean() < 0.5  # about the rate
