@@ -28,6 +28,7 @@ WRITERS = {
     "native_tails_idle20ms": "python -m benchmarks.native_tails --idle-ms 20",
     "page_faults": "python -m benchmarks.page_faults",
     "streaming": "python -m benchmarks.streaming",
+    "own_data": "python -m benchmarks.own_data",
 }
 
 

@@ -66,8 +66,10 @@ def test_a_mistyped_command_leaves_the_previous_run_untouched(
     finished_run, tmp_path, monkeypatch, capsys, argv, message, where
 ):
     monkeypatch.chdir(tmp_path)
-    if where == "runs/latest":
-        run_dir, extra = copy_run(finished_run, tmp_path / "runs" / "latest"), []
+    if where == "runs/latest":  # a new run's own folder: nothing may appear beside the old
+        copy_run(finished_run, tmp_path / "runs" / "adding-20260101-000000")
+        (tmp_path / "runs" / "latest").symlink_to("adding-20260101-000000")
+        run_dir, extra = tmp_path / "runs", []
     else:
         run_dir = copy_run(finished_run, tmp_path / "R")
         extra = ["--run-dir", str(run_dir), "--overwrite"]
@@ -75,6 +77,8 @@ def test_a_mistyped_command_leaves_the_previous_run_untouched(
     assert cli.main(["train", *extra, *argv]) == 2
     assert message in one_line_error(capsys)
     assert snapshot(run_dir) == before
+    if where == "runs/latest":
+        assert sorted(p.name for p in run_dir.iterdir()) == ["adding-20260101-000000", "latest"]
 
 
 def _python(*args: str, **kwargs) -> subprocess.Popen:

@@ -1,79 +1,12 @@
-"""What the commands share: the cells they offer, the model they build, the usage error."""
+"""What the commands share: the usage error; the cells and the model live in
+:mod:`seqjax.train.model`."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import NamedTuple
+from seqjax.train.model import CELLS, TRAIN_CELLS, Model, build_model
 
-import jax
-import jax.numpy as jnp
-
-import seqjax
-
-CELLS: dict[str, Callable[[int], seqjax.Cell]] = {
-    "rnn": lambda h: seqjax.simple_rnn(h),
-    "gru": lambda h: seqjax.gru(h),
-    "lstm": lambda h: seqjax.lstm(h),
-}
-# `seqjax train` also offers the IRNN (Le et al. 2015): relu, identity recurrent init, the
-# IndRNN (Li et al. 2018), and recurrences linear in the state, trained with a parallel scan:
-# minGRU and minLSTM in log space (Feng et al. 2024), and the LRU (Orvieto et al. 2023) with a
-# GELU input layer in front (it is linear in its inputs otherwise).
-TRAIN_CELLS = {
-    **CELLS,
-    "irnn": lambda h: seqjax.irnn(h),
-    "indrnn": lambda h: seqjax.indrnn(h),
-    "min_gru": lambda h: seqjax.min_gru(h, log_space=True),
-    "min_lstm": lambda h: seqjax.min_lstm(h, log_space=True),
-    "lru": lambda h: seqjax.lru(h, h, r_min=0.4, r_max=0.99, input_layer=True),
-}
+__all__ = ["CELLS", "TRAIN_CELLS", "Model", "UsageError", "build_model"]
 
 
 class UsageError(Exception):
     """A bad command-line value: reported as one line on stderr, exit code 2."""
-
-
-class Model(NamedTuple):
-    """A ``stack`` of recurrent layers and a linear read-out: ``init(key) -> params``,
-    ``apply(params, batch, key) -> predictions``, and ``step(params, carry, ids) -> (carry,
-    logits)``, one step at a time for sampling a language model."""
-
-    init: Callable
-    apply: Callable
-    step: Callable
-    stack: seqjax.Layer
-    encode: Callable  # batch["inputs"] -> what the stack reads (one-hot for token ids)
-    read_out: Callable  # (params, ys) -> predictions
-
-
-def build_model(
-    task, cell_name: str, hidden: int, layers: int, dropout: float,
-    make_cell: Callable[[int], seqjax.Cell] | None = None,
-) -> Model:  # fmt: skip
-    make_cell = make_cell or TRAIN_CELLS[cell_name]
-    cells = [make_cell(hidden) for _ in range(layers)]
-    stack = seqjax.stack(*[seqjax.rnn(c, parallel=c.linear is not None) for c in cells],
-                         dropout=dropout)  # fmt: skip
-
-    def init(key):
-        k_rnn, k_out = jax.random.split(key)
-        out = jax.random.normal(k_out, (hidden, task.output_size)) / jnp.sqrt(hidden)
-        return {"rnn": stack.init(k_rnn, task.input_size), "w_out": out,
-                "b_out": jnp.zeros(task.output_size)}  # fmt: skip
-
-    def encode(inputs):
-        return jax.nn.one_hot(inputs, task.input_size) if task.token_inputs else inputs
-
-    def read_out(params, ys):
-        features = ys if task.per_step else ys[:, -1]
-        return features @ params["w_out"] + params["b_out"]
-
-    def apply(params, batch, key):
-        _, ys = stack.apply(params["rnn"], encode(batch["inputs"]), key=key)
-        return read_out(params, ys)
-
-    def step(params, carry, ids):
-        carry, ys = stack.apply(params["rnn"], encode(ids[:, None]), carry=carry)
-        return carry, ys[:, 0] @ params["w_out"] + params["b_out"]
-
-    return Model(init, apply, step, stack, encode, read_out)

@@ -13,7 +13,7 @@ import numpy as np
 
 import seqjax
 from seqjax.cli.common import TRAIN_CELLS, Model, UsageError, build_model
-from seqjax.cli.train import run_optimizer
+from seqjax.cli.train import data_options, run_optimizer
 
 
 def _diagnose_cell(name: str, init: str, scale: float | None) -> Callable[[int], seqjax.Cell]:
@@ -78,7 +78,11 @@ def diagnose_command(args: argparse.Namespace) -> int:
             raise UsageError(f"{str(files[-1])!r} holds no run config; was it written by "
                              "`seqjax train`?")  # fmt: skip
         run = argparse.Namespace(**config)
-        task = registry.get(run.task, run.seq_len, run.seed, corpus=run.corpus)
+        try:
+            task = registry.get(run.task, run.seq_len, run.seed, corpus=run.corpus,
+                                **data_options(run))  # fmt: skip
+        except (ValueError, OSError) as err:  # the run's data file moved or changed
+            raise UsageError(f"--run-dir {args.run_dir!r}: {err}") from None
         model = build_model(task, run.cell, run.hidden, run.layers, run.dropout)
         template = train.TrainState.create(model.init(jax.random.key(run.seed)), run_optimizer(run))
         batch = train.batch_for_step(task.train, 0, min(args.batch_size, 256), args.seed)

@@ -4,9 +4,12 @@ against the task's baselines; the run directory keeps metrics.jsonl, checkpoints
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import os
 import pathlib
+import shutil
 import statistics
 import time
 import warnings
@@ -16,11 +19,13 @@ import jax.numpy as jnp
 import optax
 
 from seqjax.cli.common import Model, UsageError, build_model
+from seqjax.train.model import ModelShape
 
 
-def _check_arguments(args: argparse.Namespace) -> pathlib.Path:
+def _check_arguments(args: argparse.Namespace) -> pathlib.Path | None:
     """Checks every setting that needs no task data; changes nothing on disk (but to finish a
-    replacement that a killed run left half done, see ``seqjax.train.rundir``)."""
+    replacement that a killed run left half done, see ``seqjax.train.rundir``). Returns the run
+    directory, or None for a new run in a folder of its own."""
     from seqjax.tasks import registry
     from seqjax.train import rundir
 
@@ -39,30 +44,68 @@ def _check_arguments(args: argparse.Namespace) -> pathlib.Path:
                          "pass one of them")  # fmt: skip
     if args.new_schedule and not args.resume:
         raise UsageError("--new-schedule applies to a resumed run; pass --resume too")
-    run_dir = pathlib.Path(args.run_dir or DEFAULT_RUN_DIR)
-    try:
-        rundir.check_writable(run_dir, "--run-dir")
-    except rundir.RunDirError as err:
-        raise UsageError(str(err)) from None
-    rundir.recover(run_dir)
+    if args.overwrite and args.run_dir is None:
+        raise UsageError("--overwrite replaces the run in --run-dir; pass --run-dir too (without "
+                         "it, each new run gets a folder of its own under runs/)")  # fmt: skip
+    new_folder = args.run_dir is None and not args.resume
+    run_dir = pathlib.Path(args.run_dir or pathlib.Path(RUNS_ROOT, "latest"))
+    _check_writable(pathlib.Path(RUNS_ROOT) if new_folder else run_dir)
+    if not new_folder:
+        rundir.recover(run_dir)
     if args.task not in registry.TASKS:
         known = ", ".join(registry.TASKS)
         raise UsageError(f"--task: unknown task {args.task!r}; expected one of {known}")
+    _check_data_options(args)
+    if new_folder:
+        return None  # a new folder, made once the task's data has loaded
     if args.resume and not (run_dir / "checkpoints").is_dir():
         raise UsageError(f"--resume: nothing to resume in {str(run_dir)!r} (no checkpoints/)")
     previous = rundir.previous_run(run_dir)
-    if previous and not args.resume and not _replaces(args):
+    if previous and not args.resume and not args.overwrite:
         raise UsageError(
             f"--run-dir {str(run_dir)!r} holds another run "
             f"({', '.join(p.name for p in previous)}); pass --resume to continue it, "
-            "--overwrite to replace it, or another --run-dir"
+            "--overwrite to replace it, or another --run-dir (or none: a new folder)"
         )
     return run_dir
 
 
-def _replaces(args: argparse.Namespace) -> bool:
-    """Whether a new run replaces the one in its run dir (runs/latest: each new run does)."""
-    return args.overwrite or args.run_dir is None
+def _check_writable(run_dir: pathlib.Path) -> None:
+    from seqjax.train import rundir
+
+    try:
+        rundir.check_writable(run_dir, "--run-dir")
+    except rundir.RunDirError as err:
+        raise UsageError(str(err)) from None
+
+
+def _check_data_options(args: argparse.Namespace) -> None:
+    """The options of the tasks on a user's file: given where they apply, and in range."""
+    from seqjax.tasks import registry
+
+    own = args.task in registry.OWN_DATA
+    if own and args.data is None:
+        raise UsageError(f"--task {args.task} trains on your file: pass --data FILE")
+    if args.window is not None and args.seq_len is not None:
+        raise UsageError("--window and --seq-len name the same setting; pass one of them")
+    for name in ("horizon", "window", "period"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UsageError(f"--{name} must be a positive integer; got {value}")
+    if args.task == "forecast" and args.target is None:
+        raise UsageError("--task forecast needs --target COLUMN, the column to forecast")
+    for name in ("target", "horizon", "period", "level_input"):
+        if getattr(args, name) not in (None, False) and args.task != "forecast":
+            raise UsageError(f"--{name} applies to --task forecast, not {args.task!r}")
+    if not own:
+        for name in ("data", "features", "window"):
+            if getattr(args, name) is not None:
+                tasks = ", ".join(registry.OWN_DATA)
+                raise UsageError(f"--{name} applies to the tasks on your own data ({tasks}), "
+                                 f"not {args.task!r}")  # fmt: skip
+
+
+RUNS_ROOT = "runs"  # new runs: runs/<task>-<time>, and the link runs/latest to the newest
 
 
 DEFAULT_RUN_DIR = "runs/latest"
@@ -95,7 +138,8 @@ def _check_resumable(run_dir: pathlib.Path, config: dict) -> tuple[int, dict]:
 
 
 RESUME_KEYS = ("task", "cell", "hidden", "layers", "dropout", "seq_len", "corpus",
-               "batch_size", "seed")  # fmt: skip
+               "batch_size", "seed", "data", "target", "features", "horizon",
+               "period", "level_input")  # fmt: skip
 
 
 def _sample_text(task, model: Model, params, seed: int, length: int = 400) -> str:
@@ -174,24 +218,44 @@ def _resumed_schedule(args: argparse.Namespace, step: int, stored: dict, lr_give
 
 
 CONFIG_KEYS = ("task", "cell", "hidden", "layers", "dropout", "seq_len", "corpus", "steps",
-               "batch_size", "lr", "clip_norm", "seed", "schedule")  # fmt: skip
+               "batch_size", "lr", "clip_norm", "seed", "schedule", "data", "target",
+               "features", "horizon", "period", "level_input", "model_shape",
+               "data_spec")  # fmt: skip
 
 
 def _config(args: argparse.Namespace) -> dict:
-    """The settings that rebuild a run's model, data and optimizer, kept in its checkpoints."""
-    return {key: getattr(args, key) for key in CONFIG_KEYS}
+    """The settings that rebuild a run's model, data and optimizer, kept in its checkpoints
+    (``model_shape`` and ``data_spec``: what ``seqjax.train.load_run`` needs to use the run)."""
+    return {key: getattr(args, key, None) for key in CONFIG_KEYS}
 
 
-def train_command(args: argparse.Namespace) -> int:
-    from seqjax import train
+def data_options(settings: argparse.Namespace) -> dict:
+    """The options of a task on a user's file, from the command line or a run's config."""
     from seqjax.tasks import registry
 
-    run_dir = _check_arguments(args)
-    lr_given = args.lr is not None
+    if settings.task not in registry.OWN_DATA:
+        return {}
+    options = {"data": settings.data, "features": tuple(settings.features or ())}
+    if settings.task == "forecast":
+        options.update(target=settings.target, horizon=settings.horizon or 1,
+                       period=settings.period,
+                       level_input=bool(getattr(settings, "level_input", False)))  # fmt: skip
+    return options
+
+
+def _load_task(args: argparse.Namespace):
+    """The task the arguments name, with its defaults filled into ``args``."""
+    from seqjax.tasks import registry
+
+    if args.window is not None:
+        args.seq_len = args.window
     try:
-        task = registry.get(args.task, args.seq_len, args.seed, corpus=args.corpus)
+        task = registry.get(args.task, args.seq_len, args.seed, corpus=args.corpus,
+                            **data_options(args))  # fmt: skip
     except (ValueError, ImportError, OSError) as err:
         raise UsageError(str(err)) from err
+    if args.task == "forecast":
+        args.seq_len, args.horizon = task.spec["window"], task.spec["horizon"]
     if args.seq_len is None:
         args.seq_len = registry.TASKS[args.task][1]
     for name, value in (task.defaults or {}).items():
@@ -201,43 +265,110 @@ def train_command(args: argparse.Namespace) -> int:
         examples = len(task.train["targets"])
         raise UsageError(f"--batch-size {args.batch_size} is larger than the {examples} "
                          f"training examples of {task.name}")  # fmt: skip
+    args.model_shape = ModelShape.of(task)._asdict()
+    args.data_spec = task.spec
+    if args.data is not None:
+        args.data = str(pathlib.Path(args.data).resolve())
+    return task
+
+
+def train_command(args: argparse.Namespace) -> int:
+    from seqjax import train
+
+    run_dir = _check_arguments(args)
+    lr_given = args.lr is not None
+    task = _load_task(args)
     args.schedule = cosine_schedule(args.lr, 0, args.steps + 1)
     if args.resume:
         step, stored = _check_resumable(run_dir, _config(args))
         args.schedule = _resumed_schedule(args, step, stored, lr_given)
     model = build_model(task, args.cell, args.hidden, args.layers, args.dropout)
     params = model.init(jax.random.key(args.seed))
-    print(f"seqjax train: {task.name}, {args.layers}-layer {args.cell} (hidden {args.hidden}), "
-          f"{args.steps} steps of batch {args.batch_size}, lr {args.lr}, clip_norm "
-          f"{args.clip_norm}, run dir {run_dir}", flush=True)  # fmt: skip
-    optimizer = run_optimizer(args)
-    start = time.perf_counter()
-    params, history = train.fit(
-        model.apply, task.loss, params, optimizer, task.train, steps=args.steps,
-        batch_size=args.batch_size, eval_data=task.test, eval_every=max(1, args.steps // 10),
-        metrics=lambda p, b: {task.metric_key: task.metric(p, b)}, clip_norm=args.clip_norm,
-        seed=args.seed, run_dir=run_dir, checkpoint_every=max(1, args.steps // 10),
-        keep_checkpoints=11,  # all of them: `seqjax diagnose --run-dir` draws each
-        resume=args.resume, overwrite=_replaces(args) and not args.resume, config=_config(args),
-        time_limit=None if args.max_minutes is None else 60 * args.max_minutes,
-        mesh=_mesh(args),
-    )  # fmt: skip
+    with _run_folder(run_dir, args.task) as run_dir:
+        print(f"seqjax train: {task.name}, {args.layers}-layer {args.cell} (hidden "
+              f"{args.hidden}), {args.steps} steps of batch {args.batch_size}, lr {args.lr}, "
+              f"clip_norm {args.clip_norm}, run dir {run_dir}", flush=True)  # fmt: skip
+        start = time.perf_counter()
+        params, history = train.fit(
+            model.apply, task.loss, params, run_optimizer(args), task.train, steps=args.steps,
+            batch_size=args.batch_size, eval_data=task.test,
+            eval_every=max(1, args.steps // 10), clip_norm=args.clip_norm,
+            metrics=lambda p, b: {task.metric_key: task.metric(p, b)},
+            seed=args.seed, run_dir=run_dir, checkpoint_every=max(1, args.steps // 10),
+            keep_checkpoints=11,  # all of them: `seqjax diagnose --run-dir` draws each
+            resume=args.resume, overwrite=args.overwrite, config=_config(args),
+            time_limit=None if args.max_minutes is None else 60 * args.max_minutes,
+            mesh=_mesh(args),
+        )  # fmt: skip
+    _report(args, task, model, params, history, run_dir, time.perf_counter() - start)
+    return 0
+
+
+@contextlib.contextmanager
+def _run_folder(run_dir: pathlib.Path | None, task_name: str):
+    """``run_dir``, or a new folder ``runs/<task>-<time>`` that ``runs/latest`` points at;
+    a new folder the run ends without using (an error before its first file) is removed and
+    the link put back."""
+    from seqjax.train import rundir, runs
+
+    if run_dir is not None:
+        yield run_dir
+        return
+    root = pathlib.Path(RUNS_ROOT)
+    latest = root / runs.LATEST
+    before = os.readlink(latest) if latest.is_symlink() else None
+    run_dir = runs.new_run_dir(root, task_name)
+    if not runs.point_latest(run_dir):
+        print(f"note: {latest} is a folder (a run of an earlier seqjax), not a link; it is left "
+              f"as it is, and this run is in {run_dir}", flush=True)  # fmt: skip
+    try:
+        yield run_dir
+    except BaseException:
+        if not rundir.previous_run(run_dir):
+            shutil.rmtree(run_dir, ignore_errors=True)
+            if before is not None and latest.is_symlink():
+                runs.point_latest(root / before)
+            elif latest.is_symlink():
+                latest.unlink()
+        raise
+
+
+def _report(args, task, model: Model, params, history: list[dict], run_dir: pathlib.Path,
+            seconds: float) -> None:  # fmt: skip
+    """The run's result: ``result.json``, and one line with the verdict."""
     value = float(history[-1][f"eval_{task.metric_key}"])
     args.steps_done = int(history[-1]["step"])
-    verdict = task.verdict(value)
     rates = [r["steps_per_s"] for r in history if r.get("steps_per_s")]
     result = {**_config(args), "task": task.name, "metric": task.metric_name,
               "value": value, "baselines": task.all_baselines(),
               "baseline": task.baseline, "baseline_name": task.baseline_name,
-              "verdict": verdict, "steps_done": args.steps_done,
+              "steps_done": args.steps_done,
               "steps_per_s": round(statistics.median(rates), 2) if rates else None,
-              "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
+              "seconds": round(seconds, 1)}  # fmt: skip
+    if task.holdout is not None:  # own data: the figure is the test split's, once, at the end
+        result["validation"] = value
+        result["test"] = _holdout(task, model, params)
+        value = result["value"] = result["test"][task.metric_key]
+        if task.extras and "baseline_errors" in task.extras:
+            result["baseline_errors"] = task.extras["baseline_errors"]
+    result["verdict"] = verdict = task.verdict(value)
     if task.token_inputs:
         result["sample"] = _sample_text(task, model, params, args.seed)
         print(f"sample (temperature 0.8):\n{result['sample']}\n")
-    (run_dir / "result.json").write_text(json.dumps(result, indent=1) + "\n")
+    result_path = run_dir / "result.json"
+    temporary = result_path.with_name(".result.json.tmp")
+    temporary.write_text(json.dumps(result, indent=1) + "\n")
+    os.replace(temporary, result_path)
     baselines = ", ".join(f"{name} {v:.4f}" for name, v in task.all_baselines().items())
     plural = "s" if len(task.all_baselines()) > 1 else ""
     print(f"{task.name} {args.cell}: {task.metric_name} {value:.4f} "
           f"(baseline{plural}: {baselines}): {verdict}")  # fmt: skip
-    return 0
+
+
+def _holdout(task, model: Model, params) -> dict[str, float]:
+    """The test split's figures (``task.holdout_metrics``), predicted in batches."""
+    from seqjax.train import runs
+
+    loaded = runs.LoadedRun(model, params, {}, 0)
+    predictions = runs.predict(loaded, task.holdout)
+    return task.holdout_metrics(predictions, task.holdout)

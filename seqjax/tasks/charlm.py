@@ -229,7 +229,7 @@ def unigram_bits_per_character(data: Data) -> float:
 # -------------------------------------------------------------------------------------- sampling
 
 
-@functools.partial(jax.jit, static_argnames=("step_fn", "length", "greedy"))
+@functools.partial(jax.jit, static_argnames=("step_fn", "length", "greedy", "top_k"))
 def _generate(
     step_fn: StepFn,
     params: Any,
@@ -239,6 +239,7 @@ def _generate(
     temperature: jax.Array,
     length: int,
     greedy: bool,
+    top_k: int | None = None,
 ) -> jax.Array:
     def feed(carry: Any, token: jax.Array) -> tuple[Any, None]:
         carry, _ = step_fn(params, carry, token)
@@ -254,6 +255,9 @@ def _generate(
         if greedy:
             token = jnp.argmax(logits, axis=-1)
         else:
+            if top_k is not None:  # only the k likeliest characters stay drawable
+                kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
+                logits = jnp.where(logits < kth, -jnp.inf, logits)
             token = jax.random.categorical(step_key, logits / temperature, axis=-1)
         token = token.astype(jnp.int32)
         return (carry, token), token[0]
@@ -299,13 +303,15 @@ def sample(
     length: int,
     key: jax.Array,
     temperature: float = 1.0,
+    top_k: int | None = None,
 ) -> str:
     """``prompt`` followed by ``length`` generated characters.
 
     ``step_fn(params, carry, token_ids (1,)) -> (carry, logits (1, vocab.size))`` advances a
     model by one character; ``carry`` is its initial state for a batch of one. The prompt is fed
     first, then each character is drawn from ``softmax(logits / temperature)`` and fed back;
-    ``temperature=0`` takes the arg-max instead (deterministic). Both loops are ``lax.scan``
+    ``temperature=0`` takes the arg-max instead (deterministic); ``top_k`` draws from the
+    ``top_k`` likeliest characters only (renormalised; None: from all). Both loops are ``lax.scan``
     under ``jit``, compiled once per (step_fn, prompt length, length, greedy or not)."""
     fn = "sample"
     if not isinstance(vocab, Vocabulary):
@@ -313,6 +319,8 @@ def sample(
     length = _checks.check_positive_int(length, "length", fn)
     _checks.check_number(temperature, "temperature", fn, lambda t: t >= 0,
                          "a finite number >= 0 (0 for arg-max)")  # fmt: skip
+    if top_k is not None:
+        top_k = _checks.check_int(top_k, "top_k", fn, low=1, high=vocab.size)
     if not isinstance(prompt, str) or not prompt:
         raise ValueError(
             f"{fn}: prompt must be a non-empty str (at least one character); got {prompt!r}"
@@ -327,5 +335,6 @@ def sample(
     greedy = temperature == 0
     # A temperature of 1 stands in for 0 so the traced division stays finite; it is unused.
     scale = jnp.float32(1.0 if greedy else temperature)
-    tokens = _generate(step_fn, params, carry, jnp.asarray(prompt_ids), key, scale, length, greedy)
+    tokens = _generate(step_fn, params, carry, jnp.asarray(prompt_ids), key, scale, length, greedy,
+                       top_k)  # fmt: skip
     return prompt + vocab.decode(np.asarray(tokens))

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from seqjax.tasks import adding, copy, sunspots
@@ -23,6 +24,12 @@ class Task(NamedTuple):
     baselines the task computes (``baselines``, name to value, when there are several).
     ``defaults`` holds the task's own defaults for the command line (hidden, steps, batch_size,
     lr); ``extras`` anything else a caller may want (the vocabulary of a language model).
+
+    A task on a user's own data also has ``holdout``, a test split evaluated once after
+    training (``test`` is then the validation split, evaluated during training), with
+    ``holdout_metrics(predictions, batch) -> {name: float}`` (NumPy, in the data's units; the
+    ``baselines`` are on this split), and ``spec``, what a trained run must keep to read new
+    data the same way (JSON: columns, scales, classes).
     """
 
     name: str
@@ -42,6 +49,9 @@ class Task(NamedTuple):
     defaults: dict | None = None
     extras: dict | None = None
     baselines: dict | None = None
+    holdout: dict | None = None
+    holdout_metrics: Callable[[Any, dict], dict] | None = None
+    spec: dict | None = None
 
     def all_baselines(self) -> dict[str, float]:
         """Every baseline the task computes, name to value (the strongest is ``baseline``)."""
@@ -98,7 +108,8 @@ def _sunspots(seq_len: int, seed: int) -> Task:
     persistence, autoregression = sunspots.persistence_rmse(), sunspots.ar_rmse(9)
 
     def rmse(predictions, batch):  # in sunspot numbers, as the published figures
-        return losses.rmse(predictions[..., 0] * data.std, batch["targets"] * data.std)
+        error = (predictions[..., 0] - batch["targets"]) * data.std
+        return losses.RootMean(jnp.mean(error**2))  # exact over evaluation chunks
 
     def split(s):
         return {"inputs": s.inputs, "targets": s.targets.astype(np.float32)}
@@ -193,27 +204,133 @@ def _charlm(seq_len: int, seed: int, corpus: str | None = None) -> Task:
         verdict=lambda m: "learns words and spelling" if m < 2.5 else
         ("beats the unigram model" if m < unigram else "no better than the unigram model"),
         token_inputs=True, extras={"vocab": data.vocab},
+        spec={"kind": "charlm", "chars": data.vocab.chars},
         baselines={"uniform": uniform, "unigram model": unigram},
         defaults={"hidden": 256, "steps": 1500, "batch_size": 32, "lr": 3e-3},
     )  # fmt: skip
 
 
-TASKS: dict[str, tuple[Callable[..., Task], int]] = {
+def _forecast(seq_len: int | None, seed: int, *, data: str | None = None, target: str | None = None,
+              features: tuple[str, ...] = (), horizon: int = 1, period: int | None = None,
+              level_input: bool = False) -> Task:  # fmt: skip
+    from seqjax.tasks import forecast
+
+    del seed  # the split is chronological
+    if data is None or target is None:
+        raise ValueError("the forecast task needs --data FILE.csv and --target COLUMN")
+    window = seq_len or 24
+    values, _ = forecast.read(data, target, list(features))
+    spec = forecast.fit_spec(values, target, list(features), window, horizon, period, str(data),
+                             level_input)  # fmt: skip
+    splits = forecast.dataset(values, spec)
+    scale = spec["change_scale"]
+    found = forecast.baselines(values, spec)
+    rmses = {name: errors["rmse"] for name, errors in found.items()}
+    strongest = min(rmses, key=rmses.get)
+
+    def rmse(outputs, batch):  # in the series' units: outputs are changes times the scale
+        return losses.RootMean(jnp.mean(((outputs - batch["targets"]) * scale) ** 2))
+
+    def holdout_metrics(outputs, batch):
+        return forecast.errors(
+            forecast.to_values(outputs, batch["last"], spec),
+            forecast.to_values(batch["targets"], batch["last"], spec),
+        )
+
+    return Task(
+        name=f"forecast {target!r} of {data} (window {window}, horizon {horizon})",
+        train=splits["train"], test=splits["validation"], holdout=splits["test"],
+        input_size=splits["train"]["inputs"].shape[-1], output_size=horizon, per_step=False,
+        loss=lambda outputs, batch: losses.mse(outputs, batch["targets"]),
+        metric_name="test RMSE", metric=rmse, metric_key="rmse",
+        baseline=rmses[strongest], baseline_name=strongest, baselines=rmses,
+        verdict=_verdict(rmses, higher_is_better=False), holdout_metrics=holdout_metrics, spec=spec,
+        defaults={"hidden": 64, "steps": 1000, "batch_size": 32, "lr": 3e-3},
+        extras={"baseline_errors": found},
+    )  # fmt: skip
+
+
+def _verdict(baselines: dict[str, float], higher_is_better: bool) -> Callable[[float], str]:
+    """The verdict of a figure against every baseline."""
+    sign = 1 if higher_is_better else -1
+    strongest = max(baselines, key=lambda name: sign * baselines[name])
+
+    def verdict(value: float) -> str:
+        beaten = [name for name, v in baselines.items() if sign * value > sign * v]
+        if strongest in beaten:
+            return f"beats every baseline (the strongest: {strongest})"
+        if beaten:
+            return f"beats {', '.join(beaten)}, not {strongest}, the strongest baseline"
+        return "no better than any baseline"
+
+    return verdict
+
+
+def _classify(seq_len: int | None, seed: int, *, data: str | None = None,
+              features: tuple[str, ...] = ()) -> Task:  # fmt: skip
+    from seqjax.tasks import sequences
+
+    if data is None:
+        raise ValueError("the classify task needs --data FILE.npz or FILE.csv")
+    if seq_len is not None:
+        raise ValueError("--seq-len does not apply to the classify task: the file gives the "
+                         "sequences' lengths")  # fmt: skip
+    seqs = sequences.read(data, list(features) or None)
+    spec, split = sequences.fit_spec(seqs, str(data), seed)
+    splits = sequences.dataset(seqs, spec, split, str(data))
+    found = sequences.baselines(splits)
+    strongest = max(found, key=found.get)
+
+    def ce(logits, batch):
+        return losses.classification_cross_entropy(logits, batch["targets"])
+
+    def accuracy(logits, batch):
+        return losses.classification_accuracy(logits, batch["targets"])
+
+    def holdout_metrics(logits, batch):
+        return {"accuracy": float(np.mean(np.argmax(logits, -1) == batch["targets"])),
+                "cross_entropy": float(ce(logits, batch))}  # fmt: skip
+
+    return Task(
+        name=f"classify {data} ({len(spec['classes'])} classes, {len(seqs.lengths)} sequences)",
+        train=splits["train"], test=splits["validation"], holdout=splits["test"],
+        input_size=len(spec["features"]), output_size=len(spec["classes"]), per_step=False,
+        loss=ce, metric_name="test accuracy", metric=accuracy, metric_key="accuracy",
+        baseline=found[strongest], baseline_name=strongest, baselines=found,
+        verdict=_verdict(found, higher_is_better=True), holdout_metrics=holdout_metrics,
+        spec=spec, defaults={"hidden": 64, "steps": 1000, "batch_size": 32, "lr": 3e-3},
+    )  # fmt: skip
+
+
+TASKS: dict[str, tuple[Callable[..., Task], int | None]] = {
     "adding": (_adding, 100),
     "copy": (_copy, 20),
     "charlm": (_charlm, 100),
     "sunspots": (_sunspots, 20),
     "mnist1d": (_mnist1d, 40),
     "digits": (_digits, 8),
+    "forecast": (_forecast, None),  # the window: 24 rows unless --seq-len/--window
+    "classify": (_classify, None),  # the file gives the lengths
 }
+OWN_DATA = ("forecast", "classify")  # tasks on a user's file: --data
 
 
-def get(name: str, seq_len: int | None = None, seed: int = 0, corpus: str | None = None) -> Task:
+def get(name: str, seq_len: int | None = None, seed: int = 0, corpus: str | None = None,
+        **data_options: Any) -> Task:  # fmt: skip
     """The task ``name`` with sequence length (or window) ``seq_len`` (task default if None);
-    ``corpus``, a text file to train the ``charlm`` task on instead of the shipped one."""
+    ``corpus``, a text file to train the ``charlm`` task on instead of the shipped one;
+    ``data_options`` for the tasks on a user's file (``forecast``: ``data``, ``target``,
+    ``features``, ``horizon``, ``period``, ``level_input``; ``classify``: ``data``,
+    ``features``)."""
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; expected one of {', '.join(TASKS)}")
     build, default_len = TASKS[name]
+    if name in OWN_DATA:
+        return build(seq_len, seed, **data_options)
+    if any(value not in (None, ()) for value in data_options.values()):
+        given = ", ".join(k for k, v in data_options.items() if v not in (None, ()))
+        raise ValueError(f"{given} apply to the tasks on your own data ({', '.join(OWN_DATA)}), "
+                         f"not to {name!r}")  # fmt: skip
     seq_len = default_len if seq_len is None else seq_len
     if corpus is not None:
         if name != "charlm":

@@ -192,16 +192,34 @@ def load(path: str | os.PathLike, target: Any) -> tuple[Any, int, dict]:
     path = pathlib.Path(path)
     where = f"checkpoint {str(path)!r}"
     header, payload = _split(path.read_bytes(), where)
+    state = _restore(_decode(payload, where), target, where)
+    return state, int(header["step"]), header["metadata"]
+
+
+def load_params(path: str | os.PathLike, template: Any) -> tuple[Any, int, dict]:
+    """``(params, step, metadata)``: the ``params`` of a checkpoint written by ``fit`` (a whole
+    ``TrainState``), restored into ``template`` (e.g. ``model.init(key)``) without the
+    optimizer state, so the optimizer need not be rebuilt. A file of bare params loads too.
+    Checked as :func:`load` checks."""
+    path = pathlib.Path(path)
+    where = f"checkpoint {str(path)!r}"
+    header, payload = _split(path.read_bytes(), where)
     stored = _decode(payload, where)
+    if isinstance(stored, dict) and set(stored) == _TRAIN_STATE_KEYS:
+        stored = stored["params"]
+    return _restore(stored, template, where), int(header["step"]), header["metadata"]
+
+
+def _restore(stored: Any, target: Any, where: str) -> Any:
+    """``stored`` (a decoded payload) in the structure of ``target``, after checking it."""
     template = serialization.to_state_dict(_encode(target))
     _check_structure(stored, template, where, ())
     restored = serialization.from_state_dict(_encode(target), stored)
-    state = jax.tree.map(
+    return jax.tree.map(
         lambda t, r: jax.random.wrap_key_data(r, impl=jax.random.key_impl(t)) if _is_key(t) else r,
         target,
         jax.tree.unflatten(jax.tree.structure(target), jax.tree.leaves(restored)),
     )
-    return state, int(header["step"]), header["metadata"]
 
 
 def _check_structure(stored: Any, template: Any, where: str, path: tuple) -> None:
@@ -249,6 +267,12 @@ def latest(directory: str | os.PathLike, target: Any) -> tuple[Any, int, dict] |
     the same run would mismatch too.
     """
     return _newest_good(directory, lambda path: load(path, target))
+
+
+def latest_params(directory: str | os.PathLike, template: Any) -> tuple[Any, int, dict] | None:
+    """:func:`load_params` of the newest good checkpoint in ``directory`` (None if none);
+    skips and fails as :func:`latest` does."""
+    return _newest_good(directory, lambda path: load_params(path, template))
 
 
 def latest_metadata(directory: str | os.PathLike) -> tuple[int, dict] | None:
