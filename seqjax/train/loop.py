@@ -10,6 +10,7 @@ as an iterator of batches, which a resumed run advances past the batches already
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
@@ -30,6 +31,7 @@ import tqdm
 
 from seqjax import _checks
 from seqjax.train import checkpoint, rundir, sharding
+from seqjax.train.losses import RootMean
 from seqjax.train.rundir import RUN_FILES, previous_run  # noqa: F401 (public here too)
 from seqjax.train.signals import Interrupted, catch_stop_signals
 from seqjax.train.step import TrainState, make_train_step
@@ -106,6 +108,7 @@ def fit(
     batch_size: int = 32,
     eval_data: Batch | None = None,
     eval_every: int = 100,
+    eval_batch_size: int = 1024,
     metrics: Callable[[Any, Batch], dict] | None = None,
     clip_norm: float | None = None,
     seed: int = 0,
@@ -115,7 +118,9 @@ def fit(
     resume: bool = False,
     overwrite: bool = False,
     log: Callable[[str], None] | None = None,
+    callback: Callable[[dict], None] | None = None,
     progress: bool | None = None,
+    tensorboard: bool | None = None,
     config: dict | None = None,
     time_limit: float | None = None,
     mesh: jax.sharding.Mesh | None = None,
@@ -134,6 +139,13 @@ def fit(
         done are skipped, so pass an iterable that yields the same batches again).
       eval_data: held-out arrays of the same form, evaluated every ``eval_every`` steps and at
         the end with ``metrics(predictions, batch) -> dict`` (default: the loss).
+      eval_batch_size: ``eval_data`` is evaluated in consecutive chunks of at most this many
+        examples, so a large held-out set fits in memory. Each value ``metrics`` returns is
+        taken as a mean over the chunk's examples, and the chunks are combined by their mean
+        weighted by examples (exact for a mean over examples; a mean over valid time steps,
+        as :func:`seqjax.train.losses.sequence_cross_entropy`, is weighted by examples, not
+        steps, across chunks). Return :class:`seqjax.train.losses.RootMean` for a root of a
+        mean (an RMSE): the chunks' ``.mean`` are averaged, then the root is taken.
       run_dir: where ``metrics.jsonl`` (one JSON line per report), ``steps.jsonl`` (one per
         step: loss, gradient norm before clipping, clipped, nonfinite), the training curve
         ``curve.png`` and checkpoints (``checkpoints/``, every ``checkpoint_every`` steps and at
@@ -145,7 +157,15 @@ def fit(
         a ``run_dir`` holding a run is refused. ``run_dir`` is locked while ``fit`` runs: a
         second run on it is refused.
       log: called with each report line (default: print to stdout).
+      callback: called with each report's record (the dict appended to the returned history),
+        once it is written to ``metrics.jsonl``: to send it elsewhere, such as to wandb. Called
+        in every process, for the reports of this call only (not those a resumed run read).
       progress: show a live tqdm bar on stderr (default: when stderr is a terminal).
+      tensorboard: also write each report's numbers as TensorBoard scalars in
+        ``run_dir/tensorboard`` (process 0 only; ``train/<name>`` for the training values,
+        ``eval/<name>`` for the ``eval_*`` ones), with ``tensorboardX``. ``None`` (default):
+        when ``tensorboardX`` is installed; ``True`` without it is refused. Without
+        ``run_dir`` nothing is written.
       config: JSON-serialisable settings stored in every checkpoint's metadata (how to rebuild
         the model), beside the seed.
       time_limit: seconds of training (this call's) after which the run ends early, with a
@@ -169,10 +189,12 @@ def fit(
     """
     options = {
         "steps": steps, "batch_size": batch_size, "eval_data": eval_data,
-        "eval_every": eval_every, "metrics": metrics, "clip_norm": clip_norm, "seed": seed,
+        "eval_every": eval_every, "eval_batch_size": eval_batch_size, "metrics": metrics,
+        "clip_norm": clip_norm, "seed": seed,
         "checkpoint_every": checkpoint_every, "keep_checkpoints": keep_checkpoints,
-        "resume": resume, "log": log, "progress": progress, "time_limit": time_limit,
-        "mesh": mesh, "metadata": {"seed": seed},
+        "resume": resume, "log": log, "callback": callback, "progress": progress,
+        "tensorboard": tensorboard, "time_limit": time_limit, "mesh": mesh,
+        "metadata": {"seed": seed},
     }  # fmt: skip
     if config is not None:
         options["metadata"]["config"] = config
@@ -185,8 +207,12 @@ def fit(
 
 def _check_fit_arguments(data: Any, run_dir: Any, overwrite: bool, options: dict) -> None:
     """Every check of ``fit``'s arguments, before any file is touched."""
-    for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "keep_checkpoints"):
+    for name in ("steps", "batch_size", "eval_every", "eval_batch_size", "checkpoint_every",
+                 "keep_checkpoints"):  # fmt: skip
         _checks.check_positive_int(options[name], name, "fit")
+    if options["callback"] is not None and not callable(options["callback"]):
+        raise TypeError(f"fit: callback must be a function of the report record; got "
+                        f"{type(options['callback']).__name__}")  # fmt: skip
     time_limit, resume = options["time_limit"], options["resume"]
     if time_limit is not None and not time_limit > 0:
         raise ValueError(
@@ -212,6 +238,26 @@ def _check_fit_arguments(data: Any, run_dir: Any, overwrite: bool, options: dict
         _num_examples(eval_data, "eval_data")
     if mesh is not None:
         sharding.check_mesh(mesh, batch_size, "fit")
+    options["summary_writer"] = _summary_writer_class(options["tensorboard"], run_dir)
+
+
+def _summary_writer_class(wanted: Any, run_dir: Any) -> type | None:
+    """``tensorboardX.SummaryWriter`` if ``fit`` is to write TensorBoard scalars, else ``None``:
+    ``wanted=None`` means when tensorboardX can be imported, ``True`` requires it."""
+    if wanted is not None:
+        _checks.check_bool(wanted, "tensorboard", "fit")
+    if not wanted and (wanted is False or run_dir is None):
+        return None
+    try:
+        from tensorboardX import SummaryWriter
+    except Exception as err:  # not installed, or broken (a protobuf it cannot load)
+        if wanted:
+            raise ValueError(
+                "fit: tensorboard=True needs the tensorboardX package, which could not be "
+                f"imported ({err}): pip install tensorboardX"
+            ) from None
+        return None
+    return SummaryWriter
 
 
 def _train(model, loss, params, optimizer, data, run: rundir.RunDirectory | None, options: dict):
@@ -234,8 +280,8 @@ def _train(model, loss, params, optimizer, data, run: rundir.RunDirectory | None
     log = options["log"] or (bar.write if progress else (lambda line: print(line, flush=True)))
     if options["resume"]:
         log(f"resumed from step {start_step}")
-    reports = _Reports(model, loss, run, run_dir, history, bar, log, options)
-    with bar, catch_stop_signals() as stop:
+    reports = _Reports(model, loss, run, run_dir, history, bar, log, options, start_step)
+    with bar, reports, catch_stop_signals() as stop:
         for step in range(start_step, steps):
             batch = _next_batch(batches, step)
             if mesh is not None:
@@ -276,22 +322,45 @@ def _start_state(params, optimizer, run_dir, options) -> tuple[TrainState, list[
 class _Reports:
     """What ``fit`` does between steps: reads the device metrics at report and checkpoint
     time only (one transfer for all the steps since the last one: no host sync per step),
-    evaluates, logs, writes ``metrics.jsonl``/``steps.jsonl``, redraws the curve, saves."""
+    evaluates, logs, writes ``metrics.jsonl``/``steps.jsonl`` and the TensorBoard scalars,
+    redraws the curve, saves, calls the callback. A context manager: leaving it closes the
+    TensorBoard writer."""
 
-    def __init__(self, model, loss, run, run_dir, history, bar, log, options) -> None:
+    def __init__(self, model, loss, run, run_dir, history, bar, log, options, start_step) -> None:
         self.run, self.run_dir, self.history, self.bar, self.log = run, run_dir, history, bar, log
         self.options = options
         metrics = options["metrics"] or (lambda p, b: {"loss": loss(p, b)})
         self.evaluate = jax.jit(lambda params, batch: metrics(model(params, batch, None), batch))
         self.eval_data = options["eval_data"]
-        if options["mesh"] is not None and self.eval_data is not None:
-            self.eval_data = sharding.replicate(dict(self.eval_data), options["mesh"])
+        if self.eval_data is not None:  # sliced into chunks at each report
+            self.eval_data = {k: v if isinstance(v, jax.Array) else np.asarray(v)
+                              for k, v in self.eval_data.items()}  # fmt: skip
+        self.writer = None
+        if run_dir is not None and options["summary_writer"] is not None:
+            # On resume, TensorBoard drops the events a lost part of the run wrote after the
+            # checkpoint (steps >= purge_step), as _read_history drops their log lines.
+            purge = start_step + 1 if options["resume"] else None
+            self.writer = options["summary_writer"](str(run_dir / "tensorboard"),
+                                                    purge_step=purge, flush_secs=2)  # fmt: skip
         self.unread: list[dict] = []  # on the device
         self.since_report: list[dict] = []  # on the host
         self.next_plot = time.perf_counter() if _can_plot(run_dir, log) else float("inf")
         # Throughput is timed over the steps since the last report, leaving out the time
         # spent evaluating, plotting and checkpointing.
         self.timer = _StepTimer()
+
+    def __enter__(self) -> _Reports:
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        writer, self.writer = self.writer, None
+        if writer is None:
+            return
+        if kind is None:
+            writer.close()
+            return
+        with contextlib.suppress(Exception):  # the error that ended the run is the one to see
+            writer.close()
 
     def after_step(self, state, step_metrics, done: int, last: bool) -> bool:
         """Reports and saves as due after step ``done``; returns whether it saved."""
@@ -322,19 +391,59 @@ class _Reports:
         record["steps_per_s"] = self.timer.rate(done)
         self.since_report = []
         if self.eval_data is not None:
-            evaluated = self.evaluate(state.params, self.eval_data)
-            record.update({f"eval_{k}": float(v) for k, v in evaluated.items()})
+            record.update({f"eval_{k}": v for k, v in self._evaluate(state.params).items()})
         self.history.append(record)
         self.bar.set_postfix_str(f"loss {record['loss']:.4f}", refresh=False)
         self.log(_progress_line(record, self.options["steps"]))
-        if self.run_dir is None:
-            return
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
-        # Redrawn at most every 20 s (and at the end): a PNG costs ~0.1 s.
-        if time.perf_counter() > self.next_plot or (last and self.next_plot < float("inf")):
-            plot_curve(self.history, self.run_dir / "curve.png")
-            self.next_plot = time.perf_counter() + 20.0
+        if self.run_dir is not None:
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+            # Redrawn at most every 20 s (and at the end): a PNG costs ~0.1 s.
+            if time.perf_counter() > self.next_plot or (last and self.next_plot < float("inf")):
+                plot_curve(self.history, self.run_dir / "curve.png")
+                self.next_plot = time.perf_counter() + 20.0
+        if self.writer is not None:
+            _write_scalars(self.writer, record)
+        if self.options["callback"] is not None:
+            self.options["callback"](record)
+
+    def _evaluate(self, params) -> dict[str, float]:
+        """``metrics`` of the whole held-out set, evaluated in chunks of at most
+        ``eval_batch_size`` examples (each replicated over the mesh, if any) and combined."""
+        size, mesh = self.options["eval_batch_size"], self.options["mesh"]
+        n = _num_examples(self.eval_data, "eval_data")
+        parts = []
+        for start in range(0, n, size):
+            chunk = {k: v[start : start + size] for k, v in self.eval_data.items()}
+            if mesh is not None:
+                chunk = sharding.replicate(chunk, mesh)
+            parts.append((min(size, n - start), self.evaluate(params, chunk)))
+        return _combine_chunks(jax.device_get(parts))
+
+
+def _combine_chunks(parts: list[tuple[int, dict]]) -> dict[str, float]:
+    """The whole set's metrics from ``(examples, metrics)`` per chunk, each value a mean over
+    its chunk's examples: their mean weighted by examples; for a :class:`RootMean`, the root of
+    the weighted mean of its ``.mean``."""
+    weights = np.array([examples for examples, _ in parts], np.float64)
+    combined = {}
+    for name, first in parts[0][1].items():
+        root = isinstance(first, RootMean)
+        values = np.array([float(m[name].mean if root else m[name]) for _, m in parts])
+        mean = float(weights @ values / weights.sum())
+        combined[name] = math.sqrt(mean) if root else mean
+    return combined
+
+
+def _write_scalars(writer, record: dict) -> None:
+    """A report's numbers as TensorBoard scalars at its step: ``eval_<name>`` as
+    ``eval/<name>``, the others as ``train/<name>``; flushed, so a reader sees them now."""
+    for name, value in record.items():
+        if name == "step" or not _checks.is_number(value):
+            continue  # steps_per_s is None at a report that timed no step
+        tag = f"eval/{name[len('eval_') :]}" if name.startswith("eval_") else f"train/{name}"
+        writer.add_scalar(tag, value, record["step"])
+    writer.flush()
 
 
 class _StepTimer:

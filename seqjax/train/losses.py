@@ -8,6 +8,7 @@ long sequence weighs more than a short one, as in a per-token language-model los
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +18,15 @@ import optax
 from seqjax import _checks
 
 Array = jax.Array
+
+
+class RootMean(NamedTuple):
+    """A metric reported as the square root of a mean over examples, such as an RMSE: return
+    ``RootMean(mean_squared_error)`` from ``fit``'s ``metrics``. ``fit`` evaluates its held-out
+    set in chunks; it averages ``.mean`` over them (weighted by their examples) and then takes
+    the root, so the report is the whole set's RMSE, not a mean of the chunks' RMSEs."""
+
+    mean: Array
 
 
 def _check_labels(logits: Array, labels: Array, fn: str) -> None:

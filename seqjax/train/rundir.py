@@ -23,7 +23,9 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 
-RUN_FILES = ("checkpoints", "metrics.jsonl", "steps.jsonl", "curve.png", "result.json")
+RUN_FILES = (
+    "checkpoints", "metrics.jsonl", "steps.jsonl", "curve.png", "tensorboard", "result.json",
+)  # fmt: skip
 LOCK, REPLACED = ".lock", ".replaced"
 
 
