@@ -104,12 +104,12 @@ def to_torch(run: Any) -> Any:
     """A ``torch.nn.Module`` equal to the run's model (a :class:`seqjax.train.runs.LoadedRun`):
     ``module(inputs, lengths=None)`` with ``inputs (batch, time, features)`` (or integer ids
     ``(batch, time)`` for a character model) gives the seqjax model's predictions."""
+    config = run.config
+    kind, nonlinearity = _torch_kind(config)  # before the import: the reason a run cannot go
     try:
         import torch
     except ImportError:
         raise ExportError("to_torch needs PyTorch: pip install torch") from None
-    config = run.config
-    kind, nonlinearity = _torch_kind(config)
     shape = runs.model_shape(config)._asdict()
     module = _module_class(torch)(kind, nonlinearity, shape, config["hidden"], config["layers"])
     state = {f"rnn.{k}": torch.from_numpy(np.array(v))
