@@ -338,10 +338,14 @@ class _Reports:
         self.writer = None
         if run_dir is not None and options["summary_writer"] is not None:
             # On resume, TensorBoard drops the events a lost part of the run wrote after the
-            # checkpoint (steps >= purge_step), as _read_history drops their log lines.
+            # checkpoint (steps >= purge_step), as _read_history drops their log lines. The
+            # file's name holds whole seconds only and is opened with "wb": the start step in
+            # it keeps a resume within the same second from truncating the earlier file.
             purge = start_step + 1 if options["resume"] else None
-            self.writer = options["summary_writer"](str(run_dir / "tensorboard"),
-                                                    purge_step=purge, flush_secs=2)  # fmt: skip
+            self.writer = options["summary_writer"](
+                str(run_dir / "tensorboard"), purge_step=purge, flush_secs=2,
+                filename_suffix=f".step{start_step:09d}",
+            )  # fmt: skip
         self.unread: list[dict] = []  # on the device
         self.since_report: list[dict] = []  # on the host
         self.next_plot = time.perf_counter() if _can_plot(run_dir, log) else float("inf")
