@@ -20,6 +20,7 @@ import optax
 
 from seqjax.cli.common import Model, UsageError, build_model
 from seqjax.train.model import ModelShape
+from seqjax.train.runs import LATEST
 
 
 def _check_arguments(args: argparse.Namespace) -> pathlib.Path | None:
@@ -48,7 +49,7 @@ def _check_arguments(args: argparse.Namespace) -> pathlib.Path | None:
         raise UsageError("--overwrite replaces the run in --run-dir; pass --run-dir too (without "
                          "it, each new run gets a folder of its own under runs/)")  # fmt: skip
     new_folder = args.run_dir is None and not args.resume
-    run_dir = pathlib.Path(args.run_dir or pathlib.Path(RUNS_ROOT, "latest"))
+    run_dir = pathlib.Path(args.run_dir or pathlib.Path(RUNS_ROOT, LATEST))
     _check_writable(pathlib.Path(RUNS_ROOT) if new_folder else run_dir)
     if not new_folder:
         rundir.recover(run_dir)
@@ -106,9 +107,6 @@ def _check_data_options(args: argparse.Namespace) -> None:
 
 
 RUNS_ROOT = "runs"  # new runs: runs/<task>-<time>, and the link runs/latest to the newest
-
-
-DEFAULT_RUN_DIR = "runs/latest"
 
 
 def _check_resumable(run_dir: pathlib.Path, config: dict) -> tuple[int, dict]:
@@ -336,6 +334,8 @@ def _run_folder(run_dir: pathlib.Path | None, task_name: str):
 def _report(args, task, model: Model, params, history: list[dict], run_dir: pathlib.Path,
             seconds: float) -> None:  # fmt: skip
     """The run's result: ``result.json``, and one line with the verdict."""
+    from seqjax.train import rundir
+
     value = float(history[-1][f"eval_{task.metric_key}"])
     args.steps_done = int(history[-1]["step"])
     rates = [r["steps_per_s"] for r in history if r.get("steps_per_s")]
@@ -355,10 +355,8 @@ def _report(args, task, model: Model, params, history: list[dict], run_dir: path
     if task.token_inputs:
         result["sample"] = _sample_text(task, model, params, args.seed)
         print(f"sample (temperature 0.8):\n{result['sample']}\n")
-    result_path = run_dir / "result.json"
-    temporary = result_path.with_name(".result.json.tmp")
-    temporary.write_text(json.dumps(result, indent=1) + "\n")
-    os.replace(temporary, result_path)
+    text = json.dumps(result, indent=1) + "\n"
+    rundir.write_atomically(run_dir / "result.json", lambda temporary: temporary.write_text(text))
     baselines = ", ".join(f"{name} {v:.4f}" for name, v in task.all_baselines().items())
     plural = "s" if len(task.all_baselines()) > 1 else ""
     print(f"{task.name} {args.cell}: {task.metric_name} {value:.4f} "

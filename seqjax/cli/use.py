@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import os
 import pathlib
 
 import jax
@@ -48,10 +47,9 @@ def _output(path: str, args: argparse.Namespace, reads: str | None = None) -> pa
 
 
 def _write_text(path: pathlib.Path, text: str) -> None:
-    """Written to a temporary name and renamed: a reader sees the old file or the new one."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
+    from seqjax.train import rundir
+
+    rundir.write_atomically(path, lambda temporary: temporary.write_text(text))
 
 
 def _csv_text(header: list[str], rows: list[list]) -> str:
@@ -180,9 +178,10 @@ def _plot_forecast(path: str, args, history, predicted, truth, spec) -> None:
     axes.set(xlabel="row", ylabel=spec["target"])
     axes.legend()
     axes.grid(alpha=0.3)
-    temporary = out.with_name(f".{out.name}.tmp")
-    figure.savefig(temporary, format="png", dpi=100)
-    os.replace(temporary, out)
+    from seqjax.train import rundir
+
+    rundir.write_atomically(out, lambda temporary: figure.savefig(temporary, format="png",
+                                                                  dpi=100))  # fmt: skip
     print(f"plot: {out}")
 
 

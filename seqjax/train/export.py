@@ -17,14 +17,13 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import tempfile
 from typing import Any
 
 import jax
 import numpy as np
 
 from seqjax import interop
-from seqjax.train import runs
+from seqjax.train import rundir, runs
 
 TORCH_CELLS = {"rnn": ("RNN", "tanh"), "irnn": ("RNN", "relu"), "gru": ("GRU", None),
                "lstm": ("LSTM", None)}  # fmt: skip
@@ -62,14 +61,9 @@ def save_safetensors(path: str | os.PathLike, params: Any, metadata: dict | None
         raise ExportError(f"--out {str(path)!r} exists; pass another path, or --overwrite")
     st = _safetensors()
     text = {"seqjax": json.dumps(metadata or {})}
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        st.save_file(flat_names(params), temporary, metadata=text)
-        os.replace(temporary, path)
-    except BaseException:
-        pathlib.Path(temporary).unlink(missing_ok=True)
-        raise
+    tensors = flat_names(params)
+    rundir.write_atomically(path, lambda temporary: st.save_file(tensors, str(temporary),
+                                                                 metadata=text))  # fmt: skip
     return path
 
 

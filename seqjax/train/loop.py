@@ -14,7 +14,6 @@ import contextlib
 import itertools
 import json
 import math
-import os
 import pathlib
 import signal
 import sys
@@ -498,10 +497,8 @@ def plot_curve(history: list[dict], path: str | pathlib.Path) -> None:
         panels[1].legend()
     for panel in panels:
         panel.grid(alpha=0.3)
-    path = pathlib.Path(path)
-    temporary = path.with_name(path.name + ".tmp")
-    figure.savefig(temporary, format="png", dpi=100)
-    os.replace(temporary, path)
+    rundir.write_atomically(path, lambda temporary: figure.savefig(temporary, format="png",
+                                                                   dpi=100))  # fmt: skip
 
 
 def _append_steps(path: pathlib.Path, first_step: int, values: list[dict]) -> None:

@@ -21,12 +21,28 @@ import pathlib
 import shutil
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 RUN_FILES = (
     "checkpoints", "metrics.jsonl", "steps.jsonl", "curve.png", "tensorboard", "result.json",
 )  # fmt: skip
 LOCK, REPLACED = ".lock", ".replaced"
+
+
+def write_atomically(path: str | os.PathLike, write: Callable[[pathlib.Path], object]) -> None:
+    """Writes ``path`` by ``write(temporary)`` into a temporary file beside it, then renames it
+    over ``path``: a reader sees the old file or the whole new one, never half of one. The
+    temporary file is removed if ``write`` fails."""
+    path = pathlib.Path(path)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    temporary = pathlib.Path(name)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 class RunDirError(ValueError):

@@ -11,6 +11,7 @@ any number of examples in batches.
 from __future__ import annotations
 
 import datetime
+import functools
 import os
 import pathlib
 from typing import Any, NamedTuple
@@ -112,7 +113,7 @@ def model_shape(config: dict) -> ModelShape:
 def predict(run: LoadedRun, batch: dict, batch_size: int = 1024) -> np.ndarray:
     """The model's predictions for every example of ``batch`` (``inputs`` and, for sequences of
     different lengths, ``lengths``), ``batch_size`` examples at a time (no dropout)."""
-    apply = jax.jit(lambda params, chunk: run.model.apply(params, chunk, None))
+    apply = _jitted_apply(run.model)
     n = len(batch["inputs"])
     parts = []
     for start in range(0, n, batch_size):
@@ -120,3 +121,10 @@ def predict(run: LoadedRun, batch: dict, batch_size: int = 1024) -> np.ndarray:
                  if k in ("inputs", "lengths")}  # fmt: skip
         parts.append(np.asarray(apply(run.params, chunk)))
     return np.concatenate(parts)
+
+
+@functools.lru_cache(maxsize=16)
+def _jitted_apply(model: Model):
+    """One jitted ``apply`` per model (a NamedTuple of functions, hashed by them), so calls of
+    :func:`predict` that reuse a model and a chunk shape reuse its compiled program."""
+    return jax.jit(lambda params, chunk: model.apply(params, chunk, None))
