@@ -30,7 +30,7 @@ from pathlib import Path
 
 import jax
 
-SOURCES = ("common.h", "lstm.cc", "gru.cc", "rnn.cc")
+SOURCES = ("common.h", "lstm.cc", "gru.cc", "rnn.cc", "amx.h", "gemm.cc")
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno")
 # The handlers the library exports, by the name XLA's custom calls use.
 TARGETS = {
@@ -47,6 +47,8 @@ TARGETS = {
     "seqjax_gru_backward_restarting": "SeqjaxGruBackwardRestarting",
     "seqjax_rnn_forward_restarting": "SeqjaxRnnForwardRestarting",
     "seqjax_rnn_backward_restarting": "SeqjaxRnnBackwardRestarting",
+    # bfloat16 (seqjax.native.bf16): the GEMM of the backward passes.
+    "seqjax_bf16_matmul": "SeqjaxBf16Matmul",
 }
 
 
@@ -58,6 +60,7 @@ class Unavailable(RuntimeError):
 # are registered, or the ``Unavailable`` it raised (raised again, as a fresh copy, at once).
 _outcome: bool | Unavailable | None = None
 _lock = threading.Lock()
+_library: ctypes.CDLL | None = None  # once loaded
 
 
 def load() -> None:
@@ -104,6 +107,16 @@ def _register(library: Path) -> None:
         raise Unavailable(f"could not load {library}: {err}") from err
     for target, symbol in TARGETS.items():
         jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
+    global _library
+    _library = lib
+
+
+def bf16_support() -> int:
+    """The loaded library's ``SeqjaxBf16Support()``: the bits of ``bf16::Support`` in amx.h
+    (the first call asks Linux for the AMX permission). Call after :func:`load`."""
+    load()
+    assert _library is not None
+    return int(_library.SeqjaxBf16Support())
 
 
 _ADVICE = "remove it, or set SEQJAX_NATIVE_CACHE to a private folder"
