@@ -6,7 +6,7 @@ layers (``rnn``, ``bidirectional``, ``stack``; :mod:`seqjax.layers`). The docume
 (``mkdocs serve`` in a checkout, sources in ``docs/``) has the concepts and the API.
 """
 
-from seqjax import diagnostics, host_memory, initializers, interop
+from seqjax import diagnostics, host_memory, initializers, interop, precision
 from seqjax.cell import Cell, CombineVJP, LinearRecurrence, RecurSplit, step
 from seqjax.cells import LSTMCarry, gru, indrnn, irnn, lru, lstm, min_gru, min_lstm, simple_rnn
 from seqjax.layers import Layer, bidirectional, reverse_sequences, rnn, stack
@@ -48,6 +48,7 @@ __all__ = [
     "lstm",
     "min_gru",
     "min_lstm",
+    "precision",
     "reverse_sequences",
     "rnn",
     "simple_rnn",

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from seqjax import _checks
+from seqjax import _checks, precision
 from seqjax import initializers as inits
 from seqjax.cell import Params, default_float_dtype
 
@@ -106,21 +106,22 @@ def input_size(params: Params) -> int:
 
 
 def project(params: Params, xs: jax.Array) -> jax.Array:
-    """``xs @ W_ih + b_ih`` on the last axis: every gate's input contribution in one matmul."""
-    return xs @ params["w_ih"] + params["b_ih"]
+    """``xs @ W_ih + b_ih`` on the last axis: every gate's input contribution in one matmul
+    (in ``W_ih``'s dtype, summed in float32 under the mixed policy: :mod:`seqjax.precision`)."""
+    return precision.matmul(xs, params["w_ih"]) + params["b_ih"]
 
 
 def hidden_projection(params: Params, h: jax.Array) -> jax.Array:
     """``h @ W_hh + b_hh``: every gate's recurrent contribution in one matmul."""
-    return h @ params["w_hh"] + params["b_hh"]
+    return precision.matmul(h, params["w_hh"]) + params["b_hh"]
 
 
-def zeros_carry(size: int, dtype_of: str = "w_hh"):
-    """An ``initial_carry`` for cells whose state is one vector of ``size``, in the dtype of
-    ``params[dtype_of]``."""
+def zeros_carry(size: int):
+    """An ``initial_carry`` for cells whose state is one vector of ``size``, in the params'
+    state dtype (:func:`seqjax.precision.state_dtype`: float32 under the mixed policy)."""
 
     def initial_carry(params: Params, batch_shape: tuple[int, ...] = ()) -> jax.Array:
         batch_shape = _checks.check_batch_shape(batch_shape, "initial_carry")
-        return jnp.zeros((*batch_shape, size), params[dtype_of].dtype)
+        return jnp.zeros((*batch_shape, size), precision.state_dtype(params))
 
     return initial_carry

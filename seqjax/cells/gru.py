@@ -22,7 +22,7 @@ from typing import Unpack
 import jax
 import jax.numpy as jnp
 
-from seqjax import _checks
+from seqjax import _checks, precision
 from seqjax import initializers as inits
 from seqjax.cell import Cell, CombineVJP, Params, RecurSplit, split_recur
 from seqjax.cells import _common
@@ -115,8 +115,10 @@ def gru_reset_before_step(params: Params, h: jax.Array, projected_x: jax.Array):
     H = h.shape[-1]
     with jax.named_scope("seqjax.gru_reset_before"):
         w_hh, b_hh = params["w_hh"], params["b_hh"]
-        hh_rz = h @ w_hh[:, : 2 * H] + b_hh[: 2 * H]
+        hh_rz = precision.matmul(h, w_hh[:, : 2 * H]) + b_hh[: 2 * H]
         r, z = jnp.split(jax.nn.sigmoid(projected_x[..., : 2 * H] + hh_rz), 2, axis=-1)
-        n = jnp.tanh(projected_x[..., 2 * H :] + (r * h) @ w_hh[:, 2 * H :] + b_hh[2 * H :])
+        n = jnp.tanh(
+            projected_x[..., 2 * H :] + precision.matmul(r * h, w_hh[:, 2 * H :]) + b_hh[2 * H :]
+        )
         h = (1.0 - z) * n + z * h
         return h, h

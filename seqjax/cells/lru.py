@@ -18,7 +18,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from seqjax import _checks
+from seqjax import _checks, precision
 from seqjax.cell import Cell, LinearRecurrence, Params, linear_recur
 from seqjax.cells import _common
 
@@ -72,7 +72,7 @@ def lru(
 
     return Cell(
         init=init_fn,
-        initial_carry=_common.zeros_carry(2 * N, "d"),
+        initial_carry=_common.zeros_carry(2 * N),
         project=lru_project,
         recur=linear_recur(LRU_RECURRENCE),
         output_size=H,
@@ -116,8 +116,8 @@ def lru_project(params: Params, xs: jax.Array) -> jax.Array:
     """``[Re(B u), Im(B u), u]``: the drive and, for the skip term, the input itself (``u =
     gelu(x W_in + b_in)`` with the input layer, else ``x``)."""
     if "w_in" in params:
-        xs = jax.nn.gelu(xs @ params["w_in"] + params["b_in"])
-    bx = xs @ jnp.concatenate([params["b_re"], params["b_im"]], axis=-1)
+        xs = jax.nn.gelu(precision.matmul(xs, params["w_in"]) + params["b_in"])
+    bx = precision.matmul(xs, jnp.concatenate([params["b_re"], params["b_im"]], axis=-1))
     return jnp.concatenate([bx, xs], axis=-1)
 
 
@@ -137,7 +137,9 @@ def lru_coefficients(params: Params, px: jax.Array):
 def lru_read_out(params: Params, h: jax.Array, px: jax.Array) -> jax.Array:
     """``y_t = Re(C h_t) + D * u_t``."""
     N = params["nu_log"].shape[-1]
-    c_h = jnp.real(h) @ params["c_re"] - jnp.imag(h) @ params["c_im"]  # Re(C h)
+    c_h = precision.matmul(jnp.real(h), params["c_re"]) - precision.matmul(
+        jnp.imag(h), params["c_im"]
+    )  # Re(C h)
     return (c_h + params["d"] * px[..., 2 * N :]).astype(px.dtype)
 
 

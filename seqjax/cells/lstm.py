@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seqjax import _checks
+from seqjax import _checks, precision
 from seqjax import initializers as inits
 from seqjax.cell import Cell, CombineVJP, Params, RecurSplit, split_recur
 from seqjax.cells import _common
@@ -156,7 +156,7 @@ def lstm(
 
     def initial_carry(params: Params, batch_shape: tuple[int, ...] = ()) -> LSTMCarry:
         batch_shape = _checks.check_batch_shape(batch_shape, "initial_carry")
-        zeros = jnp.zeros((*batch_shape, H), params["w_hh"].dtype)
+        zeros = jnp.zeros((*batch_shape, H), precision.state_dtype(params))
         return LSTMCarry(zeros, zeros)
 
     return Cell(
@@ -214,13 +214,16 @@ def _lstm_variant(H, P, peephole, layer_norm, forget_bias, init: dict) -> Cell:
 
     def initial_carry(params: Params, batch_shape: tuple[int, ...] = ()) -> LSTMCarry:
         batch_shape = _checks.check_batch_shape(batch_shape, "initial_carry")
-        dtype = params["w_hh"].dtype
+        dtype = precision.state_dtype(params)
         return LSTMCarry(jnp.zeros((*batch_shape, R), dtype), jnp.zeros((*batch_shape, H), dtype))
 
     def project(params: Params, xs: jax.Array) -> jax.Array:
         if not layer_norm:
             return _common.project(params, xs)
-        return _normalized(xs @ params["w_ih"]) * params["ln_ih_scale"] + params["b_ih"]
+        return (
+            _normalized(precision.matmul(xs, params["w_ih"])) * params["ln_ih_scale"]
+            + params["b_ih"]
+        )
 
     recur = functools.partial(
         lstm_variant_step, peephole=peephole, layer_norm=layer_norm, name=name
@@ -250,7 +253,7 @@ def lstm_variant_step(
     norms and the output projection (``w_hr`` in ``params``) put parameters inside the step,
     so it is one ``recur`` differentiated by plain autodiff."""
     with jax.named_scope(f"seqjax.{name}"):
-        hh = carry.h @ params["w_hh"]
+        hh = precision.matmul(carry.h, params["w_hh"])
         if layer_norm:
             hh = _normalized(hh) * params["ln_hh_scale"]
         i, f, g, o = jnp.split(projected_x + hh + params["b_hh"], 4, axis=-1)
@@ -263,5 +266,5 @@ def lstm_variant_step(
         shown = _normalized(c) * params["ln_c_scale"] + params["ln_c_bias"] if layer_norm else c
         h = jax.nn.sigmoid(o) * jnp.tanh(shown)
         if "w_hr" in params:
-            h = h @ params["w_hr"]
+            h = precision.matmul(h, params["w_hr"])
         return LSTMCarry(h, c), h

@@ -50,7 +50,7 @@ def _init(name: str, num_gates: int, hidden_size: int, config: _common.InitConfi
 def _cell(name, hidden_size, num_gates, config, linear) -> Cell:
     return Cell(
         init=_init(name, num_gates, hidden_size, config),
-        initial_carry=_common.zeros_carry(hidden_size, "w_ih"),
+        initial_carry=_common.zeros_carry(hidden_size),
         project=_common.project,
         recur=linear_recur(linear),
         output_size=hidden_size,

@@ -171,7 +171,7 @@ def indrnn(
 
     return Cell(
         init=init_fn,
-        initial_carry=_common.zeros_carry(hidden_size, "u"),
+        initial_carry=_common.zeros_carry(hidden_size),
         project=_common.project,
         recur=split_recur(split),
         output_size=hidden_size,

@@ -109,6 +109,13 @@ def _add_train(commands) -> None:
     t.add_argument("--lr", type=float, help="peak learning rate, cosine decay (default 3e-3)")
     t.add_argument("--clip-norm", type=float, default=1.0, help="global-norm clip (default 1)")
     t.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16", "float16"],
+        help="matmul precision: bfloat16/float16 run the mixed policy (those matmuls with "
+        "float32 sums, float32 state and float32 master weights) (default float32)",
+    )
+    t.add_argument(
         "--max-minutes", type=float, help="end training after this many minutes, whatever --steps"
     )
     t.add_argument("--corpus", help="charlm: a UTF-8 text file to train on instead of Shakespeare")

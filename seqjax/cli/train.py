@@ -218,7 +218,7 @@ def _resumed_schedule(args: argparse.Namespace, step: int, stored: dict, lr_give
 CONFIG_KEYS = ("task", "cell", "hidden", "layers", "dropout", "seq_len", "corpus", "steps",
                "batch_size", "lr", "clip_norm", "seed", "schedule", "data", "target",
                "features", "horizon", "period", "level_input", "model_shape",
-               "data_spec")  # fmt: skip
+               "data_spec", "dtype")  # fmt: skip
 
 
 def _config(args: argparse.Namespace) -> dict:
@@ -285,7 +285,8 @@ def train_command(args: argparse.Namespace) -> int:
     with _run_folder(run_dir, args.task) as run_dir:
         print(f"seqjax train: {task.name}, {args.layers}-layer {args.cell} (hidden "
               f"{args.hidden}), {args.steps} steps of batch {args.batch_size}, lr {args.lr}, "
-              f"clip_norm {args.clip_norm}, run dir {run_dir}", flush=True)  # fmt: skip
+              f"clip_norm {args.clip_norm}, {args.dtype}, run dir {run_dir}",
+              flush=True)  # fmt: skip
         start = time.perf_counter()
         params, history = train.fit(
             model.apply, task.loss, params, run_optimizer(args), task.train, steps=args.steps,
@@ -296,7 +297,7 @@ def train_command(args: argparse.Namespace) -> int:
             keep_checkpoints=11,  # all of them: `seqjax diagnose --run-dir` draws each
             resume=args.resume, overwrite=args.overwrite, config=_config(args),
             time_limit=None if args.max_minutes is None else 60 * args.max_minutes,
-            mesh=_mesh(args),
+            mesh=_mesh(args), precision=args.dtype,
         )  # fmt: skip
     _report(args, task, model, params, history, run_dir, time.perf_counter() - start)
     return 0

@@ -29,6 +29,7 @@ import optax
 import tqdm
 
 from seqjax import _checks
+from seqjax import precision as precision_lib
 from seqjax.train import checkpoint, rundir, sharding
 from seqjax.train.losses import RootMean
 from seqjax.train.rundir import RUN_FILES, previous_run  # noqa: F401 (public here too)
@@ -123,6 +124,7 @@ def fit(
     config: dict | None = None,
     time_limit: float | None = None,
     mesh: jax.sharding.Mesh | None = None,
+    precision: str | None = None,
 ) -> tuple[Any, list[dict]]:
     """Trains ``params`` for ``steps`` optimizer steps and returns ``(params, history)``.
 
@@ -174,6 +176,12 @@ def fit(
         state are replicated, and XLA all-reduces the gradients. ``batch_size`` must be a
         multiple of the number of devices on the axis. Checkpoints hold plain arrays, so a run
         resumes on any number of devices.
+      precision: ``None`` or ``"float32"`` (default): as the params are; ``"bfloat16"`` or
+        ``"float16"``: the mixed policy (:mod:`seqjax.precision`). ``params`` stay the float32
+        master weights that the optimizer updates and the checkpoints hold; on every step
+        (and evaluation) ``model`` gets them with their matrices cast
+        (:func:`seqjax.precision.cast`), so matmuls run in that dtype with float32 sums and
+        the carries, losses and gradients stay float32.
 
     Each report's ``steps_per_s`` is the training rate since the previous report, without
     the first step of the call (its compilation) and without evaluation, plotting and
@@ -198,10 +206,22 @@ def fit(
     if config is not None:
         options["metadata"]["config"] = config
     _check_fit_arguments(data, run_dir, overwrite, options)
+    model = _with_precision(model, precision_lib.compute_dtype(precision, "fit"))
     if run_dir is None:
         return _train(model, loss, params, optimizer, data, None, options)
     with rundir.open_run(pathlib.Path(run_dir), resume=resume, overwrite=overwrite) as run:
         return _train(model, loss, params, optimizer, data, run, options)
+
+
+def _with_precision(model: Callable, dtype: Any) -> Callable:
+    """``model`` fed the params with their matrices in ``dtype`` (None: ``model`` itself)."""
+    if dtype is None:
+        return model
+
+    def cast_model(params, *args):
+        return model(precision_lib.cast(params, dtype), *args)
+
+    return cast_model
 
 
 def _check_fit_arguments(data: Any, run_dir: Any, overwrite: bool, options: dict) -> None:

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 import seqjax
+from seqjax import precision
 
 CELLS: dict[str, Callable[[int], seqjax.Cell]] = {
     "rnn": lambda h: seqjax.simple_rnn(h),
@@ -91,7 +92,7 @@ def build_model(
             features = ys[:, -1]
         else:
             features = jnp.take_along_axis(ys, (lengths - 1)[:, None, None], axis=1)[:, 0]
-        return features @ params["w_out"] + params["b_out"]
+        return precision.matmul(features, params["w_out"]) + params["b_out"]
 
     def apply(params, batch, key):
         lengths = batch.get("lengths")
@@ -100,6 +101,6 @@ def build_model(
 
     def step(params, carry, ids):
         carry, ys = stack.apply(params["rnn"], encode(ids[:, None]), carry=carry)
-        return carry, ys[:, 0] @ params["w_out"] + params["b_out"]
+        return carry, precision.matmul(ys[:, 0], params["w_out"]) + params["b_out"]
 
     return Model(init, apply, step, stack, encode, read_out)
