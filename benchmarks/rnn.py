@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import seqjax
+from benchmarks import limits as machine_limits
 
 CONFIGS = {"small": (16, 64, 128), "medium": (32, 128, 256), "large": (64, 256, 512)}
 CELLS = {"lstm": seqjax.lstm, "gru": seqjax.gru, "rnn": seqjax.simple_rnn}
@@ -307,12 +308,14 @@ FLAX_REFERENCE = {"lstm": "flax linen OptimizedLSTMCell", "gru": "flax linen GRU
                   "rnn": "flax linen SimpleCell"}  # fmt: skip
 
 
-def summary(results: list[dict]) -> list[str]:
-    """One row per cell and config: seqjax against PyTorch, Flax linen and the fastest JAX peer."""
+def summary(results: list[dict], limit: float | None = None) -> list[str]:
+    """One row per cell and config: seqjax against PyTorch, Flax linen and the fastest JAX peer,
+    and (given the float32 GEMM rate ``limit``) seqjax's fwd+bwd rate as a fraction of it."""
     lines = [
         "| cell | config (B,T,H) | seqjax fwd+bwd ms | / PyTorch | / PyTorch, best rounds | "
-        "/ Flax linen | seqjax fwd ms | / fastest JAX peer fwd | first call s (seqjax / Flax) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "/ Flax linen | seqjax fwd ms | / fastest JAX peer fwd | first call s (seqjax / Flax) "
+        "| seqjax fwd+bwd, of the f32 GEMM rate | PyTorch fwd+bwd, of it |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for cell, config in dict.fromkeys((r["cell"], r["config"]) for r in results):
         rows = {r["contender"]: r for r in results if r["cell"] == cell and r["config"] == config}
@@ -333,9 +336,17 @@ def summary(results: list[dict]) -> list[str]:
             f"{ratio(flax_row, 'fwd_bwd_ms')} | "
             f"{ours['fwd_ms']:.1f} | {ratio(fastest, 'fwd_ms')}{fastest_name} | "
             f"{ours['first_call_s']:.2f} / "
-            f"{flax_row['first_call_s'] if flax_row else float('nan'):.2f} |"
+            f"{flax_row['first_call_s'] if flax_row else float('nan'):.2f} | "
+            f"{_fraction(ours, limit)} | {_fraction(torch_row, limit)} |"
         )
     return lines
+
+
+def _fraction(row: dict | None, limit: float | None) -> str:
+    """A row's fwd+bwd GFLOP/s as a percentage of the float32 GEMM rate ``limit``."""
+    if row is None or not limit:
+        return "n/a"
+    return f"{100 * row['fwd_bwd_gflops'] / limit:.0f}%"
 
 
 def _rates_text(rates: dict) -> str:
@@ -344,14 +355,18 @@ def _rates_text(rates: dict) -> str:
     return " / ".join("n/a" if r is None else f"{r:.0f}" for r in (per_step, all_steps))
 
 
-def markdown(results: list[dict], machine: str, rates: dict) -> str:
+def markdown(results: list[dict], machine: str, rates: dict, limits: dict | None = None) -> str:
+    limit = machine_limits.float32_limit(limits) if limits else None
     lines = [
         f"Measured {machine}. Medians of interleaved rounds, float32, ms "
         "(best rounds: each side's fastest round). Ratio < 1: seqjax faster.",
+        (machine_limits.describe(limits) + f"; the fractions below are of {limit:.0f}.")
+        if limits
+        else "No large-GEMM rate in this run (an older JSON).",
         "GEMM rate in the same run, GFLOP/s (the 4H-wide matmul, per step in a scan / all steps "
         "at once): " + ", ".join(f"{config} {_rates_text(r)}" for config, r in rates.items()) + ".",
         "",
-        *summary(results),
+        *summary(results, limit),
         "",
         "All contenders:",
         "",
@@ -422,7 +437,7 @@ def main(argv=None) -> None:
         saved = json.loads(args.from_json.read_text())
         stem = args.from_json.stem
         (args.out / f"{stem}.md").write_text(
-            markdown(saved["results"], saved["machine"], saved["gemm_gflops"])
+            markdown(saved["results"], saved["machine"], saved["gemm_gflops"], saved.get("limits"))
         )
         bar_chart(saved["results"], args.out / f"{stem}.png")
         return
@@ -440,6 +455,8 @@ def main(argv=None) -> None:
     notes: list[str] = []
     results = []
     rates = {}
+    limits = machine_limits.gemm_rates()
+    print(machine_limits.describe(limits), flush=True)
     for config in args.configs:
         B, T, H = CONFIGS[config]
         rates[config] = {k: round(v, 1) for k, v in gemm_rate(B, T, H, 4).items()}
@@ -454,11 +471,12 @@ def main(argv=None) -> None:
             # Written after each cell, so that a run stopped by a time limit keeps what it measured.
             (args.out / f"{stem}.json").write_text(
                 json.dumps(
-                    {"machine": machine, "gemm_gflops": rates, "notes": notes, "results": results},
+                    {"machine": machine, "gemm_gflops": rates, "limits": limits, "notes": notes,
+                     "results": results},
                     indent=1,
                 )
-            )
-            (args.out / f"{stem}.md").write_text(markdown(results, machine, rates))
+            )  # fmt: skip
+            (args.out / f"{stem}.md").write_text(markdown(results, machine, rates, limits))
     for note in notes:
         print("note:", note)
     bar_chart(results, args.out / f"{stem}.png")

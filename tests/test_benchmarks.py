@@ -118,3 +118,10 @@ def test_rnn_summary_ratios_and_fastest_peer():
     assert got["/ PyTorch, best rounds"] == "0.80"
     assert got["/ Flax linen"] == "0.50"  # 4.0 / 8.0
     assert got["/ fastest JAX peer fwd"] == "0.80 (flax nnx OptimizedLSTMCell)"  # 2.0 / 2.5
+    assert got["seqjax fwd+bwd, of the f32 GEMM rate"] == "n/a"  # no limit measured
+    for r in results:
+        r["fwd_bwd_gflops"] = 1000.0 / r["fwd_bwd_ms"]
+    _, _, line = rnn.summary(results, limit=500.0)
+    got = dict(zip(columns, [c.strip() for c in line.strip("|").split("|")], strict=True))
+    assert got["seqjax fwd+bwd, of the f32 GEMM rate"] == "50%"  # 250 of 500 GFLOP/s
+    assert got["PyTorch fwd+bwd, of it"] == "40%"
