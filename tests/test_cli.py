@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import jax
 import pytest
 
 from seqjax import cli
@@ -50,6 +51,22 @@ def test_resume_continues_from_the_checkpoint(tmp_path):
     steps = [json.loads(x)["step"] for x in (tmp_path / "run" / "metrics.jsonl").read_text()
              .splitlines()]  # fmt: skip
     assert steps[-1] == 40 and steps == sorted(set(steps))
+
+
+def test_bfloat16_run_keeps_float32_weights_and_resumes_in_float32(tmp_path, capsys):
+    """--dtype bfloat16 trains under the mixed policy: the checkpoints hold float32 master
+    weights, so the run resumes in float32 (or bfloat16) from them."""
+    from seqjax import train
+
+    run_dir = str(tmp_path / "run")
+    assert cli.main(["train", "--steps", "20", "--run-dir", run_dir, "--dtype", "bfloat16",
+                     *SMALL]) == 0  # fmt: skip
+    assert ", bfloat16, run dir" in capsys.readouterr().out
+    run = train.load_run(run_dir)
+    assert run.config["dtype"] == "bfloat16"
+    assert {str(leaf.dtype) for leaf in jax.tree.leaves(run.params)} == {"float32"}
+    assert cli.main(["train", "--steps", "30", "--run-dir", run_dir, "--resume", *SMALL]) == 0
+    assert train.load_run(run_dir).step == 30
 
 
 def test_resume_skips_a_damaged_newer_checkpoint_with_one_warning(tmp_path):
