@@ -104,10 +104,29 @@ def unsupported_reason(kernel: str | None, params: Any, xs: Array) -> str | None
         return "the params are not the built-in cells' w_ih, w_hh, b_ih, b_hh"
     if jax.default_backend() != "cpu":
         return f"the native kernels run on the CPU; the backend is {jax.default_backend()}"
+    if _is_bf16(params) or jnp.dtype(params["w_ih"].dtype) == jnp.dtype(jnp.bfloat16):
+        return _bf16_unsupported_reason(kernel, params, xs)
     dtypes = {jnp.dtype(leaf.dtype) for leaf in jax.tree.leaves(params)} | {jnp.dtype(xs.dtype)}
     if dtypes != {jnp.dtype(jnp.float32)}:
         return f"the native kernels run in float32; got {sorted(map(str, dtypes))}"
     return unavailable_reason()
+
+
+def _bf16_unsupported_reason(kernel: str, params: Any, xs: Array) -> str | None:
+    """The mixed case: ``w_ih``, ``w_hh`` bfloat16, the biases float32 or bfloat16, ``xs``
+    any float dtype (rounded to bfloat16 in the kernel)."""
+    bf16, f32 = jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float32)
+    weights = {jnp.dtype(params[k].dtype) for k in ("w_ih", "w_hh")}
+    biases = {jnp.dtype(params[k].dtype) for k in ("b_ih", "b_hh")}
+    if weights != {bf16} or not biases <= {bf16, f32} or not jnp.issubdtype(xs.dtype, jnp.floating):
+        got = sorted(map(str, weights | biases | {jnp.dtype(xs.dtype)}))
+        return (
+            "the bfloat16 kernels take w_ih and w_hh in bfloat16, the biases in float32 or "
+            f"bfloat16 and floating inputs; got {got}"
+        )
+    if kernel not in _bf16.KERNELS:
+        return f"no bfloat16 kernel for {kernel} yet (there are for {', '.join(_bf16.KERNELS)})"
+    return unavailable_reason() or _bf16.unavailable_reason()
 
 
 class Weights(NamedTuple):
@@ -121,7 +140,10 @@ class Weights(NamedTuple):
 
 
 def pack_weights(kernel: str, params: Any) -> Weights:
-    """The weight matrices of ``params`` in the layouts ``kernel`` reads."""
+    """The weight matrices of ``params`` in the layouts ``kernel`` reads (the bfloat16
+    kernel's where ``w_hh`` is bfloat16)."""
+    if _is_bf16(params):
+        return Weights(*_bf16.pack_weights(kernel, params))
     gates = GATES[kernel]
     return Weights(
         _pack(params["w_hh"], gates), _pack(params["w_hh"].T, 1), _pack(params["w_ih"], gates)
@@ -156,7 +178,15 @@ def forward(
     are ``start .. start + T - 1`` of the whole sequence (for ``lengths``). ``restarts``:
     ``None``, or ``(flags, restart_carry)`` with boolean ``flags`` laid out as ``xs`` without its
     features: before a flagged step the row's carry is ``restart_carry``. Returns the final
-    carry, ``ys`` in the layout of ``xs`` and, with ``keep``, what :func:`backward` needs."""
+    carry, ``ys`` in the layout of ``xs`` and, with ``keep``, what :func:`backward` needs.
+
+    With bfloat16 weights (see :mod:`seqjax.native.bf16`) ``xs`` is rounded to bfloat16 and
+    the carry, ``ys`` and the residuals are float32."""
+    if _is_bf16(params):
+        return _bf16_forward(
+            kernel, params, weights, xs, carry, start, lengths, reverse, keep, batch_major,
+            restarts,
+        )  # fmt: skip
     T, batch, rows, per_step = _layout(xs, batch_major)
     H = params["w_hh"].shape[0]
     xs = xs.reshape(*per_step, -1)  # the kernels project it step by step (see lstm.cc)
@@ -216,7 +246,12 @@ def backward(
     ``restarts``) for the cotangents of its final carry and outputs: ``(d_carry, d_params,
     d_xs)``, and with ``restarts`` also the gradient of the restart carry. The reverse loop is
     one custom call; the weight and input gradients are matmuls over all (time x batch) rows
-    after it."""
+    after it (with bfloat16 weights, the bfloat16 GEMM's, float32 out)."""
+    if _is_bf16(params):
+        return _bf16.backward(
+            kernel, params, weights, xs, saved, d_carry, d_ys, start, lengths, reverse,
+            batch_major, restarts,
+        )  # fmt: skip
     T, batch, rows, per_step = _layout(xs, batch_major)
     H = params["w_hh"].shape[0]
     suffix, restart, flags = _restart_operands(restarts, rows, H, per_step)
@@ -281,6 +316,22 @@ def backward(
     structure = jax.tree.structure(restarts[1])
     d_restart = jax.tree.unflatten(structure, [d.reshape(*batch, H) for d in d_restart])
     return d_carry0, d_params, d_xs, d_restart
+
+
+def _is_bf16(params: Any) -> bool:
+    return jnp.dtype(params["w_hh"].dtype) == jnp.dtype(jnp.bfloat16)
+
+
+def _bf16_forward(kernel, params, weights, xs, carry, start, lengths, reverse, keep,
+                  batch_major, restarts):  # fmt: skip
+    T, batch, _, _ = _layout(xs, batch_major)
+    H = params["w_hh"].shape[0]
+    final, ys, extra, flat = _bf16.forward(
+        kernel, params, weights, xs, carry, start, lengths, reverse, keep, batch_major, restarts
+    )
+    final = jax.tree.map(lambda c: c.reshape(*batch, H), final)
+    saved = Saved(flat, ys, extra) if keep else None
+    return final, ys.reshape(*((*batch, T) if batch_major else (T, *batch)), H), saved
 
 
 def bf16_matmul(a: Array, b: Array, trans_a: bool = False, trans_b: bool = False) -> Array:

@@ -30,7 +30,10 @@ from pathlib import Path
 
 import jax
 
-SOURCES = ("common.h", "lstm.cc", "gru.cc", "rnn.cc", "amx.h", "gemm.cc")
+SOURCES = (
+    "common.h", "lstm.cc", "gru.cc", "rnn.cc",
+    "amx.h", "bf16_steps.h", "gemm.cc", "lstm_bf16.cc",
+)  # fmt: skip
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno")
 # The handlers the library exports, by the name XLA's custom calls use.
 TARGETS = {
@@ -47,8 +50,11 @@ TARGETS = {
     "seqjax_gru_backward_restarting": "SeqjaxGruBackwardRestarting",
     "seqjax_rnn_forward_restarting": "SeqjaxRnnForwardRestarting",
     "seqjax_rnn_backward_restarting": "SeqjaxRnnBackwardRestarting",
-    # bfloat16 (seqjax.native.bf16): the GEMM of the backward passes.
+    # bfloat16 (seqjax.native.bf16): the GEMM of the backward passes,
     "seqjax_bf16_matmul": "SeqjaxBf16Matmul",
+    # and the recurrences, with or without resets (empty flags: none)
+    "seqjax_lstm_bf16_forward": "SeqjaxLstmBf16Forward",
+    "seqjax_lstm_bf16_backward": "SeqjaxLstmBf16Backward",
 }
 
 
