@@ -29,6 +29,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from seqjax import _checks, layers
+from seqjax import precision as precision_lib
 from seqjax.cell import Carry, Cell
 from seqjax.cells import gru, lru, lstm, min_gru, min_lstm, simple_rnn
 from seqjax.unroll import unroll
@@ -51,6 +52,10 @@ class Recurrent(nnx.Module):
       in_features: the input size.
       rngs: ``nnx.Rngs``; the ``params`` stream draws the initial weights.
       dtype: the params' dtype (default float32).
+      precision: ``None`` (default): compute in the params' dtype; ``"bfloat16"`` or
+        ``"float16"``: the mixed policy (:mod:`seqjax.precision`): the params stay float32
+        master weights and each call casts their matrices, so matmuls run in that dtype with
+        float32 sums and the carry and outputs are float32.
       recurrent_dropout: variational dropout of the recurrent state, as in
         :func:`seqjax.rnn` (:mod:`seqjax.dropout`). The masks are drawn from ``rngs``'s
         ``dropout`` stream (or a call's ``rngs``) while the module trains; after
@@ -63,10 +68,12 @@ class Recurrent(nnx.Module):
 
     def __init__(
         self, cell: Cell, in_features: int, *, rngs: nnx.Rngs, dtype: Any = None,
-        recurrent_dropout: float = 0.0, input_dropout: float = 0.0, zoneout: float = 0.0,
-        **options: Any,
+        precision: str | None = None, recurrent_dropout: float = 0.0,
+        input_dropout: float = 0.0, zoneout: float = 0.0, **options: Any,
     ):  # fmt: skip
         _checks.check_cell(cell, type(self).__name__)
+        precision_lib.compute_dtype(precision, type(self).__name__)  # a clear error now
+        self.precision = nnx.static(precision)
         self.cell = nnx.static(cell)
         self.options = nnx.static(
             options_from(
@@ -92,8 +99,12 @@ class Recurrent(nnx.Module):
         """The cell's params as the plain dict the functional API takes."""
         return {name: getattr(self, name)[...] for name in self.param_names}
 
+    def _compute_params(self) -> dict[str, Array]:
+        """The params a call runs: cast to the module's ``precision``."""
+        return precision_lib.cast(self.params, self.precision)
+
     def initialize_carry(self, batch_shape: tuple[int, ...]) -> Carry:
-        return self.cell.initial_carry(self.params, tuple(batch_shape))
+        return self.cell.initial_carry(self._compute_params(), tuple(batch_shape))
 
     def __call__(
         self,
@@ -115,15 +126,16 @@ class Recurrent(nnx.Module):
         draws this call's dropout masks instead of the module's own."""
         lengths = _lengths(seq_lengths, lengths)
         options = self.options.replace(reverse=reverse, time_major=time_major)
+        params = self._compute_params()
         if self.dropout_rates is not None:
             layer = layers.rnn(self.cell, options=options, **self.dropout_rates)
             key = None if self.deterministic else (rngs or self.rngs).dropout()
             final, ys = layer.apply(
-                self.params, inputs, carry=initial_carry, lengths=lengths, resets=resets, key=key
+                params, inputs, carry=initial_carry, lengths=lengths, resets=resets, key=key
             )
         else:
             final, ys = unroll(
-                self.cell, self.params, inputs, carry=initial_carry, lengths=lengths,
+                self.cell, params, inputs, carry=initial_carry, lengths=lengths,
                 resets=resets, options=options,
             )  # fmt: skip
         if reverse and not keep_order:

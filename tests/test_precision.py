@@ -218,3 +218,19 @@ def test_fit_keeps_float32_master_weights():
     assert history[-1]["loss"] < 0.2 * float(jnp.var(data["targets"]))
     with pytest.raises(ValueError, match="fit: unknown precision 'half'"):
         train.fit(model, loss, params, train.optimizer(), data, steps=1, precision="half")
+
+
+def test_nnx_module_runs_the_policy_on_float32_params():
+    from flax import nnx
+
+    from seqjax import nn
+
+    module = nn.GRU(D, H, rngs=nnx.Rngs(0), precision="bfloat16")
+    xs = jax.random.normal(jax.random.key(1), (B, T, D))
+    assert module.w_hh[...].dtype == jnp.float32  # the master weights
+    _, expected = seqjax.unroll(seqjax.gru(H), precision.cast(module.params), xs)
+    np.testing.assert_array_equal(module(xs), expected)
+    grads = nnx.grad(lambda m: jnp.sum(m(xs)))(module)
+    assert grads.w_hh[...].dtype == jnp.float32
+    with pytest.raises(ValueError, match="GRU: unknown precision 'bf16'"):
+        nn.GRU(D, H, rngs=nnx.Rngs(0), precision="bf16")
