@@ -20,6 +20,7 @@
 
 #if defined(__linux__)
 #include <linux/futex.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 #endif
@@ -291,16 +292,26 @@ struct Units {
       : u_begin(begin), u_end(end), col0(begin * 16), col1(std::min(end * 16, s.H)) {}
 };
 
-// Calls f(r0, rows) over the batch rows in tiles of kMax rows, then 4, then 1 (`rows` is a
-// std::integral_constant). More rows per tile reuse each loaded weight vector more often: on an
-// AVX-512 core, 8 rows x 3 panels ran at ~100 GFLOP/s against ~60 for 4 x 4.
+// f(r0, rows) for the one tile of exactly `left` (< N + 1) rows at r0, if any.
+template <int N, typename F>
+void remainder_tile(int64_t left, int64_t r0, F& f) {
+  if constexpr (N >= 1) {
+    if (left == N) return f(r0, std::integral_constant<int, N>());
+    remainder_tile<N - 1>(left, r0, f);
+  }
+}
+
+// Calls f(r0, rows) over the batch rows in tiles of kMax rows, then one tile of the rows left
+// (`rows` is a std::integral_constant). More rows per tile reuse each loaded weight vector more
+// often: on an AVX-512 core, 8 rows x 3 panels ran at ~100 GFLOP/s against ~60 for 4 x 4. The
+// rows left go in one tile, not in tiles of 1: a tile's time is set by its weight loads, so at
+// B = 32 the LSTM's 6-row tiles left 2 rows that took as long as 12 in two 1-row tiles (one
+// 2-row tile ran at 71 GFLOP/s against 40 for a 1-row one).
 template <int kMax, typename F>
 void row_tiles(int64_t B, F&& f) {
   int64_t r0 = 0;
   for (; r0 + kMax <= B; r0 += kMax) f(r0, std::integral_constant<int, kMax>());
-  if constexpr (kMax > 4)
-    for (; r0 + 4 <= B; r0 += 4) f(r0, std::integral_constant<int, 4>());
-  for (; r0 < B; ++r0) f(r0, std::integral_constant<int, 1>());
+  remainder_tile<kMax - 1>(B - r0, r0, f);
 }
 
 // Calls tile(r0, u0, rows, units) over the batch rows and these unit blocks, in register tiles
@@ -536,6 +547,26 @@ using F32 = ffi::Buffer<ffi::F32>;
 using S32 = ffi::Buffer<ffi::S32>;
 using Flags = ffi::Buffer<ffi::PRED>;
 using Out = ffi::ResultBuffer<ffi::F32>;
+
+// Asks the OS to back the 2 MiB-aligned part of each of these results with huge pages, where
+// it allows that on request (Linux's transparent huge pages in "madvise" mode, the default).
+// XLA gives a custom call fresh result buffers on every call, and glibc maps large blocks
+// afresh: writing a (T, B, 4H) residual then faulted in one 4 KiB page at a time (for the LSTM
+// at B=32, T=128, H=256 ~15k faults a fwd+bwd call, ~60 MiB). With huge pages one fault maps
+// 2 MiB. Only a hint: the numbers do not depend on it.
+inline void prefer_huge_pages(std::initializer_list<Out*> results) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t{2} << 20;
+  for (Out* r : results) {
+    const uintptr_t begin = reinterpret_cast<uintptr_t>((*r)->untyped_data());
+    const uintptr_t end = begin + (*r)->size_bytes();
+    const uintptr_t first = (begin + kHuge - 1) & ~(kHuge - 1), last = end & ~(kHuge - 1);
+    if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
+  }
+#else
+  (void)results;
+#endif
+}
 
 // An entry's last line: the loop over the steps, then success (every check came before).
 template <typename Kernel>
