@@ -42,6 +42,9 @@ PATHS = [
 ]
 
 
+KERNELS = ["lstm", "gru", "rnn_tanh", "rnn_relu"]
+
+
 @pytest.fixture(params=PATHS)
 def bf16_path(request, monkeypatch):
     monkeypatch.setenv("SEQJAX_NATIVE_BF16", request.param)
@@ -244,18 +247,27 @@ def _check(kernel, B, T, D, H, lengths=None, start=0, reverse=False, batch_major
     flags_in = None if flags is None else (flags.T if batch_major else flags)
     loop = _native_loop(kernel, params, xs_in, carry_c, lengths_a, start, reverse, batch_major,
                         flags_in)  # fmt: skip
-    (final, ys), vjp = jax.vjp(loop, params, xs_in, carry_c, restart_c)
-    (final_r, ys_r), vjp_r = jax.vjp(ref, f32, xs.astype(jnp.float32), carry_c, restart_c)
+    d_final = jax.tree.map(lambda c: jax.random.normal(cot[0], c.shape), carry_c)
+    d_ys = jax.random.normal(cot[1], (T, B, H))
+    d_ys_in = jnp.swapaxes(d_ys, 0, 1) if batch_major else d_ys
+
+    @jax.jit  # one compiled program each: op by op, the reference took seconds
+    def run(p, x, r):
+        (final, ys), vjp = jax.vjp(loop, p, x, carry_c, r)
+        return final, ys, vjp((d_final, d_ys_in))
+
+    @jax.jit
+    def run_ref(p, x, r):
+        (final, ys), vjp = jax.vjp(ref, p, x, carry_c, r)
+        return final, ys, vjp((d_final, d_ys))
+
+    final, ys, got = run(params, xs_in, restart_c)
+    final_r, ys_r, want = run_ref(f32, xs.astype(jnp.float32), restart_c)
     if batch_major:
         ys = jnp.swapaxes(ys, 0, 1)
     assert ys.dtype == jnp.float32 and ys.shape == (T, B, H)
     _close(final, final_r, "final carry", 2e-3)
     _close(ys, ys_r, "ys", 2e-3)
-    d_final = jax.tree.map(lambda c: jax.random.normal(cot[0], c.shape), final)
-    d_ys = jax.random.normal(cot[1], ys.shape)
-    d_ys_in = jnp.swapaxes(d_ys, 0, 1) if batch_major else d_ys
-    got = vjp((d_final, d_ys_in))
-    want = vjp_r((d_final, d_ys))
     d_xs = jnp.swapaxes(got[1], 0, 1) if batch_major else got[1]
     for name in params:
         _close(got[0][name].astype(jnp.float32), want[0][name], f"d {name}")
@@ -275,24 +287,19 @@ def _close(got, want, what, tol=2e-2):
         assert err < tol, f"{what}: max error {err:.3g} of scale {scale:.3g}"
 
 
-@pytest.mark.parametrize("kernel", ["lstm"])
-def test_plain(bf16_path, kernel):
-    _check(kernel, B=3, T=5, D=7, H=20)
-
-
-@pytest.mark.parametrize("kernel", ["lstm"])
+@pytest.mark.parametrize("kernel", KERNELS)
 def test_lengths_reverse_batch_major(bf16_path, kernel):
     lengths = [6, 0, 3, 5, 1, 6, 2, 4, 6, 6, 3, 0, 6, 5, 1, 2, 6]
     _check(kernel, 17, 6, 33, 40, lengths, start=1, reverse=True, batch_major=True)
 
 
-@pytest.mark.parametrize("kernel", ["lstm"])
+@pytest.mark.parametrize("kernel", KERNELS)
 def test_resets(bf16_path, kernel):
     _check(kernel, B=5, T=7, D=4, H=18, lengths=[7, 3, 5, 7, 2], resets=True)
 
 
-@pytest.mark.parametrize("kernel", ["lstm"])
-def test_wide_rows_and_units(bf16_path, kernel):
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_wide_rows_and_units(bf16_path, kernel):  # also the plain case: time-major, forward
     _check(kernel, B=37, T=3, D=50, H=70)
 
 

@@ -17,6 +17,7 @@ on first use (see :mod:`seqjax.native._build`); without a C++ compiler ``unroll`
 
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import Any, NamedTuple
 
@@ -160,6 +161,33 @@ class Saved(NamedTuple):
     extra: tuple
 
 
+def _or_bf16(bf16_fn):
+    """Sends a call whose ``params["w_hh"]`` is bfloat16 to ``bf16_fn`` (same arguments)."""
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def call(kernel, params, *args, **kwargs):
+            chosen = bf16_fn if _is_bf16(params) else fn
+            return chosen(kernel, params, *args, **kwargs)
+
+        return call
+
+    return wrap
+
+
+def _bf16_forward(kernel, params, weights, xs, carry, start, lengths, reverse, keep,
+                  batch_major=False, restarts=None):  # fmt: skip
+    T, batch, _, _ = _layout(xs, batch_major)
+    H = params["w_hh"].shape[0]
+    final, ys, extra, flat = _bf16.forward(
+        kernel, params, weights, xs, carry, start, lengths, reverse, keep, batch_major, restarts
+    )
+    final = jax.tree.map(lambda c: c.reshape(*batch, H), final)
+    saved = Saved(flat, ys, extra) if keep else None
+    return final, ys.reshape(*((*batch, T) if batch_major else (T, *batch)), H), saved
+
+
+@_or_bf16(_bf16_forward)
 def forward(
     kernel: str,
     params: Any,
@@ -182,11 +210,6 @@ def forward(
 
     With bfloat16 weights (see :mod:`seqjax.native.bf16`) ``xs`` is rounded to bfloat16 and
     the carry, ``ys`` and the residuals are float32."""
-    if _is_bf16(params):
-        return _bf16_forward(
-            kernel, params, weights, xs, carry, start, lengths, reverse, keep, batch_major,
-            restarts,
-        )  # fmt: skip
     T, batch, rows, per_step = _layout(xs, batch_major)
     H = params["w_hh"].shape[0]
     xs = xs.reshape(*per_step, -1)  # the kernels project it step by step (see lstm.cc)
@@ -228,6 +251,7 @@ def forward(
     return final, ys.reshape(*((*batch, T) if batch_major else (T, *batch)), H), saved
 
 
+@_or_bf16(_bf16.backward)
 def backward(
     kernel: str,
     params: Any,
@@ -247,11 +271,6 @@ def backward(
     d_xs)``, and with ``restarts`` also the gradient of the restart carry. The reverse loop is
     one custom call; the weight and input gradients are matmuls over all (time x batch) rows
     after it (with bfloat16 weights, the bfloat16 GEMM's, float32 out)."""
-    if _is_bf16(params):
-        return _bf16.backward(
-            kernel, params, weights, xs, saved, d_carry, d_ys, start, lengths, reverse,
-            batch_major, restarts,
-        )  # fmt: skip
     T, batch, rows, per_step = _layout(xs, batch_major)
     H = params["w_hh"].shape[0]
     suffix, restart, flags = _restart_operands(restarts, rows, H, per_step)
@@ -320,18 +339,6 @@ def backward(
 
 def _is_bf16(params: Any) -> bool:
     return jnp.dtype(params["w_hh"].dtype) == jnp.dtype(jnp.bfloat16)
-
-
-def _bf16_forward(kernel, params, weights, xs, carry, start, lengths, reverse, keep,
-                  batch_major, restarts):  # fmt: skip
-    T, batch, _, _ = _layout(xs, batch_major)
-    H = params["w_hh"].shape[0]
-    final, ys, extra, flat = _bf16.forward(
-        kernel, params, weights, xs, carry, start, lengths, reverse, keep, batch_major, restarts
-    )
-    final = jax.tree.map(lambda c: c.reshape(*batch, H), final)
-    saved = Saved(flat, ys, extra) if keep else None
-    return final, ys.reshape(*((*batch, T) if batch_major else (T, *batch)), H), saved
 
 
 def bf16_matmul(a: Array, b: Array, trans_a: bool = False, trans_b: bool = False) -> Array:

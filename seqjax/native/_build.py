@@ -32,7 +32,7 @@ import jax
 
 SOURCES = (
     "common.h", "lstm.cc", "gru.cc", "rnn.cc",
-    "amx.h", "bf16_steps.h", "gemm.cc", "lstm_bf16.cc",
+    "amx.h", "bf16_steps.h", "gemm.cc", "lstm_bf16.cc", "gru_bf16.cc", "rnn_bf16.cc",
 )  # fmt: skip
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno")
 # The handlers the library exports, by the name XLA's custom calls use.
@@ -55,6 +55,10 @@ TARGETS = {
     # and the recurrences, with or without resets (empty flags: none)
     "seqjax_lstm_bf16_forward": "SeqjaxLstmBf16Forward",
     "seqjax_lstm_bf16_backward": "SeqjaxLstmBf16Backward",
+    "seqjax_gru_bf16_forward": "SeqjaxGruBf16Forward",
+    "seqjax_gru_bf16_backward": "SeqjaxGruBf16Backward",
+    "seqjax_rnn_bf16_forward": "SeqjaxRnnBf16Forward",
+    "seqjax_rnn_bf16_backward": "SeqjaxRnnBf16Backward",
 }
 
 

@@ -119,22 +119,24 @@ inline float from_bf16(uint16_t h) {
   std::memcpy(&x, &u, 4);
   return x;
 }
-// The first n (1..16) lanes of v, rounded to bfloat16, to p.
+typedef uint16_t v16h __attribute__((vector_size(32)));
+
+// The first n (1..16) lanes of v, rounded to bfloat16, to p: in vector registers (a lane at a
+// time, this conversion took a third of the LSTM's reverse loop).
 inline void store_bf16(uint16_t* p, v16 v, int64_t n) {
   const v16i u = bits(v);
   const v16i nan = (u & 0x7fffffff) > 0x7f800000;
   const v16i rounded = (u + 0x7fff + ((u >> 16) & 1)) >> 16;
-  const v16i h = (nan & ((u >> 16) | 0x40)) | (~nan & rounded);
-  uint16_t out[16];
-  for (int i = 0; i < 16; ++i) out[i] = static_cast<uint16_t>(h[i]);
-  std::memcpy(p, out, n * sizeof(uint16_t));
+  const v16h h = __builtin_convertvector((nan & ((u >> 16) | 0x40)) | (~nan & rounded), v16h);
+  if (n == 16)
+    std::memcpy(p, &h, sizeof h);
+  else
+    std::memcpy(p, &h, n * sizeof(uint16_t));
 }
 inline v16 load_bf16(const uint16_t* p, int64_t n) {
-  uint16_t in[16] = {};
-  std::memcpy(in, p, n * sizeof(uint16_t));
-  v16i u;
-  for (int i = 0; i < 16; ++i) u[i] = static_cast<int32_t>(in[i]) << 16;
-  return from_bits(u);
+  v16h h{};
+  std::memcpy(&h, p, n * sizeof(uint16_t));
+  return from_bits(__builtin_convertvector(h, v16i) << 16);
 }
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }

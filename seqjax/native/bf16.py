@@ -24,7 +24,7 @@ from seqjax.native._operands import _bias, _call, _common_operands, _layout, _pr
 Array = jax.Array
 
 PATHS = ("amx", "avx512bf16")
-KERNELS = ("lstm",)  # the recurrences with a bfloat16 kernel
+KERNELS = ("lstm", "gru", "rnn_tanh", "rnn_relu")  # the recurrences with a bfloat16 kernel
 GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
 # bf16::Support in amx.h
 _AVX512BF16, _AMX, _AMX_NO_PERMISSION, _AMX_NOT_COMPILED, _BF16_NOT_COMPILED = 1, 2, 4, 8, 16
@@ -161,8 +161,8 @@ def _restart_operands(restarts, rows: int, H: int, per_step, leaves: int):
     return jnp.asarray(flags, jnp.bool_).reshape(per_step), carry
 
 
-def forward(kernel, params, weights, xs, carry, start, lengths, reverse, keep, batch_major,
-            restarts):  # fmt: skip
+def forward(kernel, params, weights, xs, carry, start, lengths, reverse, keep,
+            batch_major=False, restarts=None):  # fmt: skip
     """:func:`seqjax.native.forward` for bfloat16 weights: ``xs`` rounded to bfloat16, the
     carry, the outputs and the residuals in float32. Returns ``(final carry, ys (T, rows,
     H) or (rows, T, H), extra residuals)``."""
@@ -189,11 +189,26 @@ def forward(kernel, params, weights, xs, carry, start, lengths, reverse, keep, b
             *_common_operands(lengths, rows, start), flags, **attrs,
         )  # fmt: skip
         return type(carry)(h, c), ys, (cs, acts), flat
-    raise ValueError(f"no bfloat16 kernel for {kernel!r}")
+    flags, restart = _restart_operands(restarts, rows, H, per_step, 1)
+    common = (*_common_operands(lengths, rows, start), flags)
+    if kernel == "gru":
+        ys, acts, h = _call(
+            "seqjax_gru_bf16_forward",
+            (out((*per_step, H), f32), out((*residual, 4 * H), f32), out((rows, H), f32)),
+            xs, weights.w, bias, flat, *restart, *common, **attrs,
+        )  # fmt: skip
+        return h, ys, (acts,), flat
+    del attrs["keep"]
+    ys, h = _call(
+        "seqjax_rnn_bf16_forward",
+        (out((*per_step, H), f32), out((rows, H), f32)),
+        xs, weights.w, bias, flat, *restart, *common, relu=kernel == "rnn_relu", **attrs,
+    )  # fmt: skip
+    return h, ys, (), flat
 
 
 def backward(kernel, params, weights, xs, saved, d_carry, d_ys, start, lengths, reverse,
-             batch_major, restarts):  # fmt: skip
+             batch_major=False, restarts=None):  # fmt: skip
     """:func:`seqjax.native.backward` for bfloat16 weights: the reverse loop, then the weight
     and input gradients with the bfloat16 GEMM. The weight and bias gradients come out
     float32, ``d_xs`` in the dtype of ``xs``."""
@@ -222,8 +237,28 @@ def backward(kernel, params, weights, xs, saved, d_carry, d_ys, start, lengths, 
         )  # fmt: skip
         d_carry0 = type(d_carry)(dh.reshape(*batch, H), dc.reshape(*batch, H))
         h0, d_hh, d_b_hh = saved.carry.h, d_gates, d_bias
+    elif kernel == "gru":
+        flags, restart = _restart_operands(restarts, rows, H, per_step, 1)
+        (acts,) = saved.extra
+        d_gates, d_hh, d_bias, d_b_hh, dh, *d_restart = _call(
+            "seqjax_gru_bf16_backward",
+            (out((*per_step, 3 * H), jnp.bfloat16), out((*per_step, 3 * H), jnp.bfloat16),
+             out((3 * H,), f32), out((3 * H,), f32), out((rows, H), f32),
+             out((n_restart, H), f32)),
+            weights.wt, d_ys, saved.ys, acts, saved.carry, d_flat, restart[0], *common, flags,
+            **attrs,
+        )  # fmt: skip
+        d_carry0, h0 = dh.reshape(*batch, H), saved.carry
     else:
-        raise ValueError(f"no bfloat16 kernel for {kernel!r}")
+        flags, restart = _restart_operands(restarts, rows, H, per_step, 1)
+        d_gates, d_bias, dh, *d_restart = _call(
+            "seqjax_rnn_bf16_backward",
+            (out((*per_step, H), jnp.bfloat16), out((H,), f32), out((rows, H), f32),
+             out((n_restart, H), f32)),
+            weights.wt, d_ys, saved.ys, d_flat, *common, flags, relu=kernel == "rnn_relu",
+            **attrs,
+        )  # fmt: skip
+        d_carry0, h0, d_hh, d_b_hh = dh.reshape(*batch, H), saved.carry, d_gates, d_bias
     h_prev = _previous_outputs(saved.ys, h0, lengths, rows, start, reverse, batch_major)
     if restarts is not None:  # a restarted step's input carry was the restart one
         h_restart = jnp.expand_dims(restart[0], 1 if batch_major else 0)

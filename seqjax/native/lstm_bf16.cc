@@ -122,17 +122,19 @@ struct Backward {
   float *dh_restart = nullptr, *dc_restart = nullptr;
 
   // The gate gradients of step t for these units into operand half `g`; dc becomes dc_(t-1).
+  // Row by row, as lstm.cc: a column-block-major order strided through acts and ran slower.
   void gates(int64_t t, const Units& units, uint16_t* g) const {
     const int64_t H = s.H;
-    for (int64_t col = units.col0; col < units.col1; col += 16) {
-      const int64_t n = std::min<int64_t>(16, H - col);
-      v16 sum[4] = {};
-      for (int64_t b = 0; b < s.B; ++b) {
-        const int64_t row = s.row(t, b);
+    v16 sum[kGroup][4] = {};
+    for (int64_t b = 0; b < s.B; ++b) {
+      const int64_t row = s.row(t, b);
+      for (int64_t col = units.col0; col < units.col1; col += 16) {
+        const int64_t n = std::min<int64_t>(16, H - col);
+        v16* acc = sum[(col - units.col0) / 16];
         uint16_t* out = dgates + row * 4 * H + col;
         uint16_t* op = g + b * rows.Kp + col;
         if (!steps.runs(t, b)) {  // the step passed its carry through: dh and dc go on
-          for (int q = 0; q < 4; ++q) bf16::put_gradient(zero16(), n, out + q * H, op + q * H, sum[q]);
+          for (int q = 0; q < 4; ++q) bf16::put_gradient(zero16(), n, out + q * H, op + q * H, acc[q]);
           continue;
         }
         const float* a = acts + row * 4 * H + col;
@@ -142,14 +144,17 @@ struct Backward {
         v16 dh = load_n(dhbuf + b * H + col, n) + load_n(dys + row * H + col, n);
         v16 dc = load_n(dcbuf + b * H + col, n) + dh * o * (1.0f - tc * tc);
         v16 cp = load_n(carried_into(s, steps, cs, c0, t, b, c_restart) + col, n);
-        bf16::put_gradient(dc * gg * i * (1.0f - i), n, out, op, sum[0]);
-        bf16::put_gradient(dc * cp * f * (1.0f - f), n, out + H, op + H, sum[1]);
-        bf16::put_gradient(dc * i * (1.0f - gg * gg), n, out + 2 * H, op + 2 * H, sum[2]);
-        bf16::put_gradient(dh * tc * o * (1.0f - o), n, out + 3 * H, op + 3 * H, sum[3]);
+        bf16::put_gradient(dc * gg * i * (1.0f - i), n, out, op, acc[0]);
+        bf16::put_gradient(dc * cp * f * (1.0f - f), n, out + H, op + H, acc[1]);
+        bf16::put_gradient(dc * i * (1.0f - gg * gg), n, out + 2 * H, op + 2 * H, acc[2]);
+        bf16::put_gradient(dh * tc * o * (1.0f - o), n, out + 3 * H, op + 3 * H, acc[3]);
         store_n(dcbuf + b * H + col, dc * f, n);
       }
-      for (int q = 0; q < 4; ++q) bf16::add_to(dbias + q * H + col, sum[q], n);
     }
+    for (int64_t col = units.col0; col < units.col1; col += 16)
+      for (int q = 0; q < 4; ++q)
+        bf16::add_to(dbias + q * H + col, sum[(col - units.col0) / 16][q],
+                     std::min<int64_t>(16, H - col));
   }
 
   static constexpr int kGroup = 2;
