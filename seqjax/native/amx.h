@@ -23,6 +23,9 @@
 
 #include "common.h"
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 #if defined(__x86_64__)
 #include <cpuid.h>
 #include <immintrin.h>
@@ -141,6 +144,26 @@ inline v16 load_bf16(const uint16_t* p, int64_t n) {
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
+// common.h's prefer_huge_pages for any result (the bf16 kernels' results include bf16 ones):
+// fresh result buffers faulted in 4 KiB at a time cost ~4 us a page on this project's VM; at
+// B=64, T=256, H=512 the LSTM forward's residuals (128 MiB) took 238 ms against 104 ms
+// without the faults. A hint only.
+inline void prefer_huge_pages(void* p, int64_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t{2} << 20;
+  if (bytes < static_cast<int64_t>(2 * kHuge)) return;
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(p) + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(p) + bytes) & ~(kHuge - 1);
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+#else
+  (void)p, (void)bytes;
+#endif
+}
+template <typename Result>
+void prefer_huge_pages(Result& r) {
+  prefer_huge_pages(r->untyped_data(), static_cast<int64_t>(r->size_bytes()));
+}
+
 struct TilesA {
   const uint16_t* p;
   int64_t row_tile, k_tile, stride;  // elements
@@ -201,24 +224,77 @@ inline void amx_block(const TilesA& a, int64_t r, const TilesB& b, int64_t j, in
     if constexpr (MR == 2) _tile_zero(2);
     if constexpr (MR == 2 && NC == 2) _tile_zero(3);
   }
+  const uint16_t *a0 = a.tile(r, k0), *a1 = a.tile(r + 1, k0);
+  const uint16_t *b0 = b.tile(j, k0), *b1 = b.tile(j + 1, k0);
   for (int64_t k = k0; k < k1; ++k) {
-    _tile_loadd(4, a.tile(r, k), as);
-    _tile_loadd(6, b.tile(j, k), 64);
+    _tile_loadd(4, a0, as);
+    _tile_loadd(6, b0, 64);
+    if constexpr (MR == 2) _tile_loadd(5, a1, as);
+    if constexpr (NC == 2) _tile_loadd(7, b1, 64);
     _tile_dpbf16ps(0, 4, 6);
-    if constexpr (NC == 2) {
-      _tile_loadd(7, b.tile(j + 1, k), 64);
-      _tile_dpbf16ps(1, 4, 7);
-    }
-    if constexpr (MR == 2) {
-      _tile_loadd(5, a.tile(r + 1, k), as);
-      _tile_dpbf16ps(2, 5, 6);
-      if constexpr (NC == 2) _tile_dpbf16ps(3, 5, 7);
-    }
+    if constexpr (MR == 2) _tile_dpbf16ps(2, 5, 6);
+    if constexpr (NC == 2) _tile_dpbf16ps(1, 4, 7);
+    if constexpr (MR == 2 && NC == 2) _tile_dpbf16ps(3, 5, 7);
+    a0 += a.k_tile, a1 += a.k_tile, b0 += b.k_tile, b1 += b.k_tile;
   }
   _tile_stored(0, c, cs);
   if constexpr (NC == 2) _tile_stored(1, c + 16, cs);
   if constexpr (MR == 2) _tile_stored(2, c10, cs);
   if constexpr (MR == 2 && NC == 2) _tile_stored(3, c10 + 16, cs);
+}
+// C (4 row tiles from r x 1 column tile j) = A B over k tiles [k0, k1), or C + A B: each B
+// tile (a weight tile, from L3 when the weights outgrow L2) serves 4 row tiles, where a 2 x 2
+// block's serves 2. A alternates between tmm4 and tmm5, B between tmm6 and tmm7.
+inline void amx_block_4x1(const TilesA& a, int64_t r, const TilesB& b, int64_t j, int64_t k0,
+                          int64_t k1, float* c, int64_t ldc, bool load_c) {
+  const int64_t cs = ldc * 4, as = a.stride * 2, rt = 16 * ldc;
+  if (load_c) {
+    _tile_loadd(0, c, cs);
+    _tile_loadd(1, c + rt, cs);
+    _tile_loadd(2, c + 2 * rt, cs);
+    _tile_loadd(3, c + 3 * rt, cs);
+  } else {
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+  }
+  int64_t k = k0;
+  for (; k + 1 < k1; k += 2) {
+    _tile_loadd(6, b.tile(j, k), 64);
+    _tile_loadd(4, a.tile(r, k), as);
+    _tile_loadd(5, a.tile(r + 1, k), as);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 5, 6);
+    _tile_loadd(4, a.tile(r + 2, k), as);
+    _tile_loadd(5, a.tile(r + 3, k), as);
+    _tile_dpbf16ps(2, 4, 6);
+    _tile_dpbf16ps(3, 5, 6);
+    _tile_loadd(7, b.tile(j, k + 1), 64);
+    _tile_loadd(4, a.tile(r, k + 1), as);
+    _tile_loadd(5, a.tile(r + 1, k + 1), as);
+    _tile_dpbf16ps(0, 4, 7);
+    _tile_dpbf16ps(1, 5, 7);
+    _tile_loadd(4, a.tile(r + 2, k + 1), as);
+    _tile_loadd(5, a.tile(r + 3, k + 1), as);
+    _tile_dpbf16ps(2, 4, 7);
+    _tile_dpbf16ps(3, 5, 7);
+  }
+  if (k < k1) {
+    _tile_loadd(6, b.tile(j, k), 64);
+    _tile_loadd(4, a.tile(r, k), as);
+    _tile_loadd(5, a.tile(r + 1, k), as);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 5, 6);
+    _tile_loadd(4, a.tile(r + 2, k), as);
+    _tile_loadd(5, a.tile(r + 3, k), as);
+    _tile_dpbf16ps(2, 4, 6);
+    _tile_dpbf16ps(3, 5, 6);
+  }
+  _tile_stored(0, c, cs);
+  _tile_stored(1, c + rt, cs);
+  _tile_stored(2, c + 2 * rt, cs);
+  _tile_stored(3, c + 3 * rt, cs);
 }
 #else
 class TileScope {
@@ -282,6 +358,28 @@ inline void block(bool amx, const TilesA& a, int64_t r, int64_t row_tiles, const
   (void)amx, (void)a, (void)r, (void)row_tiles, (void)b, (void)j, (void)k0, (void)k1, (void)c,
       (void)ldc, (void)load_c;
 #endif
+}
+
+// C (64 rows from row tile r x 16 * cols columns from column tile j) = A B over k tiles
+// [k0, k1): one column tile at a time, each B tile loaded once for the 4 row tiles on AMX.
+inline void block_4rows(bool amx, const TilesA& a, int64_t r, const TilesB& b, int64_t j,
+                        int64_t cols, int64_t k0, int64_t k1, float* c, int64_t ldc) {
+#if defined(SEQJAX_HAVE_AMX)
+  if (amx) {
+    for (int64_t q = 0; q < cols; ++q)
+      amx_block_4x1(a, r, b, j + q, k0, k1, c + q * 16, ldc, false);
+    return;
+  }
+#endif
+  for (int64_t q = 0; q + 1 < cols; q += 2) {
+    block<2>(amx, a, r, 2, b, j + q, k0, k1, c + q * 16, ldc, false);
+    block<2>(amx, a, r + 2, 2, b, j + q, k0, k1, c + 32 * ldc + q * 16, ldc, false);
+  }
+  if (cols % 2) {
+    block<1>(amx, a, r, 2, b, j + cols - 1, k0, k1, c + (cols - 1) * 16, ldc, false);
+    block<1>(amx, a, r + 2, 2, b, j + cols - 1, k0, k1, c + 32 * ldc + (cols - 1) * 16, ldc,
+             false);
+  }
 }
 
 // Runs fn(task) for task in [0, count) on this thread and up to `workers` - 1 tasks of XLA's

@@ -183,8 +183,8 @@ def forward(kernel, params, weights, xs, carry, start, lengths, reverse, keep,
         flags, restart = _restart_operands(restarts, rows, H, per_step, 2)
         ys, cs, acts, h, c = _call(
             "seqjax_lstm_bf16_forward",
-            (out((*per_step, H), f32), out((*residual, H), f32), out((*residual, 4 * H), f32),
-             out((rows, H), f32), out((rows, H), f32)),
+            (out((*per_step, H), f32), out((*residual, H), f32),
+             out((*residual, 4 * H), jnp.bfloat16), out((rows, H), f32), out((rows, H), f32)),
             xs, weights.w, bias, flat.h, flat.c, *restart,
             *_common_operands(lengths, rows, start), flags, **attrs,
         )  # fmt: skip
@@ -194,7 +194,8 @@ def forward(kernel, params, weights, xs, carry, start, lengths, reverse, keep,
     if kernel == "gru":
         ys, acts, h = _call(
             "seqjax_gru_bf16_forward",
-            (out((*per_step, H), f32), out((*residual, 4 * H), f32), out((rows, H), f32)),
+            (out((*per_step, H), f32), out((*residual, 4 * H), jnp.bfloat16),
+             out((rows, H), f32)),
             xs, weights.w, bias, flat, *restart, *common, **attrs,
         )  # fmt: skip
         return h, ys, (acts,), flat
@@ -267,12 +268,14 @@ def backward(kernel, params, weights, xs, saved, d_carry, d_ys, start, lengths, 
     d_hh = d_hh.reshape(T * rows, -1)
     x_rows = xs.astype(jnp.bfloat16).reshape(T * rows, -1)
     h_rows = h_prev.astype(jnp.bfloat16).reshape(T * rows, H)
-    d_params = {
-        "w_ih": matmul(x_rows, d_gates, trans_a=True, via=via),
-        "w_hh": matmul(h_rows, d_hh, trans_a=True, via=via),
-        "b_ih": d_bias,
-        "b_hh": d_b_hh,
-    }
+    if kernel == "gru":  # two gate gradients, two GEMMs
+        d_w_ih = matmul(x_rows, d_gates, trans_a=True, via=via)
+        d_w_hh = matmul(h_rows, d_hh, trans_a=True, via=via)
+    else:  # one: [x, h]^T dG, packing dG once
+        D = x_rows.shape[1]
+        d_w = matmul(jnp.concatenate([x_rows, h_rows], axis=1), d_gates, trans_a=True, via=via)
+        d_w_ih, d_w_hh = d_w[:D], d_w[D:]
+    d_params = {"w_ih": d_w_ih, "w_hh": d_w_hh, "b_ih": d_bias, "b_hh": d_b_hh}
     d_xs = matmul(d_gates, weights.wi, trans_b=True, via=via).astype(xs.dtype).reshape(xs.shape)
     if restarts is None:
         return d_carry0, d_params, d_xs

@@ -10,7 +10,7 @@
 //   xs (T, B, D) bf16; w (U, 4, (Dp + Hp) / 2, 16, 2) bf16: columns r, z, x W_in, h W_hn
 //   bias (4H,) f32            b_ir + b_hr, b_iz + b_hz, b_in, b_hn (as gru.cc)
 //   wt (U, 1, K3 / 2, 16, 2) bf16   W_hh^T (3H, H)
-//   ys (T, B, H), acts (T, B, 4H) f32: r, z, n, h W_hn + b_hn (as gru.cc)
+//   ys (T, B, H) f32; acts (T, B, 4H) bf16: r, z, n, h W_hn + b_hn (gru.cc's, in bfloat16)
 //   d_px, d_hh (T, B, 3H) bf16      as gru.cc; db_ih, db_hh (3H,) f32 their sums over rows
 
 #include "bf16_steps.h"
@@ -28,7 +28,9 @@ struct Forward {
   int64_t D, Dp, Bp;
   const uint16_t *xs, *w;
   const float *bias, *h0;
-  float *ys, *acts, *h_final;
+  float* ys;
+  uint16_t* acts;
+  float* h_final;
   float* hbuf;  // (2, B, H)
   bf16::StepRows rows;
   const float* h_restart = nullptr;
@@ -43,7 +45,7 @@ struct Forward {
       store_carry(s, steps, t, b, col, n, load_n(hp, n), h_restart, hn_out);
       zero_n(ys + row * H + col, n);
       if (keep)
-        for (int g = 0; g < 4; ++g) zero_n(acts + row * 4 * H + g * H + col, n);
+        for (int g = 0; g < 4; ++g) bf16::store_bf16(acts + row * 4 * H + g * H + col, zero16(), n);
     } else {
       const float* bc = bias + col;
       v16 reset = sigmoid16(load16(pre) + load_n(bc, n));
@@ -54,11 +56,11 @@ struct Forward {
       store_carry(s, steps, t, b, col, n, h, h_restart, hn_out);
       store_n(ys + row * H + col, h, n);
       if (keep) {
-        float* a = acts + row * 4 * H + col;
-        store_n(a, reset, n);
-        store_n(a + H, update, n);
-        store_n(a + 2 * H, cand, n);
-        store_n(a + 3 * H, hn, n);
+        uint16_t* a = acts + row * 4 * H + col;
+        bf16::store_bf16(a, reset, n);
+        bf16::store_bf16(a + H, update, n);
+        bf16::store_bf16(a + 2 * H, cand, n);
+        bf16::store_bf16(a + 3 * H, hn, n);
       }
     }
     bf16::store_bf16(h_bf16 + b * rows.Kp + Dp + col, load_n(hn_out, n), n);
@@ -100,7 +102,9 @@ struct Backward {
   bool amx;
   int64_t Bp;
   const uint16_t* wt;
-  const float *dys, *ys, *acts, *h0, *dh_final;
+  const float *dys, *ys;
+  const uint16_t* acts;
+  const float *h0, *dh_final;
   uint16_t *d_px, *d_hh;
   float *db_ih, *db_hh, *dh0;
   float* dhbuf;
@@ -125,9 +129,9 @@ struct Backward {
           }
           continue;
         }
-        const float* a = acts + row * 4 * H + col;
-        v16 reset = load_n(a, n), update = load_n(a + H, n), cand = load_n(a + 2 * H, n),
-            hn = load_n(a + 3 * H, n);
+        const uint16_t* a = acts + row * 4 * H + col;
+        v16 reset = bf16::load_bf16(a, n), update = bf16::load_bf16(a + H, n),
+            cand = bf16::load_bf16(a + 2 * H, n), hn = bf16::load_bf16(a + 3 * H, n);
         v16 dh = load_n(dhbuf + b * H + col, n) + load_n(dys + row * H + col, n);
         v16 dn = dh * (1.0f - update) * (1.0f - cand * cand);
         v16 dr = dn * hn * reset * (1.0f - reset);
@@ -177,8 +181,8 @@ struct Backward {
 
 ffi::Error gru_bf16_forward(BF16 xs, BF16 w, F32 bias, F32 h0, F32 h_restart, S32 lengths,
                             S32 start, Flags flags, bool reverse, bool has_lengths,
-                            bool batch_major, bool keep, bool amx, Out ys, Out acts,
-                            Out h_final, ffi::ThreadPool pool) {
+                            bool batch_major, bool keep, bool amx, Out ys,
+                            ffi::Result<BF16> acts, Out h_final, ffi::ThreadPool pool) {
   auto d = xs.dimensions(), dh = h0.dimensions();
   if (d.size() != 3 || dh.size() != 2)
     return ffi::Error::InvalidArgument("gru_bf16_forward: xs must be (T, B, D), h0 (B, H)");
@@ -191,6 +195,8 @@ ffi::Error gru_bf16_forward(BF16 xs, BF16 w, F32 bias, F32 h0, F32 h_restart, S3
   if (restarting) SEQJAX_TRY(restart_shapes("gru_bf16_forward", s, flags, {&h_restart}));
   SEQJAX_TRY(bf16::check(bf16::support() & (amx ? bf16::kAmx : bf16::kAvx512Bf16),
                          "gru_bf16_forward: this CPU cannot run the requested path"));
+  bf16::prefer_huge_pages(ys);
+  bf16::prefer_huge_pages(acts);
   bf16::Scratch scratch(2 * s.B * s.H, 2 * Bp * Kp);
   Forward k{s, steps_of(lengths, start, reverse, has_lengths,
                         restarting ? flags.typed_data() : nullptr),
@@ -201,7 +207,7 @@ ffi::Error gru_bf16_forward(BF16 xs, BF16 w, F32 bias, F32 h0, F32 h_restart, S3
   return launch(pool, s, 6 * s.B * s.H * (s.H + D), k);
 }
 
-ffi::Error gru_bf16_backward(BF16 wt, F32 dys, F32 ys, F32 acts, F32 h0, F32 dh_final,
+ffi::Error gru_bf16_backward(BF16 wt, F32 dys, F32 ys, BF16 acts, F32 h0, F32 dh_final,
                              F32 h_restart, S32 lengths, S32 start, Flags flags, bool reverse,
                              bool has_lengths, bool batch_major, bool amx,
                              ffi::Result<BF16> d_px, ffi::Result<BF16> d_hh, Out db_ih,
@@ -217,6 +223,8 @@ ffi::Error gru_bf16_backward(BF16 wt, F32 dys, F32 ys, F32 acts, F32 h0, F32 dh_
   if (restarting) SEQJAX_TRY(restart_shapes("gru_bf16_backward", s, flags, {&h_restart}));
   SEQJAX_TRY(bf16::check(bf16::support() & (amx ? bf16::kAmx : bf16::kAvx512Bf16),
                          "gru_bf16_backward: this CPU cannot run the requested path"));
+  bf16::prefer_huge_pages(d_px);
+  bf16::prefer_huge_pages(d_hh);
   bf16::Scratch scratch(s.B * s.H, 2 * Bp * Kp);
   Backward k{s, steps_of(lengths, start, reverse, has_lengths,
                          restarting ? flags.typed_data() : nullptr),
@@ -250,7 +258,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SeqjaxGruBf16Forward, seqjax::gru_bf16_forward,
                                   .Attr<bool>("keep")
                                   .Attr<bool>("amx")
                                   .Ret<seqjax::F32>()  // ys
-                                  .Ret<seqjax::F32>()  // acts
+                                  .Ret<ffi::Buffer<ffi::BF16>>()  // acts
                                   .Ret<seqjax::F32>()  // h_final
                                   .Ctx<ffi::ThreadPool>());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SeqjaxGruBf16Backward, seqjax::gru_bf16_backward,
@@ -258,7 +266,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SeqjaxGruBf16Backward, seqjax::gru_bf16_backward,
                                   .Arg<ffi::Buffer<ffi::BF16>>()  // wt
                                   .Arg<seqjax::F32>()             // dys
                                   .Arg<seqjax::F32>()             // ys
-                                  .Arg<seqjax::F32>()             // acts
+                                  .Arg<ffi::Buffer<ffi::BF16>>()  // acts
                                   .Arg<seqjax::F32>()             // h0
                                   .Arg<seqjax::F32>()             // dh_final
                                   .Arg<seqjax::F32>()             // h_restart

@@ -13,7 +13,8 @@
 //                               up to 32
 //   h0, c0, h_restart, c_restart (B, H) f32; lengths, start, flags as in lstm.cc (flags and the
 //                               restart carries are empty where the call has no resets)
-//   ys, cs (T, B, H) f32; acts (T, B, 4H) f32   as in lstm.cc
+//   ys, cs (T, B, H) f32 as in lstm.cc; acts (T, B, 4H) bf16: lstm.cc's in bfloat16, half the
+//                               bytes the forward writes and the reverse loop reads
 //   dgates  (T, B, 4H) bf16     the gate gradients; dbias (4H,) f32 their sum over rows
 
 #include "bf16_steps.h"
@@ -31,7 +32,9 @@ struct Forward {
   int64_t D, Dp, Bp;
   const uint16_t *xs, *w;
   const float *bias, *h0, *c0;
-  float *ys, *cs, *acts, *h_final, *c_final;
+  float *ys, *cs;
+  uint16_t* acts;
+  float *h_final, *c_final;
   float *hbuf, *cbuf;  // (2, B, H) and (B, H), as in lstm.cc
   bf16::StepRows rows;
   const float *h_restart = nullptr, *c_restart = nullptr;
@@ -48,7 +51,7 @@ struct Forward {
       zero_n(ys + row * H + col, n);
       if (keep) {
         copy_n(c, n, cs + row * H + col);
-        for (int g = 0; g < 4; ++g) zero_n(acts + row * 4 * H + g * H + col, n);
+        for (int g = 0; g < 4; ++g) bf16::store_bf16(acts + row * 4 * H + g * H + col, zero16(), n);
       }
       store_carry(s, steps, t, b, col, n, load_n(c, n), c_restart, c);
     } else {
@@ -64,11 +67,11 @@ struct Forward {
       store_n(ys + row * H + col, h, n);
       if (keep) {
         store_n(cs + row * H + col, c_new, n);
-        float* a = acts + row * 4 * H + col;
-        store_n(a, i, n);
-        store_n(a + H, f, n);
-        store_n(a + 2 * H, g, n);
-        store_n(a + 3 * H, o, n);
+        uint16_t* a = acts + row * 4 * H + col;
+        bf16::store_bf16(a, i, n);
+        bf16::store_bf16(a + H, f, n);
+        bf16::store_bf16(a + 2 * H, g, n);
+        bf16::store_bf16(a + 3 * H, o, n);
       }
     }
     bf16::store_bf16(h_bf16 + b * rows.Kp + Dp + col, load_n(hn, n), n);  // what step t+1 reads
@@ -95,12 +98,19 @@ struct Forward {
     const bf16::TilesA a = rows.tiles(i);
     for (int64_t u = units.u_begin; u < units.u_end; ++u) {
       const bf16::TilesB wb{w + u * 4 * rows.Kp * 16, rows.Kp * 16, 512};
-      bf16::slabs(Bp, [&](int64_t rt, int64_t nrt) {
-        float pre[32 * 64];
-        bf16::block<2>(amx, a, rt, nrt, wb, 0, 0, k_tiles, pre, 64, false);
-        bf16::block<2>(amx, a, rt, nrt, wb, 2, 0, k_tiles, pre + 32, 64, false);
-        for (int64_t r = 0; r < 16 * nrt && rt * 16 + r < s.B; ++r)
+      int64_t rt = 0;
+      for (; rt + 4 <= Bp / 16; rt += 4) {  // 64 rows: each weight tile loaded once for all
+        float pre[64 * 64];
+        bf16::block_4rows(amx, a, rt, wb, 0, 4, 0, k_tiles, pre, 64);
+        for (int64_t r = 0; r < 64 && rt * 16 + r < s.B; ++r)
           cell(t, rt * 16 + r, u, pre + r * 64, h_prev, h_next, next);
+      }
+      bf16::slabs(Bp - rt * 16, [&](int64_t rt2, int64_t nrt) {
+        float pre[32 * 64];
+        bf16::block<2>(amx, a, rt + rt2, nrt, wb, 0, 0, k_tiles, pre, 64, false);
+        bf16::block<2>(amx, a, rt + rt2, nrt, wb, 2, 0, k_tiles, pre + 32, 64, false);
+        for (int64_t r = 0; r < 16 * nrt && (rt + rt2) * 16 + r < s.B; ++r)
+          cell(t, (rt + rt2) * 16 + r, u, pre + r * 64, h_prev, h_next, next);
       });
     }
     if (i + 1 < s.T) bf16::copy_inputs(s, units, xs, D, steps.nth(i + 1, s.T), next, rows.Kp);
@@ -113,7 +123,9 @@ struct Backward {
   bool amx;
   int64_t Bp;
   const uint16_t* wt;
-  const float *dys, *cs, *acts, *c0, *dh_final, *dc_final;
+  const float *dys, *cs;
+  const uint16_t* acts;
+  const float *c0, *dh_final, *dc_final;
   uint16_t* dgates;
   float *dbias, *dh0, *dc0;
   float *dhbuf, *dcbuf;  // (B, H) each
@@ -137,9 +149,9 @@ struct Backward {
           for (int q = 0; q < 4; ++q) bf16::put_gradient(zero16(), n, out + q * H, op + q * H, acc[q]);
           continue;
         }
-        const float* a = acts + row * 4 * H + col;
-        v16 i = load_n(a, n), f = load_n(a + H, n), gg = load_n(a + 2 * H, n),
-            o = load_n(a + 3 * H, n);
+        const uint16_t* a = acts + row * 4 * H + col;
+        v16 i = bf16::load_bf16(a, n), f = bf16::load_bf16(a + H, n),
+            gg = bf16::load_bf16(a + 2 * H, n), o = bf16::load_bf16(a + 3 * H, n);
         v16 tc = tanh16(load_n(cs + row * H + col, n));
         v16 dh = load_n(dhbuf + b * H + col, n) + load_n(dys + row * H + col, n);
         v16 dc = load_n(dcbuf + b * H + col, n) + dh * o * (1.0f - tc * tc);
@@ -191,7 +203,8 @@ struct Backward {
 ffi::Error lstm_bf16_forward(BF16 xs, BF16 w, F32 bias, F32 h0, F32 c0, F32 h_restart,
                              F32 c_restart, S32 lengths, S32 start, Flags flags, bool reverse,
                              bool has_lengths, bool batch_major, bool keep, bool amx, Out ys,
-                             Out cs, Out acts, Out h_final, Out c_final, ffi::ThreadPool pool) {
+                             Out cs, ffi::Result<BF16> acts, Out h_final, Out c_final,
+                             ffi::ThreadPool pool) {
   auto d = xs.dimensions(), dh = h0.dimensions();
   if (d.size() != 3 || dh.size() != 2)
     return ffi::Error::InvalidArgument("lstm_bf16_forward: xs must be (T, B, D), h0 (B, H)");
@@ -205,6 +218,9 @@ ffi::Error lstm_bf16_forward(BF16 xs, BF16 w, F32 bias, F32 h0, F32 c0, F32 h_re
     SEQJAX_TRY(restart_shapes("lstm_bf16_forward", s, flags, {&h_restart, &c_restart}));
   SEQJAX_TRY(bf16::check(bf16::support() & (amx ? bf16::kAmx : bf16::kAvx512Bf16),
                          "lstm_bf16_forward: this CPU cannot run the requested path"));
+  bf16::prefer_huge_pages(ys);
+  bf16::prefer_huge_pages(cs);
+  bf16::prefer_huge_pages(acts);
   bf16::Scratch scratch(3 * s.B * s.H, 2 * Bp * Kp);
   Forward k{s, steps_of(lengths, start, reverse, has_lengths,
                         restarting ? flags.typed_data() : nullptr),
@@ -220,7 +236,7 @@ ffi::Error lstm_bf16_forward(BF16 xs, BF16 w, F32 bias, F32 h0, F32 c0, F32 h_re
   return launch(pool, s, 8 * s.B * s.H * (s.H + D), k);
 }
 
-ffi::Error lstm_bf16_backward(BF16 wt, F32 dys, F32 cs, F32 acts, F32 c0, F32 dh_final,
+ffi::Error lstm_bf16_backward(BF16 wt, F32 dys, F32 cs, BF16 acts, F32 c0, F32 dh_final,
                               F32 dc_final, F32 c_restart, S32 lengths, S32 start, Flags flags,
                               bool reverse, bool has_lengths, bool batch_major, bool amx,
                               ffi::Result<BF16> dgates, Out dbias, Out dh0, Out dc0,
@@ -236,6 +252,7 @@ ffi::Error lstm_bf16_backward(BF16 wt, F32 dys, F32 cs, F32 acts, F32 c0, F32 dh
   if (restarting) SEQJAX_TRY(restart_shapes("lstm_bf16_backward", s, flags, {&c_restart}));
   SEQJAX_TRY(bf16::check(bf16::support() & (amx ? bf16::kAmx : bf16::kAvx512Bf16),
                          "lstm_bf16_backward: this CPU cannot run the requested path"));
+  bf16::prefer_huge_pages(dgates);
   bf16::Scratch scratch(2 * s.B * s.H, 2 * Bp * Kp);
   Backward k{s, steps_of(lengths, start, reverse, has_lengths,
                          restarting ? flags.typed_data() : nullptr),
@@ -274,7 +291,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SeqjaxLstmBf16Forward, seqjax::lstm_bf16_forward,
                                   .Attr<bool>("amx")
                                   .Ret<seqjax::F32>()  // ys
                                   .Ret<seqjax::F32>()  // cs
-                                  .Ret<seqjax::F32>()  // acts
+                                  .Ret<ffi::Buffer<ffi::BF16>>()  // acts
                                   .Ret<seqjax::F32>()  // h_final
                                   .Ret<seqjax::F32>()  // c_final
                                   .Ctx<ffi::ThreadPool>());
@@ -283,7 +300,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SeqjaxLstmBf16Backward, seqjax::lstm_bf16_backward
                                   .Arg<ffi::Buffer<ffi::BF16>>()  // wt
                                   .Arg<seqjax::F32>()             // dys
                                   .Arg<seqjax::F32>()             // cs
-                                  .Arg<seqjax::F32>()             // acts
+                                  .Arg<ffi::Buffer<ffi::BF16>>()  // acts
                                   .Arg<seqjax::F32>()             // c0
                                   .Arg<seqjax::F32>()             // dh_final
                                   .Arg<seqjax::F32>()             // dc_final
