@@ -138,7 +138,10 @@ inline void store_bf16(uint16_t* p, v16 v, int64_t n) {
 }
 inline v16 load_bf16(const uint16_t* p, int64_t n) {
   v16h h{};
-  std::memcpy(&h, p, n * sizeof(uint16_t));
+  if (n == 16)  // a library memcpy call otherwise: 7% of the LSTM's reverse loop
+    std::memcpy(&h, p, sizeof h);
+  else
+    std::memcpy(&h, p, n * sizeof(uint16_t));
   return from_bits(__builtin_convertvector(h, v16i) << 16);
 }
 

@@ -83,13 +83,23 @@ struct Forward {
     const bf16::TilesA a = rows.tiles(i);
     for (int64_t u = units.u_begin; u < units.u_end; ++u) {
       const bf16::TilesB wb{w + u * 4 * rows.Kp * 16, rows.Kp * 16, 512};
-      bf16::slabs(Bp, [&](int64_t rt, int64_t nrt) {
-        float pre[32 * 64];
-        bf16::block<2>(amx, a, rt, nrt, wb, 0, 0, k_tiles, pre, 64, false);
-        bf16::block<1>(amx, a, rt, nrt, wb, 2, 0, x_tiles, pre + 32, 64, false);
-        bf16::block<1>(amx, a, rt, nrt, wb, 3, x_tiles, k_tiles, pre + 48, 64, false);
-        for (int64_t r = 0; r < 16 * nrt && rt * 16 + r < s.B; ++r)
+      int64_t rt = 0;
+      for (; rt + 4 <= Bp / 16; rt += 4) {  // 64 rows: each weight tile loaded once for all
+        float pre[64 * 64];
+        bf16::block_4rows(amx, a, rt, wb, 0, 2, 0, k_tiles, pre, 64);
+        bf16::block_4rows(amx, a, rt, wb, 2, 1, 0, x_tiles, pre + 32, 64);
+        bf16::block_4rows(amx, a, rt, wb, 3, 1, x_tiles, k_tiles, pre + 48, 64);
+        for (int64_t r = 0; r < 64 && rt * 16 + r < s.B; ++r)
           cell(t, rt * 16 + r, u, pre + r * 64, h_prev, h_next, next);
+      }
+      bf16::slabs(Bp - rt * 16, [&](int64_t rt2, int64_t nrt) {
+        const int64_t r0 = rt + rt2;
+        float pre[32 * 64];
+        bf16::block<2>(amx, a, r0, nrt, wb, 0, 0, k_tiles, pre, 64, false);
+        bf16::block<1>(amx, a, r0, nrt, wb, 2, 0, x_tiles, pre + 32, 64, false);
+        bf16::block<1>(amx, a, r0, nrt, wb, 3, x_tiles, k_tiles, pre + 48, 64, false);
+        for (int64_t r = 0; r < 16 * nrt && r0 * 16 + r < s.B; ++r)
+          cell(t, r0 * 16 + r, u, pre + r * 64, h_prev, h_next, next);
       });
     }
     if (i + 1 < s.T) bf16::copy_inputs(s, units, xs, D, steps.nth(i + 1, s.T), next, rows.Kp);
