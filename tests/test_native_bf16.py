@@ -229,8 +229,9 @@ def _case(kernel, B, T, D, H, seed=0):
 
 
 def _check(kernel, B, T, D, H, lengths=None, start=0, reverse=False, batch_major=False,
-           resets=False):  # fmt: skip
+           resets=False, bias_dtype=jnp.float32):  # fmt: skip
     params, xs, carry, restart, cot = _case(kernel, B, T, D, H, seed=B * T + H)
+    params = {k: v.astype(bias_dtype) if k.startswith("b") else v for k, v in params.items()}
     flags = None
     if resets:
         flags = jax.random.bernoulli(jax.random.key(9), 0.3, (T, B))
@@ -300,7 +301,7 @@ def test_resets(bf16_path, kernel):
 
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_wide_rows_and_units(bf16_path, kernel):  # also the plain case: time-major, forward
-    _check(kernel, B=37, T=3, D=50, H=70)
+    _check(kernel, B=37, T=3, D=50, H=70, bias_dtype=jnp.bfloat16)
 
 
 def test_unsupported_reason_mixed_dtypes(monkeypatch):

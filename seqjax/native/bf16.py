@@ -170,7 +170,8 @@ def forward(kernel, params, weights, xs, carry, start, lengths, reverse, keep,
     _, _, rows, per_step = _layout(xs, batch_major)
     H = params["w_hh"].shape[0]
     xs = xs.astype(jnp.bfloat16).reshape(*per_step, -1)
-    bias = _bias(kernel, params, H).astype(jnp.float32)
+    f32_biases = {k: params[k].astype(jnp.float32) for k in ("b_ih", "b_hh")}
+    bias = _bias(kernel, f32_biases, H)  # summed in float32, also from bfloat16 biases
     flat = jax.tree.map(lambda c: c.reshape(rows, H).astype(jnp.float32), carry)
     f32 = jnp.float32
     out = jax.ShapeDtypeStruct
