@@ -152,8 +152,13 @@ def test_every_cell_runs_mixed_close_to_float32(name):
     assert relative(jax.tree.leaves(g16), jax.tree.leaves(g32)) < grad_tol
 
 
+OLD_JAX = tuple(int(v) for v in jax.__version__.split(".")[:2]) < (0, 9)
+
+
 @pytest.mark.parametrize("name", ["lstm", "gru", "simple_rnn"])
 def test_the_backward_passes_agree_under_the_policy(name):
+    if OLD_JAX and name == "simple_rnn":
+        pytest.skip("XLA:CPU of jax < 0.9 has no bfloat16 dot for the RNN's autodiff gradient")
     """seqjax's own backward pass (custom VJP, whole and remat) against plain autodiff of the
     same mixed forward. They round different intermediates to bfloat16 (autodiff rounds the
     cotangent of each bfloat16-cast ``h``), so they differ by about as much as each differs
