@@ -147,26 +147,6 @@ inline v16 load_bf16(const uint16_t* p, int64_t n) {
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
-// common.h's prefer_huge_pages for any result (the bf16 kernels' results include bf16 ones):
-// fresh result buffers faulted in 4 KiB at a time cost ~4 us a page on this project's VM; at
-// B=64, T=256, H=512 the LSTM forward's residuals (128 MiB) took 238 ms against 104 ms
-// without the faults. A hint only.
-inline void prefer_huge_pages(void* p, int64_t bytes) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHuge = uintptr_t{2} << 20;
-  if (bytes < static_cast<int64_t>(2 * kHuge)) return;
-  const uintptr_t begin = (reinterpret_cast<uintptr_t>(p) + kHuge - 1) & ~(kHuge - 1);
-  const uintptr_t end = (reinterpret_cast<uintptr_t>(p) + bytes) & ~(kHuge - 1);
-  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
-#else
-  (void)p, (void)bytes;
-#endif
-}
-template <typename Result>
-void prefer_huge_pages(Result& r) {
-  prefer_huge_pages(r->untyped_data(), static_cast<int64_t>(r->size_bytes()));
-}
-
 struct TilesA {
   const uint16_t* p;
   int64_t row_tile, k_tile, stride;  // elements

@@ -554,18 +554,20 @@ using Out = ffi::ResultBuffer<ffi::F32>;
 // afresh: writing a (T, B, 4H) residual then faulted in one 4 KiB page at a time (for the LSTM
 // at B=32, T=128, H=256 ~15k faults a fwd+bwd call, ~60 MiB). With huge pages one fault maps
 // 2 MiB. Only a hint: the numbers do not depend on it.
-inline void prefer_huge_pages(std::initializer_list<Out*> results) {
+inline void prefer_huge_pages(void* p, size_t bytes) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
   constexpr uintptr_t kHuge = uintptr_t{2} << 20;
-  for (Out* r : results) {
-    const uintptr_t begin = reinterpret_cast<uintptr_t>((*r)->untyped_data());
-    const uintptr_t end = begin + (*r)->size_bytes();
-    const uintptr_t first = (begin + kHuge - 1) & ~(kHuge - 1), last = end & ~(kHuge - 1);
-    if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
-  }
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(p), end = begin + bytes;
+  const uintptr_t first = (begin + kHuge - 1) & ~(kHuge - 1), last = end & ~(kHuge - 1);
+  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
 #else
-  (void)results;
+  (void)p, (void)bytes;
 #endif
+}
+// The same for each of these results, of any dtype (float32 or the bf16 kernels' bfloat16).
+template <typename... Results>
+void prefer_huge_pages(Results&... results) {
+  (prefer_huge_pages(results->untyped_data(), results->size_bytes()), ...);
 }
 
 // An entry's last line: the loop over the steps, then success (every check came before).

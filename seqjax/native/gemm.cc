@@ -233,7 +233,7 @@ ffi::Error bf16_matmul(BF16 a, BF16 b, bool trans_a, bool trans_b, bool amx, Out
   const int need = amx ? bf16::kAmx : bf16::kAvx512Bf16;
   if (!(bf16::support() & need))
     return ffi::Error::InvalidArgument("bf16_matmul: this CPU cannot run the requested path");
-  bf16::prefer_huge_pages(c);
+  prefer_huge_pages(c);
   float* out = c->typed_data();
   if (M == 0 || N == 0) return ffi::Error::Success();
   if (K == 0) {

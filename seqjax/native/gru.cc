@@ -164,7 +164,7 @@ ffi::Error gru_forward_with(F32& xs, F32& wi, F32& bias, F32& w, F32& h0, S32& l
                  h0.typed_data(), ys->typed_data(), acts->typed_data(), h_final->typed_data(),
                  scratch.data()};
   if (flags) kernel.h_restart = restart.h->typed_data();
-  prefer_huge_pages({&ys, &acts});
+  prefer_huge_pages(ys, acts);
   return launch(pool, s, 6 * s.B * s.H * (s.H + D), kernel);
 }
 
@@ -201,7 +201,7 @@ ffi::Error gru_backward_with(F32& wt, F32& dys, F32& ys, F32& acts, F32& h0, F32
     kernel.h_restart = restart.h->typed_data();
     kernel.dh_restart = (*restart.dh)->typed_data();
   }
-  prefer_huge_pages({&d_px, &d_hh});
+  prefer_huge_pages(d_px, d_hh);
   return launch(pool, s, 6 * s.B * s.H * s.H, kernel);
 }
 

@@ -191,7 +191,7 @@ ffi::Error lstm_forward_with(F32& xs, F32& wi, F32& bias, F32& w, F32& h0, F32& 
     kernel.h_restart = restart.h->typed_data();
     kernel.c_restart = restart.c->typed_data();
   }
-  prefer_huge_pages({&ys, &cs, &acts});
+  prefer_huge_pages(ys, cs, acts);
   return launch(pool, s, 8 * s.B * s.H * (s.H + D), kernel);
 }
 
@@ -234,7 +234,7 @@ ffi::Error lstm_backward_with(F32& wt, F32& dys, F32& cs, F32& acts, F32& c0, F3
     kernel.dh_restart = (*restart.dh)->typed_data();
     kernel.dc_restart = (*restart.dc)->typed_data();
   }
-  prefer_huge_pages({&dgates});
+  prefer_huge_pages(dgates);
   return launch(pool, s, 8 * s.B * s.H * s.H, kernel);
 }
 

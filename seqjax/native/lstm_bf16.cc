@@ -218,9 +218,9 @@ ffi::Error lstm_bf16_forward(BF16 xs, BF16 w, F32 bias, F32 h0, F32 c0, F32 h_re
     SEQJAX_TRY(restart_shapes("lstm_bf16_forward", s, flags, {&h_restart, &c_restart}));
   SEQJAX_TRY(bf16::check(bf16::support() & (amx ? bf16::kAmx : bf16::kAvx512Bf16),
                          "lstm_bf16_forward: this CPU cannot run the requested path"));
-  bf16::prefer_huge_pages(ys);
-  bf16::prefer_huge_pages(cs);
-  bf16::prefer_huge_pages(acts);
+  prefer_huge_pages(ys);
+  prefer_huge_pages(cs);
+  prefer_huge_pages(acts);
   bf16::Scratch scratch(3 * s.B * s.H, 2 * Bp * Kp);
   Forward k{s, steps_of(lengths, start, reverse, has_lengths,
                         restarting ? flags.typed_data() : nullptr),
@@ -252,7 +252,7 @@ ffi::Error lstm_bf16_backward(BF16 wt, F32 dys, F32 cs, BF16 acts, F32 c0, F32 d
   if (restarting) SEQJAX_TRY(restart_shapes("lstm_bf16_backward", s, flags, {&c_restart}));
   SEQJAX_TRY(bf16::check(bf16::support() & (amx ? bf16::kAmx : bf16::kAvx512Bf16),
                          "lstm_bf16_backward: this CPU cannot run the requested path"));
-  bf16::prefer_huge_pages(dgates);
+  prefer_huge_pages(dgates);
   bf16::Scratch scratch(2 * s.B * s.H, 2 * Bp * Kp);
   Backward k{s, steps_of(lengths, start, reverse, has_lengths,
                          restarting ? flags.typed_data() : nullptr),

@@ -125,7 +125,7 @@ ffi::Error rnn_forward_with(F32& xs, F32& wi, F32& bias, F32& w, F32& h0, S32& l
                  xs.typed_data(), wi.typed_data(), bias.typed_data(), w.typed_data(),
                  h0.typed_data(), ys->typed_data(), h_final->typed_data(), scratch.data()};
   if (flags) kernel.h_restart = restart.h->typed_data();
-  prefer_huge_pages({&ys});
+  prefer_huge_pages(ys);
   return launch(pool, s, 2 * s.B * s.H * (s.H + D), kernel);
 }
 
@@ -157,7 +157,7 @@ ffi::Error rnn_backward_with(F32& wt, F32& dys, F32& ys, F32& dh_final, S32& len
                   wt.typed_data(), dys.typed_data(), ys.typed_data(), dh_final.typed_data(),
                   dz->typed_data(), dh0->typed_data(), scratch.data()};
   if (flags) kernel.dh_restart = (*restart.dh)->typed_data();
-  prefer_huge_pages({&dz});
+  prefer_huge_pages(dz);
   return launch(pool, s, 2 * s.B * s.H * s.H, kernel);
 }
 

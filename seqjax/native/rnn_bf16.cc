@@ -147,7 +147,7 @@ ffi::Error rnn_bf16_forward(BF16 xs, BF16 w, F32 bias, F32 h0, F32 h_restart, S3
   if (restarting) SEQJAX_TRY(restart_shapes("rnn_bf16_forward", s, flags, {&h_restart}));
   SEQJAX_TRY(bf16::check(bf16::support() & (amx ? bf16::kAmx : bf16::kAvx512Bf16),
                          "rnn_bf16_forward: this CPU cannot run the requested path"));
-  bf16::prefer_huge_pages(ys);
+  prefer_huge_pages(ys);
   bf16::Scratch scratch(2 * s.B * s.H, 2 * Bp * Kp);
   Forward k{s, steps_of(lengths, start, reverse, has_lengths,
                         restarting ? flags.typed_data() : nullptr),
@@ -174,7 +174,7 @@ ffi::Error rnn_bf16_backward(BF16 wt, F32 dys, F32 ys, F32 dh_final, S32 lengths
   if (restarting) SEQJAX_TRY(restart_shapes("rnn_bf16_backward", s, flags, {}));
   SEQJAX_TRY(bf16::check(bf16::support() & (amx ? bf16::kAmx : bf16::kAvx512Bf16),
                          "rnn_bf16_backward: this CPU cannot run the requested path"));
-  bf16::prefer_huge_pages(dz);
+  prefer_huge_pages(dz);
   bf16::Scratch scratch(s.B * s.H, 2 * Bp * Kp);
   Backward k{s, steps_of(lengths, start, reverse, has_lengths,
                          restarting ? flags.typed_data() : nullptr),
