@@ -7,10 +7,12 @@ against PyTorch in bfloat16 and float32, plus the GEMM rates behind them.
 Each contender's forward (outputs) and forward+backward (gradient of sum(ys^2) w.r.t. the
 weights and the inputs) is timed in interleaved rounds, one call each per round in a shuffled
 order, so a slow spell of the shared machine hits all alike; the figures are medians over rounds.
-seqjax's bf16 row runs ``seqjax.native.forward``/``backward`` (bfloat16 weights and inputs,
-float32 biases, carry and outputs) inside a ``custom_vjp`` as ``seqjax.unroll``'s NativeLoop
-does. The GEMM rates (2048^3) are PyTorch's and XLA's matmul in float32 and bfloat16 and
-``seqjax.native.bf16_matmul``, timed in the same run.
+seqjax's bf16 row is the user's call, ``seqjax.unroll(cell, precision.cast(params,
+"bfloat16"), xs)`` (bfloat16 weights, float32 biases, carry and outputs), which routes to the
+bf16 native kernels; a row is left out where they cannot run (the reason:
+``seqjax.native.bf16_unavailable_reason()``). The GEMM rates (2048^3,
+:func:`benchmarks.limits.gemm_rates`) are PyTorch's and XLA's matmul in float32 and bfloat16
+and ``seqjax.native.bf16_matmul``, measured in the same run.
 
 Writes ``benchmarks/results/bf16.json`` and ``bf16.md``.
 """
@@ -33,8 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import seqjax
-from seqjax import native
-from seqjax.cells.lstm import LSTMCarry
+from benchmarks import limits
+from seqjax import native, precision
 
 CONFIGS = {"medium": (32, 128, 256), "large": (64, 256, 512)}
 CELLS = {"lstm": seqjax.lstm, "gru": seqjax.gru, "rnn": seqjax.simple_rnn}
@@ -48,34 +50,6 @@ def _block(value):
     return jax.block_until_ready(value)
 
 
-def native_bf16_loop(kernel: str) -> Callable:
-    """``(params, xs (B, T, D), carry) -> ys`` through the bf16 kernels, differentiable."""
-
-    @jax.custom_vjp
-    def run(params, xs, carry):
-        weights = native.pack_weights(kernel, params)
-        return native.forward(kernel, params, weights, xs, carry, 0, None, False, False, True)[1]
-
-    def fwd(params, xs, carry):
-        weights = native.pack_weights(kernel, params)
-        _, ys, saved = native.forward(
-            kernel, params, weights, xs, carry, 0, None, False, True, True
-        )
-        return ys, (params, weights, xs, saved, carry)
-
-    def bwd(res, d_ys):
-        params, weights, xs, saved, carry = res
-        d_final = jax.tree.map(jnp.zeros_like, carry)
-        d_carry, d_params, d_xs = native.backward(
-            kernel, params, weights, xs, saved, d_final, d_ys, 0, None, False, True
-        )
-        d_params = jax.tree.map(lambda d, p: d.astype(p.dtype), d_params, params)
-        return d_params, d_xs.astype(xs.dtype), d_carry
-
-    run.defvjp(fwd, bwd)
-    return run
-
-
 def _pair(apply: Callable, params, xs) -> tuple[Callable, Callable]:
     forward = jax.jit(apply)
     grad = jax.jit(
@@ -84,25 +58,16 @@ def _pair(apply: Callable, params, xs) -> tuple[Callable, Callable]:
     return (lambda: forward(params, xs)), (lambda: grad(params, xs))
 
 
-def seqjax_contenders(cell_name: str, B: int, H: int, xs) -> dict[str, tuple]:
+def seqjax_contenders(cell_name: str, H: int, xs) -> dict[str, tuple]:
+    """seqjax's float32 run and, where the bf16 kernels serve this machine, the mixed policy
+    (``precision.cast(params, "bfloat16")``) through the same ``seqjax.unroll`` call."""
     cell = CELLS[cell_name](H)
     params = cell.init(jax.random.key(1), H)
     out = {"seqjax f32 native": _pair(lambda p, x: seqjax.unroll(cell, p, x)[1], params, xs)}
-    if native.bf16_unavailable_reason() is None:
-        kernel = KERNELS[cell_name]
-        if native.unsupported_reason(kernel, _bf16_params(params), xs.astype(jnp.bfloat16)):
-            return out
-        loop = native_bf16_loop(kernel)
-        zeros = jnp.zeros((B, H), jnp.float32)
-        carry = LSTMCarry(zeros, zeros) if cell_name == "lstm" else zeros
-        out["seqjax bf16 native"] = _pair(
-            lambda p, x: loop(p, x, carry), _bf16_params(params), xs.astype(jnp.bfloat16)
-        )
+    mixed = precision.cast(params, "bfloat16")
+    if native.unsupported_reason(native.kernel_for(cell.recur_split), mixed, xs) is None:
+        out["seqjax bf16 native"] = _pair(lambda p, x: seqjax.unroll(cell, p, x)[1], mixed, xs)
     return out
-
-
-def _bf16_params(params):
-    return {k: v.astype(jnp.bfloat16) if k.startswith("w") else v for k, v in params.items()}
 
 
 def torch_contenders(cell_name: str, H: int, xs) -> dict[str, tuple]:
@@ -132,7 +97,7 @@ def torch_contenders(cell_name: str, H: int, xs) -> dict[str, tuple]:
 def run_config(cell_name: str, config: str, rounds: int) -> list[dict]:
     B, T, H = CONFIGS[config]
     xs = jax.random.normal(jax.random.key(0), (B, T, H))
-    contenders = {**seqjax_contenders(cell_name, B, H, xs), **torch_contenders(cell_name, H, xs)}
+    contenders = {**seqjax_contenders(cell_name, H, xs), **torch_contenders(cell_name, H, xs)}
     times = {(name, kind): [] for name in contenders for kind in ("fwd", "fwd+bwd")}
     for fwd, bwd in contenders.values():  # compile / warm up
         _block(fwd())
@@ -156,37 +121,6 @@ def run_config(cell_name: str, config: str, rounds: int) -> list[dict]:
         }
         for name in contenders
     ]
-
-
-def gemm_rates(n: int = 2048, rounds: int = 10) -> dict[str, float]:
-    """GFLOP/s of an (n, n) @ (n, n) matmul by each library and dtype, interleaved rounds."""
-    import torch
-
-    rng = np.random.default_rng(0)
-    a, b = rng.standard_normal((n, n), np.float32), rng.standard_normal((n, n), np.float32)
-    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-    ja, jb = jnp.asarray(a), jnp.asarray(b)
-    ja16, jb16 = ja.astype(jnp.bfloat16), jb.astype(jnp.bfloat16)
-    xla = jax.jit(lambda x, y: x @ y)
-    xla16 = jax.jit(lambda x, y: jnp.matmul(x, y, preferred_element_type=jnp.float32))
-    ours = jax.jit(native.bf16_matmul)
-    calls = {
-        "pytorch f32": lambda: ta @ tb,
-        "pytorch bf16": lambda: ta.bfloat16() @ tb.bfloat16(),
-        "xla f32": lambda: xla(ja, jb),
-        "xla bf16": lambda: xla16(ja16, jb16),
-    }
-    if native.bf16_unavailable_reason() is None:
-        calls[f"seqjax bf16_matmul ({native.bf16.path()})"] = lambda: ours(ja16, jb16)
-    times = {name: [] for name in calls}
-    for fn in calls.values():
-        _block(fn())
-    for _ in range(rounds):
-        for name, fn in random.sample(list(calls.items()), len(calls)):
-            start = time.perf_counter()
-            _block(fn())
-            times[name].append(time.perf_counter() - start)
-    return {name: 2 * n**3 / statistics.median(ts) / 1e9 for name, ts in times.items()}
 
 
 def table(results: list[dict]) -> list[str]:
@@ -220,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
         for config in args.configs:
             results += run_config(cell, config, args.rounds)
             print("\n".join(table([r for r in results if r["cell"] == cell])[-4:]), flush=True)
-    rates = gemm_rates()
+    rates = limits.gemm_rates(include_seqjax=True)
     import torch
 
     machine = (
@@ -246,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
         "",
         *table(results),
         "",
-        "GEMM, 2048 x 2048 x 2048, GFLOP/s (medians of 10 interleaved calls):",
+        "GEMM, 2048 x 2048 x 2048, GFLOP/s (medians of 10 calls):",
         "",
         "| | GFLOP/s |",
         "|---|---|",

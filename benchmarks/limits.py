@@ -54,10 +54,22 @@ def _torch(n: int, dtype_name: str, repeats: int, threads: int) -> float | None:
         torch.set_num_threads(before)
 
 
-def gemm_rates(n: int = 2048, repeats: int = 10) -> dict[str, float]:
+def _seqjax_bf16(n: int, repeats: int) -> float | None:
+    from seqjax import native
+
+    if native.bf16_unavailable_reason() is not None:
+        return None
+    a = jax.random.normal(jax.random.key(0), (n, n)).astype(jnp.bfloat16)
+    b = jax.random.normal(jax.random.key(1), (n, n)).astype(jnp.bfloat16)
+    matmul = jax.jit(native.bf16_matmul)
+    return _rate(lambda: matmul(a, b).block_until_ready(), 2 * n**3, repeats)
+
+
+def gemm_rates(n: int = 2048, repeats: int = 10, include_seqjax: bool = False) -> dict[str, float]:
     """GFLOP/s of an ``(n, n) @ (n, n)`` matmul, by library, dtype and threads, on the CPU
     (``jax.default_backend()``'s device for XLA). PyTorch's entries are left out where it is
-    not installed; on a GPU backend they are the CPU's and say so."""
+    not installed; on a GPU backend they are the CPU's and say so. ``include_seqjax`` adds
+    ``seqjax.native.bf16_matmul`` where the bf16 kernels run (labelled with their path)."""
     cores = os.cpu_count() or 1
     rates: dict[str, float] = {}
     for name, dtype in (("float32", jnp.float32), ("bfloat16", jnp.bfloat16)):
@@ -67,6 +79,11 @@ def gemm_rates(n: int = 2048, repeats: int = 10) -> dict[str, float]:
             if rate is not None:
                 where = f"{threads} thread" + ("s" if threads > 1 else "")
                 rates[f"{name} PyTorch CPU, {where}"] = rate
+    ours = _seqjax_bf16(n, repeats) if include_seqjax else None
+    if ours is not None:
+        from seqjax.native import bf16
+
+        rates[f"bfloat16 seqjax.native.bf16_matmul ({bf16.path()})"] = ours
     return {label: round(rate, 1) for label, rate in rates.items()}
 
 
