@@ -27,6 +27,7 @@ import time
 import jax
 
 import seqjax
+from benchmarks import limits as machine_limits
 from benchmarks.memory import peak_bytes
 from benchmarks.rnn import RESULTS, Contender, _block, _jax_pair, flax_nnx_contenders
 
@@ -134,7 +135,9 @@ def crossing(speedup: dict[int, float]) -> str:
     return f"parallel is faster at T in {above}"
 
 
-def markdown(results: list[dict], machine: str, B: int, H: int, memory: dict) -> str:
+def markdown(
+    results: list[dict], machine: str, B: int, H: int, memory: dict, limits: dict | None = None
+) -> str:
     lengths = sorted({r["time"] for r in results})
     names = list(dict.fromkeys(r["contender"] for r in results))
     by = {(r["time"], r["contender"]): r["fwd_bwd_ms"] for r in results}
@@ -143,6 +146,7 @@ def markdown(results: list[dict], machine: str, B: int, H: int, memory: dict) ->
         f"Measured {machine}. Forward+backward, float32, batch {B}, hidden {H} (= input "
         "features), ms, median of interleaved rounds.",
         "",
+        *([machine_limits.describe(limits) + ".", ""] if limits else []),
         "| T | " + " | ".join(names) + " | speedup parallel / sequential min_gru |",
         "|---|" + "---|" * (len(names) + 1),
     ]
@@ -192,6 +196,8 @@ def main(argv=None) -> None:
         f"{datetime.date.today()} on {device.platform} {device.device_kind}, "
         f"{platform.machine()} {os.cpu_count()} cores, jax {jax.__version__}"
     )
+    limits = machine_limits.gemm_rates()
+    print(machine_limits.describe(limits), flush=True)
     notes: list[str] = []
     results = []
     memory = {T: memory_mib(args.batch, T, args.hidden) for T in args.lengths}
@@ -205,11 +211,12 @@ def main(argv=None) -> None:
         print("note:", note)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "parallel" if device.platform == "cpu" else f"parallel_{device.platform}"
-    payload = {"machine": machine, "batch": args.batch, "hidden": args.hidden, "notes": notes}
+    payload = {"machine": machine, "batch": args.batch, "hidden": args.hidden, "notes": notes,
+               "limits": limits}  # fmt: skip
     payload |= {"results": results, "speedup": speedups(results), "memory_mib": memory}
     (args.out / f"{stem}.json").write_text(json.dumps(payload, indent=1))
     (args.out / f"{stem}.md").write_text(
-        markdown(results, machine, args.batch, args.hidden, memory)
+        markdown(results, machine, args.batch, args.hidden, memory, limits)
     )
     chart(results, args.out / f"{stem}.png", machine)
     print(crossing(speedups(results)))

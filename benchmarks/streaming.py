@@ -31,6 +31,7 @@ import jax
 import numpy as np
 
 import seqjax
+from benchmarks import limits as machine_limits
 
 RESULTS = pathlib.Path(__file__).parent / "results"
 CELLS = {"lstm": seqjax.lstm, "gru": seqjax.gru}
@@ -106,6 +107,8 @@ def main(argv=None) -> None:
     import torch
 
     threads = THREADS
+    limits = machine_limits.gemm_rates()
+    print(machine_limits.describe(limits), flush=True)
     rounds, steps = (5, 200) if args.quick else (15, 500)
     rows = []
     for cell in CELLS:
@@ -128,6 +131,7 @@ def main(argv=None) -> None:
         "steps_per_round": steps,
         "batch": 1,
         "input_size": "= hidden",
+        "limits": limits,
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "streaming.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
@@ -136,6 +140,9 @@ def main(argv=None) -> None:
         "",
         f"{meta['date']}, {meta['machine']}, jax {meta['jax']}, torch {meta['torch']}; "
         f"median of {rounds} rounds of {steps} steps, each step waited for.",
+        "",
+        machine_limits.describe(limits) + " (a batch-1 step is latency-bound: the rate is the "
+        "ceiling a large matmul reaches, not what one step can).",
         "",
         "| cell | H | seqjax (us/step) | seqjax, XLA step | PyTorch (us/step) | seqjax / PyTorch "
         "| XLA step / PyTorch |",

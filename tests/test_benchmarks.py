@@ -125,3 +125,17 @@ def test_rnn_summary_ratios_and_fastest_peer():
     got = dict(zip(columns, [c.strip() for c in line.strip("|").split("|")], strict=True))
     assert got["seqjax fwd+bwd, of the f32 GEMM rate"] == "50%"  # 250 of 500 GFLOP/s
     assert got["PyTorch fwd+bwd, of it"] == "40%"
+
+
+def test_parallel_results_state_the_gemm_rates_of_the_same_run():
+    from benchmarks import limits, parallel
+
+    results = [
+        {"time": 64, "contender": "min_gru sequential", "fwd_bwd_ms": 4.0},
+        {"time": 64, "contender": "min_gru parallel", "fwd_bwd_ms": 2.0},
+    ]
+    rates = {"float32 XLA (cpu)": 231.4, "bfloat16 XLA (cpu)": 877.0}
+    text = parallel.markdown(results, "test machine", 16, 128, {}, rates)
+    assert limits.describe(rates) + "." in text
+    assert "| 64 | 4.0 | 2.0 | 2.00 |" in text
+    assert "GEMM" not in parallel.markdown(results, "test machine", 16, 128, {})
