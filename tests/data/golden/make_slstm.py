@@ -76,7 +76,8 @@ def cell_case(gen: torch.Generator) -> dict[str, np.ndarray]:
     randomise(cell, gen)
     linear = torch.nn.Linear(D, 4 * H, bias=False).double()
     with torch.no_grad():
-        linear.weight[:] = 0.5 * torch.randn(linear.weight.shape, generator=gen, dtype=torch.float64)
+        shape = linear.weight.shape
+        linear.weight[:] = 0.5 * torch.randn(shape, generator=gen, dtype=torch.float64)
     x = torch.randn(B, T, D, generator=gen, dtype=torch.float64, requires_grad=True)
     y, final = cell(linear(x))
     loss_y = torch.randn(y.shape, generator=gen, dtype=torch.float64)
