@@ -88,7 +88,7 @@ def test_matches_flax_golden(x64, prefix, custom_vjp):
         h_n, y = unroll(cell, params, x, carry=h0, custom_vjp=custom_vjp)
         return jnp.sum(y * cot_y) + jnp.sum(h_n * cot_h), (y, h_n)
 
-    grads, (y, h_n) = jax.grad(loss, argnums=(0, 1, 2), has_aux=True)(
+    grads, (y, h_n) = jax.jit(jax.grad(loss, argnums=(0, 1, 2), has_aux=True))(
         params, jnp.asarray(data[f"{prefix}/x"]), jnp.asarray(data[f"{prefix}/h0"])
     )
     close = lambda got, key: np.testing.assert_allclose(got, data[key], rtol=1e-10, atol=1e-12)  # noqa: E731
@@ -116,8 +116,8 @@ def test_matches_flax_golden(x64, prefix, custom_vjp):
 def test_lengths_and_resets_match_numpy_loop(x64, reset_gate, options):
     cell = mgu(H, reset_gate=reset_gate)
     params, (xs, h0) = random_params(cell), inputs()
-    h_n, ys = unroll(cell, params, xs, carry=h0, lengths=jnp.asarray(LENGTHS),
-                     resets=jnp.asarray(RESETS), **options)  # fmt: skip
+    run = jax.jit(lambda p, x, h, n, r: unroll(cell, p, x, carry=h, lengths=n, resets=r, **options))
+    h_n, ys = run(params, xs, h0, jnp.asarray(LENGTHS), jnp.asarray(RESETS))
     for b in range(B):
         y_ref, h_ref = numpy_run(params, np.asarray(xs[b]), h0[b], reset_gate, LENGTHS[b],
                                  options.get("reverse", False), RESETS[b])  # fmt: skip
@@ -140,8 +140,8 @@ def test_gradients_match_finite_differences(x64, reset_gate):
 
         return f
 
-    check_grads(loss(True), (params, xs, h0), order=1, modes=["rev"])
-    check_grads(loss(False), (params, xs, h0), order=1, modes=["fwd"])
+    check_grads(jax.jit(loss(True)), (params, xs, h0), order=1, modes=["rev"])
+    check_grads(jax.jit(loss(False)), (params, xs, h0), order=1, modes=["fwd"])
 
 
 def test_custom_vjp_step_backward_equals_autodiff(x64):
@@ -169,7 +169,7 @@ def test_layers_rnn_stack_and_bidirectional(x64):
         layers.bidirectional(layers.rnn(cell), layers.rnn(cell)), layers.rnn(mgu(H))
     )
     params = model.init(jax.random.key(5), D)
-    (_, final_top), ys = model.apply(params, xs, lengths=lengths)
+    (_, final_top), ys = jax.jit(model.apply)(params, xs, lengths=lengths)
     p_bi, p_top = params
     zeros = np.zeros(H)
     for b in range(B):
