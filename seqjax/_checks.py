@@ -247,11 +247,14 @@ def check_resets(resets: Any, shape: tuple[int, ...], fn: str, time_major: bool)
 
 
 def check_parallel(cell: Any, fn: str) -> None:
-    """``parallel=True`` needs a cell whose state evolves linearly (``cell.linear``)."""
-    if cell.linear is None:
+    """``parallel=True`` needs a cell whose state evolves linearly (``cell.linear``) or one
+    with whole-sequence forms (``cell.sequence``: the mLSTM)."""
+    forms = getattr(cell, "sequence", None)
+    if cell.linear is None and (forms is None or forms.step is not cell.recur):
         raise ValueError(
             f"{fn}: parallel=True needs a cell whose state evolves linearly (cell.linear: "
-            f"min_gru, min_lstm, lru); cell {cell.name!r} is not. Pass parallel=False"
+            f"min_gru, min_lstm, lru) or one with whole-sequence forms (cell.sequence: "
+            f"mlstm); cell {cell.name!r} has neither. Pass parallel=False"
         )
 
 

@@ -154,6 +154,27 @@ def linear_recur(linear: LinearRecurrence) -> RecurFn:
     return recur
 
 
+class SequenceForms(NamedTuple):
+    """Whole-sequence forms of a recurrence that is not elementwise linear (no
+    ``LinearRecurrence``) but can still be computed for many steps at once: the mLSTM's
+    quadratic (attention-like) and chunkwise forms. ``unroll(..., parallel=True)`` runs them,
+    with ``chunk_size`` choosing the chunkwise form.
+
+    Attributes:
+      run: ``run(params, xs, carry, *, chunk_size, valid, resets, restart_carry, remat) ->
+        (final_carry, ys)``: ``xs (time, batch..., input_size)`` time-major and in the order
+        the steps are visited (``unroll`` flips a reversed run); ``valid (time, batch...)``
+        booleans or ``None`` (an invalid step keeps the state and outputs zeros); ``resets
+        (time, batch...)`` or ``None`` (the state restarts from ``restart_carry`` before a
+        flagged step); ``chunk_size`` ``None`` for one chunk. ``ys (time, batch..., out)``.
+      step: the ``recur`` these forms compute. They are used only while ``cell.recur`` is this
+        function, so a wrapper that changes the step (dropout, zoneout) loses them.
+    """
+
+    run: Callable[..., tuple[Carry, Array]]
+    step: RecurFn
+
+
 class Cell(NamedTuple):
     """A recurrent cell: configuration closed over, parameters and state passed in and out.
 
@@ -171,6 +192,8 @@ class Cell(NamedTuple):
         the sequence with a custom VJP that takes every weight gradient out of the time loop.
       linear: optional ``LinearRecurrence``: the cell's state evolves linearly, so it can also
         be unrolled in parallel over time (``unroll(..., parallel=True)``).
+      sequence: optional ``SequenceForms``: whole-sequence forms of a recurrence that is not
+        elementwise linear (the mLSTM), also run by ``unroll(..., parallel=True)``.
     """
 
     init: InitFn
@@ -182,6 +205,12 @@ class Cell(NamedTuple):
     input_size: Callable[[Params], int] | None = None
     recur_split: RecurSplit | None = None
     linear: LinearRecurrence | None = None
+    sequence: SequenceForms | None = None
+
+    def sequence_forms(self) -> SequenceForms | None:
+        """``sequence``, while it still describes this cell's step (else ``None``)."""
+        forms = self.sequence
+        return forms if forms is not None and forms.step is self.recur else None
 
 
 def identity_projection(params: Params, xs: Array) -> Array:

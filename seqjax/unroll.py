@@ -190,7 +190,10 @@ def _unroll_autodiff(cell, params, xs, carry, lengths, restarts, time_axis, opti
     _use_native(options.native, cell, params, xs, False, options.parallel, "unroll")
     xs_tm = jnp.moveaxis(xs, time_axis, 0)  # (time, batch..., features)
     resets = None if resets is None else jnp.moveaxis(resets, time_axis, 0)
-    if options.parallel:
+    if options.parallel and cell.linear is None:  # whole-sequence forms (the mLSTM)
+        carry, ys = _run_sequence_forms(cell, params, xs_tm, carry, lengths, resets, reset_carry,
+                                        options)  # fmt: skip
+    elif options.parallel:
         chunk = options.chunk_size
         if options.remat and chunk is None:
             chunk = default_chunk_size(xs_tm.shape[0])
@@ -204,6 +207,23 @@ def _unroll_autodiff(cell, params, xs, carry, lengths, restarts, time_axis, opti
             options.remat, options.hoist_projection, resets, reset_carry,
         )  # fmt: skip
     return carry, jnp.moveaxis(ys, 0, time_axis)
+
+
+def _run_sequence_forms(cell, params, xs, carry, lengths, resets, reset_carry, options):
+    """``cell.sequence.run`` on time-major ``xs``: a reversed run visits the steps last to
+    first, so the inputs, masks and resets are flipped on the way in and the outputs on the way
+    out (steps past a length then come first, and leave the state as it is)."""
+    valid = None
+    if lengths is not None:
+        steps = jnp.arange(xs.shape[0]).reshape((-1,) + (1,) * lengths.ndim)
+        valid = steps < lengths
+    if options.reverse:
+        xs, valid, resets = (None if a is None else jnp.flip(a, 0) for a in (xs, valid, resets))
+    carry, ys = cell.sequence.run(
+        params, xs, carry, chunk_size=options.chunk_size, valid=valid, resets=resets,
+        restart_carry=reset_carry, remat=options.remat,
+    )  # fmt: skip
+    return carry, (jnp.flip(ys, 0) if options.reverse else ys)
 
 
 def _use_native(
