@@ -1,10 +1,12 @@
 """Writes tests/data/golden/mlstm_kernels.npz: the mLSTM of mlstm_kernels 2.0.6 (NX-AI, the
-xLSTM authors' kernel package), its pure-PyTorch reference functions, in float64.
+xLSTM authors' kernel package), its pure-PyTorch reference functions, in float64; and
+mlstm_xlstm_block.npz, xlstm 2.0.6's mLSTMBlock (see ``block``).
 
 Run in a venv that has the reference (torch 2.13 CPU, mlstm_kernels 2.0.6, einops):
 
     python -m venv --system-site-packages /tmp/venv-c
-    /tmp/venv-c/bin/pip install --no-deps torch mlstm_kernels==2.0.6 einops
+    /tmp/venv-c/bin/pip install --no-deps torch mlstm_kernels==2.0.6 xlstm==2.0.6 einops \
+        omegaconf dacite filelock
     /tmp/venv-c/bin/python tests/data/golden/make_mlstm.py
 
 Reference functions (all plain torch ops, differentiated by torch autograd):
@@ -123,5 +125,43 @@ def main() -> None:
     print(f"wrote {OUT} ({OUT.stat().st_size} bytes)")
 
 
+BLOCK_OUT = pathlib.Path(__file__).with_name("mlstm_xlstm_block.npz")
+
+
+def block() -> None:
+    """mlstm_xlstm_block.npz: xlstm 2.0.6's ``mLSTMBlock`` (embedding_dim 8, 2 heads,
+    proj_factor 2 with the inner size rounded to a multiple of 4, so I = 16, conv width 4,
+    qkv blocks of 4, context 12) in float64, every parameter drawn at random (gate weights
+    included). Keys: ``param/<name>`` the module's state_dict (torch layout: Linear weights
+    ``(out, in)``, the norms' ``weight`` is the scale minus 1, conv ``(I, 1, 4)``, headwise
+    ``(blocks, out, in)``); ``x (2, 12, 8)``; ``y`` the block's output; ``cot_y`` the weights of
+    the loss ``sum(y cot_y)``; ``grad/x`` and ``grad/<name>`` its gradients."""
+    from xlstm import mLSTMBlock, mLSTMBlockConfig
+    from xlstm.blocks.mlstm.layer import mLSTMLayerConfig
+
+    torch.manual_seed(1)
+    config = mLSTMLayerConfig(embedding_dim=8, num_heads=2, proj_factor=2.0,
+                              conv1d_kernel_size=4, qkv_proj_blocksize=4, context_length=12,
+                              round_proj_up_to_multiple_of=4)  # fmt: skip
+    module = mLSTMBlock(mLSTMBlockConfig(mlstm=config, _num_blocks=1, _block_idx=0)).double()
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            p.copy_(0.5 * torch.randn(p.shape, generator=g, dtype=torch.float64))
+            if name.endswith("fgate.bias"):
+                p.add_(2.0)
+    x = torch.randn(2, 12, 8, generator=g, dtype=torch.float64).requires_grad_(True)
+    y = module(x)
+    cot = torch.randn(y.shape, generator=g, dtype=torch.float64)
+    names = [n for n, _ in module.named_parameters()]
+    grads = torch.autograd.grad((y * cot).sum(), [x, *module.parameters()])
+    out = {"x": x, "y": y, "cot_y": cot, "grad/x": grads[0]}
+    for name, p, gr in zip(names, module.parameters(), grads[1:], strict=True):
+        out[f"param/{name}"], out[f"grad/{name}"] = p, gr
+    np.savez_compressed(BLOCK_OUT, **{k: v.detach().numpy() for k, v in out.items()})
+    print(f"wrote {BLOCK_OUT} ({BLOCK_OUT.stat().st_size} bytes)")
+
+
 if __name__ == "__main__":
     main()
+    block()
