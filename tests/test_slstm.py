@@ -12,6 +12,7 @@ from conftest import GOLDEN_DIR
 from jax.test_util import check_grads
 
 from seqjax import layers, precision
+from seqjax.blocks.slstm_block import slstm_block
 from seqjax.cells.slstm import SLSTMCarry, powerlaw_forget_bias, slstm
 from seqjax.unroll import unroll
 
@@ -410,3 +411,148 @@ def test_wrong_input_size_is_refused():
         unroll(cell, params, jnp.zeros((B, T, 5)))
     with pytest.raises(ValueError, match="the 16 gate pre-activations"):
         slstm(H, num_heads=HEADS, input_projection=False).init(jax.random.key(0), D)
+
+
+# --- the sLSTM block -----------------------------------------------------------------------
+
+
+def block_params_from_xlstm(g):
+    """xlstm's ``sLSTMBlock`` state in the block's layout. Its norms keep ``weight`` with the
+    scale ``1 + weight``; its LinearHeadwiseExpand weights are ``(heads, out, in)``; and its
+    layer computes the i pre-activation with the module named ``fgate``, f with ``igate``."""
+    get = lambda name: g[f"block_{name}"]  # noqa: E731
+    headwise = lambda name: np.swapaxes(get(f"xlstm__{name}__weight"), 1, 2)  # noqa: E731
+    return {
+        "norm": 1 + get("xlstm_norm__weight"),
+        "conv_w": get("xlstm__conv1d__conv__weight")[:, 0, :].T,
+        "conv_b": get("xlstm__conv1d__conv__bias"),
+        "w_gates": np.stack([headwise(n) for n in ("fgate", "igate", "zgate", "ogate")]),
+        "cell": from_xlstm(None, g["block_r"], g["block_b"]),
+        "group_norm": 1 + get("xlstm__group_norm__weight"),
+        "ffn_norm": 1 + get("ffn_norm__weight"),
+        "w_up": get("ffn__proj_up__weight").T,
+        "w_down": get("ffn__proj_down__weight").T,
+    }
+
+
+def test_block_matches_xlstm_in_float64(x64):
+    """Outputs, the final sLSTM and conv states and every gradient equal xlstm's sLSTMBlock
+    (~1e-13); tolerance 1e-10."""
+    g = golden()
+    params = jax.tree.map(jnp.asarray, block_params_from_xlstm(g))
+    heads, D = g["block_r"].shape[0], g["block_x"].shape[-1]
+    block = slstm_block(D, num_heads=heads)
+    shapes = jax.eval_shape(lambda: block.init(jax.random.key(0), D))
+    assert jax.tree.map(jnp.shape, shapes) == jax.tree.map(jnp.shape, params)
+
+    def loss(params, xs):
+        final, ys = block.apply(params, xs)
+        return jnp.sum(ys * g["block_loss_y"]), (final, ys)
+
+    (grads, d_xs), (final, ys) = jax.jit(jax.grad(loss, argnums=(0, 1), has_aux=True))(
+        params, jnp.asarray(g["block_x"])
+    )
+    close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)  # noqa: E731
+    close(ys, g["block_y"])
+    close(np.stack(list(final.cell)), g["block_final"])
+    close(final.conv.reshape(g["block_conv_state"].shape), g["block_conv_state"])
+    close(d_xs, g["block_grad_x"])
+    # The mapping is linear, so each gradient maps back as its parameter does.
+    want = block_params_from_xlstm({k.replace("grad_", "", 1): v for k, v in g.items()})
+    want["norm"], want["group_norm"], want["ffn_norm"] = (
+        g[f"block_grad_{n}__weight"] for n in ("xlstm_norm", "xlstm__group_norm", "ffn_norm")
+    )
+    jax.tree.map(close, grads, want)
+
+
+def block_inputs(seed=5, D=8):
+    rng = np.random.default_rng(seed)
+    return jnp.asarray(rng.standard_normal((B, T, D)), jnp.float32)
+
+
+def random_block_params(block, D=8, seed=0):
+    shapes = jax.eval_shape(lambda: block.init(jax.random.key(0), D))
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(
+        lambda s: jnp.asarray(0.5 * rng.standard_normal(s.shape), jnp.float32), shapes
+    )
+
+
+@pytest.mark.parametrize("conv_width", [4, 0])
+def test_block_lengths_resets_and_chunks_match_runs_alone(conv_width):
+    """Each row with its length, each segment after a reset, and a sequence cut in two
+    chunks (the carry passed on) give what the block gives those pieces alone."""
+    block = slstm_block(8, num_heads=2, conv_width=conv_width)
+    params = random_block_params(block)
+    xs = block_inputs()
+    apply = jax.jit(lambda x, lengths=None, carry=None, resets=None: block.apply(
+        params, x, lengths=lengths, carry=carry, resets=resets))  # fmt: skip
+    close = lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5)  # noqa: E731
+    final, ys = apply(xs, lengths=LENGTHS)
+    for b in range(B):
+        alone_final, alone = apply(xs[b : b + 1, : LENGTHS[b]])
+        close(ys[b, : LENGTHS[b]], alone[0])
+        assert not np.any(ys[b, LENGTHS[b] :])
+        jax.tree.map(lambda a, w, b=b: close(a[b], w[0]), final, alone_final)
+    resets = np.zeros((B, T), bool)
+    resets[:, 3] = True
+    _, ys = apply(xs, resets=resets)
+    _, after = apply(xs[:, 3:])
+    close(ys[:, 3:], after)
+    first, head = apply(xs[:, :3])
+    last, tail = apply(xs[:, 3:], carry=first)
+    whole_final, whole = apply(xs)
+    close(jnp.concatenate([head, tail], axis=1), whole)
+    jax.tree.map(close, last, whole_final)
+
+
+def test_block_stacks_and_runs_bidirectionally():
+    block = slstm_block(8, num_heads=2)
+    model = layers.stack(block, layers.rnn(slstm(8, num_heads=2)), block)
+    params = model.init(jax.random.key(0), 8)
+    xs = block_inputs()
+    _, ys = model.apply(params, xs, lengths=LENGTHS)
+    _, first = block.apply(params[0], xs, lengths=LENGTHS)
+    _, second = unroll(model.spec.layers[1].spec.cell, params[1], first, lengths=LENGTHS)
+    _, want = block.apply(params[2], second, lengths=LENGTHS)
+    np.testing.assert_allclose(ys, want, rtol=1e-5, atol=1e-5)
+    bi = layers.bidirectional(block, block)
+    _, both = bi.apply(bi.init(jax.random.key(1), 8), xs, lengths=LENGTHS)
+    assert both.shape == (B, T, 16) and np.all(np.isfinite(both))
+
+
+def test_block_runs_under_the_mixed_policy():
+    """bfloat16 matmuls (precision.cast) stay within bfloat16's rounding of float32."""
+    block = slstm_block(8, num_heads=2)
+    params = block.init(jax.random.key(0), 8)
+    xs = block_inputs()
+    _, want = block.apply(params, xs)
+    _, got = block.apply(precision.cast(params, "bfloat16"), xs)
+    assert got.dtype == jnp.float32
+    np.testing.assert_allclose(got, want, rtol=5e-2, atol=5e-2)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"embedding_dim": 6, "num_heads": 4}, "num_heads must divide embedding_dim"),
+        ({"embedding_dim": 8, "conv_width": -1}, "conv_width must be an integer >= 0"),
+        ({"embedding_dim": 8, "reverse": True}, "reverse=True is not supported"),
+        ({"embedding_dim": 8, "forget_gate": "relu"}, "unknown forget_gate 'relu'"),
+        ({"embedding_dim": 8, "ffn_factor": 0}, "ffn_factor must be a number > 0"),
+    ],
+)
+def test_block_bad_configurations_are_refused_by_name(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        slstm_block(**kwargs)
+
+
+def test_block_bad_inputs_are_refused_by_name():
+    block = slstm_block(8, num_heads=2)
+    with pytest.raises(ValueError, match="input_size must equal embedding_dim"):
+        block.init(jax.random.key(0), 5)
+    params = block.init(jax.random.key(0), 8)
+    with pytest.raises(ValueError, match="xs has 5 features"):
+        block.apply(params, jnp.zeros((B, T, 5)))
+    with pytest.raises(ValueError, match="carry has the wrong structure"):
+        block.apply(params, jnp.zeros((B, T, 8)), carry=(1, 2, 3))

@@ -30,7 +30,7 @@ import numpy as np
 
 from seqjax import _checks, precision
 from seqjax.cells import _common
-from seqjax.cells.slstm import LOW_PRECISION, SLSTMCarry, slstm
+from seqjax.cells.slstm import SLSTMCarry, mixed_einsum, slstm
 from seqjax.layers import Layer
 from seqjax.types import Params
 from seqjax.unroll import unroll
@@ -194,16 +194,9 @@ def _norm(x: Array, groups: int) -> Array:
 
 def _headwise(x: Array, w: Array) -> Array:
     """``x (..., heads * d)`` times the block-diagonal ``w (heads, d, d_out)``: ``(...,
-    heads * d_out)``; bfloat16 operands summed in float32 under the mixed policy."""
+    heads * d_out)`` (under the mixed policy, summed in float32: ``mixed_einsum``)."""
     heads, d, _ = w.shape
-    by_head = x.reshape(*x.shape[:-1], heads, d)
-    if x.dtype != w.dtype and jnp.dtype(w.dtype) in LOW_PRECISION:
-        summed = jnp.promote_types(x.dtype, jnp.float32)
-        out = jnp.einsum(
-            "...ni,nio->...no", by_head.astype(w.dtype), w, preferred_element_type=summed
-        )
-    else:
-        out = jnp.einsum("...ni,nio->...no", by_head, w)
+    out = mixed_einsum("...ni,nio->...no", x.reshape(*x.shape[:-1], heads, d), w)
     return out.reshape(*x.shape[:-1], -1)
 
 

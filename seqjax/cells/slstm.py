@@ -54,6 +54,21 @@ class SLSTMCarry(NamedTuple):
     m: jax.Array
 
 
+def mixed_einsum(spec: str, x: jax.Array, w: jax.Array) -> jax.Array:
+    """``jnp.einsum(spec, x, w)`` as :func:`seqjax.precision.matmul` runs a product: for a
+    bfloat16/float16 ``w`` and a wider ``x`` (the mixed policy), the operands rounded to
+    ``w``'s dtype and summed in float32.
+
+    The rounded operands are multiplied in float32 rather than by a low-precision dot with a
+    float32 result: the product of two bfloat16 (or float16) numbers is exact in float32, so
+    the numbers are the same, and XLA:CPU has no batched dot of that kind.
+    """
+    if x.dtype == w.dtype or jnp.dtype(w.dtype) not in LOW_PRECISION:
+        return jnp.einsum(spec, x, w)
+    summed = jnp.promote_types(x.dtype, jnp.float32)
+    return jnp.einsum(spec, x.astype(w.dtype).astype(summed), w.astype(summed))
+
+
 def heads_matmul(h: jax.Array, r: jax.Array) -> jax.Array:
     """The block-diagonal product ``blockdiag(h) R`` in the gate-major layout.
 
@@ -62,19 +77,11 @@ def heads_matmul(h: jax.Array, r: jax.Array) -> jax.Array:
       r: ``(heads, d, 4d)``; the last axis is the head's i, f, z, o blocks of ``d``.
 
     Returns:
-      ``(..., 4H)``: gate i of every head, then f, z, o (each gate ``(heads, d)`` flattened).
-      Under the mixed policy (:mod:`seqjax.precision`) the operands are ``r``'s dtype and the
-      sums float32, as ``precision.matmul`` does for a dense matrix.
+      ``(..., 4H)``: gate i of every head, then f, z, o (each gate ``(heads, d)`` flattened),
+      under the mixed policy summed in float32 (:func:`mixed_einsum`).
     """
     heads, d, _ = r.shape
-    by_head = h.reshape(*h.shape[:-1], heads, d)
-    if h.dtype != r.dtype and jnp.dtype(r.dtype) in LOW_PRECISION:
-        out_dtype = jnp.promote_types(h.dtype, jnp.float32)
-        hh = jnp.einsum(
-            "...nk,nkj->...nj", by_head.astype(r.dtype), r, preferred_element_type=out_dtype
-        )
-    else:
-        hh = jnp.einsum("...nk,nkj->...nj", by_head, r)
+    hh = mixed_einsum("...nk,nkj->...nj", h.reshape(*h.shape[:-1], heads, d), r)
     hh = hh.reshape(*h.shape[:-1], heads, GATES, d)
     return jnp.swapaxes(hh, -3, -2).reshape(*h.shape[:-1], GATES * heads * d)
 
