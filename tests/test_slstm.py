@@ -478,57 +478,68 @@ def random_block_params(block, D=8, seed=0):
     )
 
 
-@pytest.mark.parametrize("conv_width", [4, 0])
-def test_block_lengths_resets_and_chunks_match_runs_alone(conv_width):
-    """Each row with its length, each segment after a reset, and a sequence cut in two
-    chunks (the carry passed on) give what the block gives those pieces alone."""
-    block = slstm_block(8, num_heads=2, conv_width=conv_width)
+def test_block_lengths_resets_and_chunks_match_runs_alone():
+    """A sequence cut in two chunks (the carry passed on) gives the whole run; a row with a
+    length gives the run over its first steps (outputs, then zeros, and its carry); a row
+    reset at step 3 runs its second part as a sequence of its own."""
+    block = slstm_block(8, num_heads=2)
     params = random_block_params(block)
     xs = block_inputs()
-    apply = jax.jit(lambda x, lengths=None, carry=None, resets=None: block.apply(
+    fresh = block.initial_carry(params, (B,))
+    apply = jax.jit(lambda x, carry, lengths=None, resets=None: block.apply(
         params, x, lengths=lengths, carry=carry, resets=resets))  # fmt: skip
     close = lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5)  # noqa: E731
-    final, ys = apply(xs, lengths=LENGTHS)
-    for b in range(B):
-        alone_final, alone = apply(xs[b : b + 1, : LENGTHS[b]])
-        close(ys[b, : LENGTHS[b]], alone[0])
-        assert not np.any(ys[b, LENGTHS[b] :])
-        jax.tree.map(lambda a, w, b=b: close(a[b], w[0]), final, alone_final)
-    resets = np.zeros((B, T), bool)
-    resets[:, 3] = True
-    _, ys = apply(xs, resets=resets)
-    _, after = apply(xs[:, 3:])
-    close(ys[:, 3:], after)
-    first, head = apply(xs[:, :3])
-    last, tail = apply(xs[:, 3:], carry=first)
-    whole_final, whole = apply(xs)
+    first, head = apply(xs[:, :3], fresh)
+    last, tail = apply(xs[:, 3:], first)
+    _, after = apply(xs[:, 3:], fresh)
+    whole_final, whole = apply(xs, fresh)
     close(jnp.concatenate([head, tail], axis=1), whole)
     jax.tree.map(close, last, whole_final)
+    lengths, resets = np.array([T, 3, 3]), np.zeros((B, T), bool)
+    resets[0, 3] = True
+    final, ys = apply(xs, fresh, lengths, resets)
+    close(ys[:, :3], head)
+    close(ys[0, 3:], after[0])
+    assert not np.any(ys[1:, 3:])
+    jax.tree.map(lambda a, w: close(a[1:], w[1:]), final, first)
 
 
 def test_block_stacks_and_runs_bidirectionally():
-    block = slstm_block(8, num_heads=2)
-    model = layers.stack(block, layers.rnn(slstm(8, num_heads=2)), block)
-    params = model.init(jax.random.key(0), 8)
-    xs = block_inputs()
-    _, ys = model.apply(params, xs, lengths=LENGTHS)
-    _, first = block.apply(params[0], xs, lengths=LENGTHS)
-    _, second = unroll(model.spec.layers[1].spec.cell, params[1], first, lengths=LENGTHS)
-    _, want = block.apply(params[2], second, lengths=LENGTHS)
-    np.testing.assert_allclose(ys, want, rtol=1e-5, atol=1e-5)
+    block, no_conv = slstm_block(8, num_heads=2), slstm_block(8, num_heads=2, conv_width=0)
+    model = layers.stack(block, layers.rnn(slstm(8, num_heads=2)), no_conv)
     bi = layers.bidirectional(block, block)
-    _, both = bi.apply(bi.init(jax.random.key(1), 8), xs, lengths=LENGTHS)
-    assert both.shape == (B, T, 16) and np.all(np.isfinite(both))
+    params = model.init(jax.random.key(0), 8)
+    assert "conv_w" in params[0] and "conv_w" not in params[2]
+    bi_params = {"forward": params[0], "backward": params[0]}
+    xs = block_inputs()
+
+    @jax.jit
+    def run(params, xs):
+        _, ys = model.apply(params, xs, lengths=LENGTHS)
+        _, first = block.apply(params[0], xs, lengths=LENGTHS)
+        _, second = unroll(model.spec.layers[1].spec.cell, params[1], first, lengths=LENGTHS)
+        _, want = no_conv.apply(params[2], second, lengths=LENGTHS)
+        _, both = bi.apply(bi_params, xs, lengths=LENGTHS)
+        _, back = block.apply(params[0], xs[:, ::-1])
+        return ys, want, first, both, back[:, ::-1]
+
+    ys, want, first, both, back = run(params, xs)
+    np.testing.assert_allclose(ys, want, rtol=1e-5, atol=1e-5)
+    assert both.shape == (B, T, 16)
+    np.testing.assert_allclose(both[..., :8], first, rtol=1e-5, atol=1e-5)
+    # The backward half of the full-length row: the block over the row reversed.
+    assert LENGTHS[0] == T
+    np.testing.assert_allclose(both[0, :, 8:], back[0], rtol=1e-5, atol=1e-5)
 
 
 def test_block_runs_under_the_mixed_policy():
     """bfloat16 matmuls (precision.cast) stay within bfloat16's rounding of float32."""
     block = slstm_block(8, num_heads=2)
-    params = block.init(jax.random.key(0), 8)
-    xs = block_inputs()
-    _, want = block.apply(params, xs)
-    _, got = block.apply(precision.cast(params, "bfloat16"), xs)
-    assert got.dtype == jnp.float32
+    params = random_block_params(block)
+    run = jax.jit(lambda p, x: block.apply(p, x)[1])
+    want = run(params, block_inputs())
+    got = run(precision.cast(params, "bfloat16"), block_inputs())
+    assert got.dtype == jnp.float32 and not np.array_equal(got, want)
     np.testing.assert_allclose(got, want, rtol=5e-2, atol=5e-2)
 
 
