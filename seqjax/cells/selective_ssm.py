@@ -15,16 +15,17 @@ Every coefficient depends on ``x_t`` alone, never on the state, so the cell is a
 scan. The initialisation is the paper's code's: ``A`` S4D-real (row ``-(1, ..., N)``), ``d``
 ones, and ``b_dt`` so that ``softplus(b_dt)`` is log-uniform in ``[dt_min, dt_max]``.
 
-What this module is NOT: the Mamba block. Around the selective scan the block has an input
-projection to ``2 * D`` (a branch ``x`` and a gate ``z``), a short causal depthwise ``conv1d`` and
-a SiLU on the ``x`` branch before the scan, the gating ``y * silu(z)`` after it, and an output
-projection. None of those are here; a model builds them around this cell (the scan's inputs
-are the conv's SiLU outputs, its outputs go into the gate).
+The cell is the selective scan alone, NOT the Mamba block: around the scan the block has an
+input projection to ``2E`` (a branch ``x`` and a gate ``z``), a short causal depthwise
+``conv1d`` and a SiLU on the ``x`` branch before the scan, the gating ``y * silu(z)`` after it,
+and an output projection. :func:`mamba_block` builds those around the cell as a
+:class:`seqjax.layers.Layer` (without the norm and the residual of the model around it).
 """
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +33,9 @@ import jax.numpy as jnp
 from seqjax import _checks, precision
 from seqjax.cell import Cell, LinearRecurrence, Params, linear_recur
 from seqjax.cells import _common
+
+if TYPE_CHECKING:
+    from seqjax.layers import Layer
 
 DT_INIT_FLOOR = 1e-4  # the smallest initial step size, as in the paper's code
 
@@ -156,3 +160,108 @@ def selective_ssm_read_out(params: Params, h: jax.Array, px: jax.Array) -> jax.A
 
 SELECTIVE_SSM = LinearRecurrence(selective_ssm_coefficients, selective_ssm_read_out)
 """The S6 recurrence, linear in its state (run sequentially or by associative scan)."""
+
+
+class MambaCarry(NamedTuple):
+    """The Mamba block's state: the conv's last ``K - 1`` inputs ``(batch..., K - 1, E)`` and
+    the selective SSM's state ``(batch..., E * N)`` (E the inner width)."""
+
+    conv: jax.Array
+    ssm: jax.Array
+
+
+def mamba_block(
+    model_size: int,
+    *,
+    expand: int = 2,
+    state_size: int = 16,
+    dt_rank: int | None = None,
+    conv_size: int = 4,
+    parallel: bool = True,
+) -> Layer:
+    """The Mamba block (Gu & Dao 2023, Figure 3) around the selective SSM, as a
+    :class:`seqjax.layers.Layer`: for ``xs (batch..., time, features)``,
+
+        x, z = split(xs W_in)                       each (..., E), E = expand * model_size
+        u = silu(causal_depthwise_conv(x) + b_conv) kernel of conv_size steps
+        y = selective_ssm(u) * silu(z)
+        out = y W_out                               (..., model_size)
+
+    without the norm and the residual of the model around it. ``dt_rank`` defaults to
+    ``ceil(model_size / 16)``, as in the paper's code. ``parallel``: run the scan by
+    associative scan (else step by step). Params: ``w_in (features, 2E)``, ``w_conv (K, E)``
+    (tap ``K - 1`` reads the current step), ``b_conv (E,)``, ``ssm`` (the cell's),
+    ``w_out (E, model_size)``; initialised as PyTorch's Linear and Conv1d. Carry:
+    :class:`MambaCarry`, so a long sequence can be fed in chunks. ``lengths`` as for every
+    layer (outputs past a length are zero, the carry is each sequence's at its own length);
+    ``resets`` are refused: the conv window would have to restart too.
+    """
+    from seqjax.layers import Layer  # at call time: seqjax.layers imports the cells
+
+    fn = "mamba_block"
+    M = _checks.check_positive_int(model_size, "model_size", fn)
+    E = M * _checks.check_positive_int(expand, "expand", fn)
+    K = _checks.check_positive_int(conv_size, "conv_size", fn)
+    R = math.ceil(M / 16) if dt_rank is None else _checks.check_positive_int(dt_rank, "dt_rank", fn)
+    parallel = _checks.check_bool(parallel, "parallel", fn)
+    ssm = selective_ssm(E, state_size, R)
+
+    def init(key: jax.Array, input_size: int, dtype=None) -> Params:
+        input_size = _checks.check_positive_int(input_size, "input_size", fn)
+        dtype = _common.float_dtype(dtype, fn)
+        k = jax.random.split(key, 5)
+        uniform = lambda kk, shape, fan_in: jax.random.uniform(  # noqa: E731
+            kk, shape, dtype, -1.0 / math.sqrt(fan_in), 1.0 / math.sqrt(fan_in)
+        )
+        return {
+            "w_in": uniform(k[0], (input_size, 2 * E), input_size),
+            "w_conv": uniform(k[1], (K, E), K),
+            "b_conv": uniform(k[2], (E,), K),
+            "ssm": ssm.init(k[3], E, dtype),
+            "w_out": uniform(k[4], (E, M), E),
+        }
+
+    def initial_carry(params: Params, batch_shape: tuple[int, ...] = ()) -> MambaCarry:
+        batch_shape = _checks.check_batch_shape(batch_shape, "initial_carry")
+        dtype = precision.state_dtype(params)
+        conv = jnp.zeros((*batch_shape, K - 1, E), dtype)
+        return MambaCarry(conv, ssm.initial_carry(params["ssm"], batch_shape))
+
+    def apply(params, xs, *, lengths=None, carry=None, key=None, resets=None, reset_carry=None):
+        del key  # no randomness
+        if resets is not None or reset_carry is not None:
+            raise ValueError(
+                f"{fn}: resets are not supported (the conv window would have to restart with "
+                "the state); run each segment on its own, or build the model from "
+                "seqjax.rnn(selective_ssm(...)) layers"
+            )
+        xs = _checks.check_array(xs, "xs", fn, min_rank=2)
+        _checks.check_features(xs, params["w_in"].shape[0], "xs", fn, "(batch..., time, {d})")
+        if carry is None:
+            carry = initial_carry(params, xs.shape[:-2])
+        return _mamba_apply(ssm, parallel, params, xs, lengths, carry)
+
+    return Layer(init=init, apply=apply, initial_carry=initial_carry, output_size=M)
+
+
+def _mamba_apply(ssm: Cell, parallel: bool, params: Params, xs, lengths, carry: MambaCarry):
+    """``(final MambaCarry, outputs (batch..., time, M))`` of the block, in the params' dtype."""
+    from seqjax.unroll import unroll  # at call time: seqjax.unroll imports the cells
+
+    dtype = precision.state_dtype(params)
+    x, z = jnp.split(precision.matmul(xs.astype(dtype), params["w_in"]).astype(dtype), 2, -1)
+    K, T = params["w_conv"].shape[0], xs.shape[-2]
+    window = jnp.concatenate([carry.conv.astype(dtype), x], axis=-2)  # (..., K - 1 + T, E)
+    w_conv = params["w_conv"].astype(dtype)
+    conv = sum(w_conv[j] * window[..., j : j + T, :] for j in range(K)) + params["b_conv"]
+    ssm_state, y = unroll(ssm, params["ssm"], jax.nn.silu(conv), carry=carry.ssm,
+                          lengths=lengths, parallel=parallel)  # fmt: skip
+    out = precision.matmul(y * jax.nn.silu(z), params["w_out"]).astype(dtype)
+    # the conv's state: the K - 1 inputs before each sequence's end (its length, or T)
+    ends = jnp.full(xs.shape[:-2], T) if lengths is None else jnp.asarray(lengths)
+    taps = ends[..., None] + jnp.arange(K - 1)  # positions in the window
+    conv_state = jnp.take_along_axis(window, taps[..., None], axis=-2)
+    if lengths is not None:
+        valid = jnp.arange(T) < ends[..., None]
+        out = jnp.where(valid[..., None], out, jnp.zeros_like(out))
+    return MambaCarry(conv_state, ssm_state), out
