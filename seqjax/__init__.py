@@ -6,9 +6,24 @@ layers (``rnn``, ``bidirectional``, ``stack``; :mod:`seqjax.layers`). The docume
 (``mkdocs serve`` in a checkout, sources in ``docs/``) has the concepts and the API.
 """
 
-from seqjax import diagnostics, host_memory, initializers, interop, precision
+from seqjax import blocks, diagnostics, host_memory, initializers, interop, precision
 from seqjax.cell import Cell, CombineVJP, LinearRecurrence, RecurSplit, step
-from seqjax.cells import LSTMCarry, gru, indrnn, irnn, lru, lstm, min_gru, min_lstm, simple_rnn
+from seqjax.cells import (
+    LSTMCarry,
+    gru,
+    indrnn,
+    irnn,
+    lru,
+    lstm,
+    mgu,
+    min_gru,
+    min_lstm,
+    mlstm,
+    rg_lru,
+    selective_ssm,
+    simple_rnn,
+    slstm,
+)
 from seqjax.layers import Layer, bidirectional, reverse_sequences, rnn, stack
 from seqjax.streaming import Stream, stream
 from seqjax.unroll import unroll
@@ -37,6 +52,7 @@ __all__ = [
     "Stream",
     "UnrollOptions",
     "bidirectional",
+    "blocks",
     "diagnostics",
     "gru",
     "host_memory",
@@ -46,12 +62,17 @@ __all__ = [
     "irnn",
     "lru",
     "lstm",
+    "mgu",
     "min_gru",
     "min_lstm",
+    "mlstm",
     "precision",
     "reverse_sequences",
+    "rg_lru",
     "rnn",
+    "selective_ssm",
     "simple_rnn",
+    "slstm",
     "stack",
     "step",
     "stream",

@@ -257,3 +257,20 @@ def test_tbptt_carries_state_forward_but_cuts_gradients():
                                    atol=1e-5)  # fmt: skip
         np.testing.assert_allclose(metrics["grad_norm"], tree_norm(expected_grads), rtol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), carry, full_carry)
+
+
+@pytest.mark.parametrize("cell_name", ["rg_lru", "selective_ssm"])
+def test_input_layer_cells_equal_the_cell_on_projected_inputs(cell_name):
+    from seqjax.train import model as train_model
+
+    wrapped = train_model.TRAIN_CELLS[cell_name](8)
+    params = wrapped.init(jax.random.key(0), 3)
+    xs = jax.random.normal(jax.random.key(1), (2, 5, 3))
+    inner = {"rg_lru": lambda: seqjax.rg_lru(8, num_heads=4),
+             "selective_ssm": lambda: seqjax.selective_ssm(8)}[cell_name]()  # fmt: skip
+    us = xs @ params["w_in"] + params["b_in"]
+    want_carry, want = seqjax.unroll(inner, params["cell"], us)
+    for parallel in (False, True):
+        carry, ys = seqjax.unroll(wrapped, params, xs, parallel=parallel)
+        np.testing.assert_allclose(ys, want, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(carry, want_carry, rtol=1e-5, atol=1e-6)

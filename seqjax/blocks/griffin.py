@@ -74,7 +74,9 @@ def griffin_block(
       lru_width: L, the features of the two branches and the RG-LRU (default: ``width``).
       num_heads: heads of the RG-LRU's block-diagonal gates; must divide L.
       conv_width: the conv's temporal width (4 in Griffin); 1 is no temporal mixing.
-      c, min_rad, max_rad: the RG-LRU's (:func:`seqjax.cells.rg_lru.rg_lru`).
+      c: the RG-LRU's decay scale (:func:`seqjax.cells.rg_lru.rg_lru`).
+      min_rad: the RG-LRU's smallest initial decay.
+      max_rad: the RG-LRU's largest initial decay.
       out_init_scale: the variance scale of ``W_out``'s init (the reference's
         ``final_w_init_variance_scale``).
       **unroll_options: how the RG-LRU is unrolled (``parallel=True`` for the associative

@@ -77,7 +77,8 @@ def slstm_block(
       conv_width: the causal conv's width (4 in xLSTM); 0 leaves the conv out (the i and f
         gates then read the normalised input, as ``xlstm`` with ``conv1d_kernel_size=0``).
       forget_gate: the sLSTM's, ``"sigmoid"`` (xlstm's) or ``"exp"``.
-      ffn_factor, ffn_multiple_of: the feed-forward's width, :func:`ffn_size`.
+      ffn_factor: the feed-forward's width over ``embedding_dim`` (:func:`ffn_size`).
+      ffn_multiple_of: the feed-forward's width is rounded up to a multiple of this.
       **unroll_options: how the sLSTM is unrolled (``remat``, ``unroll``, ``custom_vjp``...;
         :class:`seqjax.UnrollOptions`). The block is causal and batch-major: ``reverse``,
         ``time_major`` and ``parallel`` are refused (for a backward pass, wrap it in

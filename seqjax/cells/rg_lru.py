@@ -64,9 +64,10 @@ def rg_lru(
       hidden_size: H, the size of the input, state and output.
       num_heads: blocks of the block-diagonal gate weights; must divide H.
       c: the constant scaling the gated log-decay (8 in the paper and the reference).
-      min_rad, max_rad: the base decay ``a = exp(-softplus(a_param))`` starts with ``a^2``
-        uniform in ``[min_rad^2, max_rad^2]`` (the reference's init: uniform on the ring
-        ``min_rad <= a <= max_rad`` by area), so at ``r_t = 1`` the step's decay is ``a^c``.
+      min_rad: the base decay ``a = exp(-softplus(a_param))`` starts with ``a^2`` uniform in
+        ``[min_rad^2, max_rad^2]`` (the reference's init: uniform on the ring ``min_rad <= a
+        <= max_rad`` by area), so at ``r_t = 1`` the step's decay is ``a^c``.
+      max_rad: the upper end of that ring.
       document_starts: the input's last feature flags document starts (see the module).
 
     Params: ``a_param (H,)``, ``w_r, w_i (heads, H/heads, H/heads)``, ``b_r, b_i (heads,

@@ -55,8 +55,8 @@ def selective_ssm(
         so ``input_size`` must be D).
       state_size: N, the states per channel (Mamba's ``d_state``, default 16).
       dt_rank: R, the rank of the step-size projection; ``None``: ``ceil(D / 16)``.
-      dt_min, dt_max: the range the initial step sizes ``softplus(b_dt)`` are drawn from,
-        log-uniformly.
+      dt_min: the smallest initial step size ``softplus(b_dt)`` (drawn log-uniformly).
+      dt_max: the largest initial step size.
 
     Params: ``w_x (D, R + 2N)`` (blocks: the step's bottleneck, B, C; no bias), ``w_dt (R, D)``,
     ``b_dt (D,)``, ``a_log (D, N)``, ``d (D,)``. Carry: the state ``(batch..., D * N)``, channel

@@ -96,7 +96,8 @@ def _add_train(commands) -> None:
         default="lstm",
         choices=list(TRAIN_CELLS),
         help="rnn (tanh), irnn (relu, identity init), indrnn, lstm, gru, or the parallel-scan "
-        "min_gru, min_lstm, lru (default lstm)",
+        "min_gru, min_lstm, lru, and the recurrences since 2023: mgu, slstm, mlstm, rg_lru, "
+        "selective_ssm (default lstm)",
     )
     t.add_argument("--hidden", type=int, help="hidden size (task default: 64 for adding)")
     t.add_argument("--layers", type=int, default=1, help="stacked layers (default 1)")

@@ -28,7 +28,59 @@ TRAIN_CELLS = {
     "min_gru": lambda h: seqjax.min_gru(h, log_space=True),
     "min_lstm": lambda h: seqjax.min_lstm(h, log_space=True),
     "lru": lambda h: seqjax.lru(h, h, r_min=0.4, r_max=0.99, input_layer=True),
+    # The recurrences since 2023 (issue 25), as cells in the same stack: xLSTM's mLSTM (4 heads,
+    # its parallel form when unrolled with parallel=True) and sLSTM, Griffin's RG-LRU and Mamba's
+    # selective SSM (both read as many features as their width: a linear input layer first),
+    # and the MGU.
+    "mgu": lambda h: seqjax.mgu(h),
+    "slstm": lambda h: seqjax.slstm(h, num_heads=4),
+    "mlstm": lambda h: seqjax.mlstm(h, num_heads=4),
+    "rg_lru": lambda h: with_input_layer(seqjax.rg_lru(h, num_heads=4)),
+    "selective_ssm": lambda h: with_input_layer(seqjax.selective_ssm(h)),
 }
+
+
+def _wrapped_linear(linear: seqjax.LinearRecurrence | None):
+    if linear is None:
+        return None
+    return linear._replace(
+        coefficients=lambda p, px: linear.coefficients(p["cell"], px),
+        read_out=lambda p, h, px: linear.read_out(p["cell"], h, px),
+        log_coefficients=None
+        if linear.log_coefficients is None
+        else (lambda p, px: linear.log_coefficients(p["cell"], px)),
+    )
+
+
+def with_input_layer(cell: seqjax.Cell) -> seqjax.Cell:
+    """``cell`` behind a linear input layer ``u = x W_in + b_in`` to the cell's own input size
+    (its ``output_size``), for cells that read as many features as they are wide. Params:
+    ``{"w_in" (D, H), "b_in" (H,), "cell": the cell's}``; a linear recurrence stays linear."""
+
+    def init(key, input_size, dtype=None):
+        k_in, k_cell = jax.random.split(key)
+        H = cell.output_size
+        w_in = jax.random.normal(k_in, (input_size, H)) / jnp.sqrt(input_size)
+        dtype = dtype or w_in.dtype
+        return {"w_in": w_in.astype(dtype), "b_in": jnp.zeros((H,), dtype),
+                "cell": cell.init(k_cell, H, dtype)}  # fmt: skip
+
+    def project(params, xs):
+        return cell.project(params["cell"], precision.matmul(xs, params["w_in"]) + params["b_in"])
+
+    linear = _wrapped_linear(cell.linear)
+    return cell._replace(
+        init=init,
+        initial_carry=lambda params, batch_shape=(): cell.initial_carry(
+            params["cell"], batch_shape
+        ),
+        project=project,
+        recur=lambda params, carry, px: cell.recur(params["cell"], carry, px),
+        name=f"{cell.name} (input layer)",
+        input_size=lambda params: params["w_in"].shape[0],
+        recur_split=None,
+        linear=linear,
+    )
 
 
 class Model(NamedTuple):
@@ -73,7 +125,7 @@ def build_model(
     ``batch["lengths"] (batch,)``: each sequence is read out at its own last step."""
     make_cell = make_cell or TRAIN_CELLS[cell_name]
     cells = [make_cell(hidden) for _ in range(layers)]
-    stack = seqjax.stack(*[seqjax.rnn(c, parallel=c.linear is not None) for c in cells],
+    stack = seqjax.stack(*[seqjax.rnn(c, parallel=_parallel(c)) for c in cells],
                          dropout=dropout)  # fmt: skip
 
     def init(key):
@@ -104,3 +156,9 @@ def build_model(
         return carry, precision.matmul(ys[:, 0], params["w_out"]) + params["b_out"]
 
     return Model(init, apply, step, stack, encode, read_out)
+
+
+def _parallel(cell: seqjax.Cell) -> bool:
+    """Unroll with ``parallel=True`` where the cell has a parallel form: a linear recurrence's
+    associative scan, or whole-sequence forms (the mLSTM's quadratic one)."""
+    return cell.linear is not None or cell.sequence_forms() is not None
