@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from seqjax import _checks, precision
+from seqjax.blocks._conv import causal_conv
 from seqjax.cells import _common
 from seqjax.cells.rg_lru import rg_lru
 from seqjax.layers import Layer
@@ -158,7 +159,13 @@ def griffin_apply(cell, options, initial_carry, params, xs, lengths, carry, rese
     u = precision.matmul(xs, params["w_x"]) + params["b_x"]
     W = params["conv_w"].shape[0]
     conv_out, conv_last = causal_conv(
-        params, u, restarts, lengths, _history(carry.conv, W), _history(reset_carry.conv, W)
+        params["conv_w"],
+        params["conv_b"],
+        u,
+        restarts,
+        lengths,
+        _history(carry.conv, W),
+        _history(reset_carry.conv, W),
     )
     # A document starts at a restart from a fresh carry, or at step 0 of a fresh carry.
     first = (steps == 0) & ~restarts
@@ -183,36 +190,6 @@ def griffin_apply(cell, options, initial_carry, params, xs, lengths, carry, rese
 def _history(flat: Array, W: int) -> Array:
     """A carry's flat conv buffer as ``(batch..., W - 1, L)``."""
     return flat.reshape((*flat.shape[:-1], W - 1, flat.shape[-1] // max(W - 1, 1)))
-
-
-def causal_conv(params: Params, u: Array, restarts: Array, lengths: Array, history: Array,
-                reset_history: Array) -> tuple[Array, Array]:  # fmt: skip
-    """``sum_k v_(t-k) * conv_w[W-1-k] + conv_b`` for ``u (batch..., T, L)``, where ``v`` is
-    ``u`` within the current document and, before its first step, the history it started
-    from: ``history (batch..., W-1, L)`` for the part before the first restart,
-    ``reset_history`` after a restart (``restarts (batch..., T)``). Also returns the conv's
-    last ``W-1`` inputs as seen by the step after each length, ``(batch..., W-1, L)``.
-    """
-    W, T = params["conv_w"].shape[0], u.shape[-2]
-    t = jnp.arange(T + 1)  # T: the step after the last, for the final buffer
-    flagged = jnp.concatenate([restarts, jnp.zeros_like(restarts[..., :1])], axis=-1)
-    last = jax.lax.cummax(jnp.where(flagged, t, -1), axis=flagged.ndim - 1)  # (batch..., T+1)
-    # One source per batch row: [reset history (W-1), history (W-1), u (T), one spare step].
-    source = jnp.concatenate(
-        [reset_history.astype(u.dtype), history.astype(u.dtype), u, jnp.zeros_like(u[..., :1, :])],
-        axis=-2,
-    )
-    k = jnp.arange(W)
-    back = t[:, None] - k  # (T+1, W): the step shift k reads
-    before = (back < last[..., None]) & (last[..., None] >= 0)  # before the document's start
-    index = jnp.where(before, W - 1 - last[..., None] + back, 2 * (W - 1) + back)
-    index = jnp.clip(index, 0, source.shape[-2] - 1)  # (batch..., T+1, W)
-    flat = index.reshape((*index.shape[:-2], -1, 1))
-    windows = jnp.take_along_axis(source, flat, axis=-2).reshape((*index.shape, u.shape[-1]))
-    taps = params["conv_w"][::-1].astype(u.dtype)  # taps[k] multiplies the input k steps back
-    out = jnp.einsum("...tkl,kl->...tl", windows[..., :T, :, :], taps) + params["conv_b"]
-    at_end = jnp.take_along_axis(windows, lengths[..., None, None, None], axis=-3)[..., 0, :, :]
-    return out, at_end[..., :0:-1, :] if W > 1 else at_end[..., :0, :]
 
 
 def _checked(initial_carry, params, xs, lengths, carry, resets, reset_carry, fn):

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from seqjax import _checks, precision
-from seqjax.blocks.slstm_block import causal_conv
+from seqjax.blocks._conv import causal_conv
 from seqjax.cells import _common
 from seqjax.cells.mlstm import MLSTMCarry, mlstm
 from seqjax.layers import Layer
