@@ -28,6 +28,7 @@ import jax.numpy as jnp
 
 from seqjax import _checks, precision
 from seqjax.blocks._conv import causal_conv
+from seqjax.blocks._inputs import checked_inputs
 from seqjax.cells import _common
 from seqjax.cells.rg_lru import rg_lru
 from seqjax.layers import Layer
@@ -147,9 +148,12 @@ def griffin_apply(cell, options, initial_carry, params, xs, lengths, carry, rese
                   fn):  # fmt: skip
     """The block's ``apply``: ``(final GriffinCarry, ys (batch..., time, width))``."""
     restart_from_carry = reset_carry is not None and resets is not None
-    xs, given_lengths, resets, carry, reset_carry = _checked(
-        initial_carry, params, xs, lengths, carry, resets, reset_carry, fn
-    )
+    xs, given_lengths, resets, carry, reset_carry = checked_inputs(
+        params, xs, lengths, carry, resets, reset_carry, fn=fn, keys=("w_x", "w_y", "rg_lru"),
+        features=lambda p: p["w_x"].shape[0], initial_carry=initial_carry,
+        carry_type=GriffinCarry, min_length=0,
+    )  # fmt: skip
+    reset_carry = initial_carry(params, xs.shape[:-2]) if reset_carry is None else reset_carry
     batch_shape, T = xs.shape[:-2], xs.shape[-2]
     steps = jnp.arange(T)
     lengths = jnp.full(batch_shape, T, jnp.int32) if given_lengths is None else given_lengths
@@ -190,43 +194,3 @@ def griffin_apply(cell, options, initial_carry, params, xs, lengths, carry, rese
 def _history(flat: Array, W: int) -> Array:
     """A carry's flat conv buffer as ``(batch..., W - 1, L)``."""
     return flat.reshape((*flat.shape[:-1], W - 1, flat.shape[-1] // max(W - 1, 1)))
-
-
-def _checked(initial_carry, params, xs, lengths, carry, resets, reset_carry, fn):
-    """The inputs checked, ``xs`` cast to the params' dtype, the carries filled in."""
-    if not isinstance(params, dict) or "rg_lru" not in params or "w_x" not in params:
-        raise ValueError(f"{fn}: params must be the dict that block.init returns (keys w_x, "
-                         f"w_y, conv_w, rg_lru, ...); got {type(params).__name__}")  # fmt: skip
-    xs = _checks.check_array(xs, "xs", fn, min_rank=2)
-    D = params["w_x"].shape[0]
-    _checks.check_features(xs, D, "xs", fn, "(batch..., time, {d})")
-    if xs.shape[-2] == 0:
-        raise ValueError(f"{fn}: xs has an empty time axis (shape {xs.shape}); need 1 step")
-    xs = xs.astype(_checks.params_dtype(params, fn))
-    batch_shape = xs.shape[:-2]
-    lengths = _checks.check_lengths(lengths, batch_shape, xs.shape[-2], fn, low=0)
-    if resets is not None:
-        resets = _checks.check_resets(resets, xs.shape[:-1], fn, False)
-    if reset_carry is not None and resets is None:
-        raise ValueError(f"{fn}: reset_carry is the carry resets restart from, but no resets "
-                         "were given; pass resets=, or leave out reset_carry")  # fmt: skip
-    fresh = initial_carry(params, batch_shape)
-    carry = _checked_carry(carry, fresh, "carry", fn)
-    reset_carry = _checked_carry(reset_carry, fresh, "reset_carry", fn)
-    return xs, lengths, resets, carry, reset_carry
-
-
-def _checked_carry(carry, fresh: GriffinCarry, name: str, fn: str) -> GriffinCarry:
-    if carry is None:
-        return fresh
-    if not isinstance(carry, tuple) or len(carry) != 3:
-        raise ValueError(f"{fn}: {name} must be a GriffinCarry(conv, h, started) as "
-                         f"block.initial_carry returns; got {type(carry).__name__}")  # fmt: skip
-    carry = GriffinCarry(*carry)
-    for field, got, want in zip(GriffinCarry._fields, carry, fresh, strict=True):
-        if tuple(jnp.shape(got)) != want.shape:
-            raise ValueError(
-                f"{fn}: {name}.{field} must have shape {want.shape} (block.initial_carry(params,"
-                f" batch_shape)); got {tuple(jnp.shape(got))}"
-            )
-    return jax.tree.map(lambda c, f: jnp.asarray(c, f.dtype), carry, fresh)

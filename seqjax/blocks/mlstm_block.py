@@ -29,6 +29,7 @@ import jax.numpy as jnp
 
 from seqjax import _checks, precision
 from seqjax.blocks._conv import causal_conv
+from seqjax.blocks._inputs import checked_inputs
 from seqjax.cells import _common
 from seqjax.cells.mlstm import MLSTMCarry, mlstm
 from seqjax.layers import Layer
@@ -127,8 +128,12 @@ def mlstm_block(
 
     def apply(params, xs, *, lengths=None, carry=None, key=None, resets=None, reset_carry=None):
         del key  # the block has no randomness
-        checked = _checked(initial_carry, params, xs, lengths, carry, resets, reset_carry, D, fn)
-        return _apply(cell, options, params, *checked)
+        xs, lengths, resets, carry, reset_carry = checked_inputs(
+            params, xs, lengths, carry, resets, reset_carry, fn=fn, keys=("norm", "w_up", "conv_w"),
+            features=lambda p: D, initial_carry=initial_carry, carry_type=MLSTMBlockCarry,
+        )  # fmt: skip
+        reset_carry = carry if reset_carry is None else reset_carry
+        return _apply(cell, options, params, xs, lengths, resets, carry, reset_carry)
 
     return Layer(init=init, apply=apply, initial_carry=initial_carry, output_size=D)
 
@@ -179,28 +184,3 @@ def _headwise(x: Array, w: Array) -> Array:
         x, w = x.astype(w.dtype).astype(jnp.float32), w.astype(jnp.float32)  # exact products
     out = jnp.einsum("...ni,nio->...no", x, w)
     return out.reshape(*out.shape[:-2], -1)
-
-
-def _checked(initial_carry, params, xs, lengths, carry, resets, reset_carry, D, fn):
-    """The inputs checked, ``xs`` cast to the params' state dtype, the carries filled in."""
-    if not isinstance(params, dict) or "w_up" not in params or "conv_w" not in params:
-        raise ValueError(f"{fn}: params must be the dict that block.init returns (keys norm, "
-                         f"w_up, conv_w, ...); got {type(params).__name__}")  # fmt: skip
-    xs = _checks.check_array(xs, "xs", fn, min_rank=2)
-    _checks.check_features(xs, D, "xs", fn, "(batch..., time, {d})")
-    xs = xs.astype(precision.state_dtype(params))
-    batch_shape = xs.shape[:-2]
-    lengths = _checks.check_lengths(lengths, batch_shape, xs.shape[-2], fn)
-    if resets is not None:
-        resets = _checks.check_resets(resets, xs.shape[:-1], fn, False)
-    if reset_carry is not None and resets is None:
-        raise ValueError(f"{fn}: reset_carry is the carry resets restart from, but no resets "
-                         "were given; pass resets=, or leave out reset_carry")  # fmt: skip
-    fresh = initial_carry(params, batch_shape)
-    for name, given in (("carry", carry), ("reset_carry", reset_carry)):
-        if given is not None:
-            _checks.check_tree_like(given, fresh, name, fn, "block.initial_carry(params, "
-                                    f"{batch_shape})")  # fmt: skip
-    carry = fresh if carry is None else MLSTMBlockCarry(*carry)
-    reset_carry = carry if reset_carry is None else MLSTMBlockCarry(*reset_carry)
-    return xs, lengths, resets, carry, reset_carry

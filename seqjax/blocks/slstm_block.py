@@ -29,6 +29,7 @@ import jax.numpy as jnp
 
 from seqjax import _checks, precision
 from seqjax.blocks._conv import causal_conv
+from seqjax.blocks._inputs import checked_inputs
 from seqjax.cells import _common
 from seqjax.cells.slstm import SLSTMCarry, mixed_einsum, slstm
 from seqjax.layers import Layer
@@ -147,9 +148,12 @@ def slstm_block(
 
 def _apply(cell, options, initial_carry, params, xs, lengths, carry, resets, reset_carry, fn):
     """The block's ``apply``: ``(final SLSTMBlockCarry, ys (batch..., time, D))``."""
-    xs, lengths, resets, carry, reset_carry = _checked(
-        initial_carry, params, xs, lengths, carry, resets, reset_carry, fn
-    )
+    xs, lengths, resets, carry, reset_carry = checked_inputs(
+        params, xs, lengths, carry, resets, reset_carry, fn=fn, keys=("norm", "w_gates", "cell"),
+        features=lambda p: p["norm"].shape[0], initial_carry=initial_carry,
+        carry_type=SLSTMBlockCarry,
+    )  # fmt: skip
+    reset_carry = carry if reset_carry is None else reset_carry
     batch_shape, T = xs.shape[:-2], xs.shape[-2]
     full = jnp.full(batch_shape, T, jnp.int32) if lengths is None else lengths
     valid = jnp.arange(T) < full[..., None]
@@ -204,28 +208,3 @@ def _headwise(x: Array, w: Array) -> Array:
 def _unflat(flat: Array, W: int, D: int) -> Array:
     """A carry's flat conv buffer as ``(batch..., W - 1, D)``."""
     return flat.reshape(*flat.shape[:-1], W - 1, D)
-
-
-def _checked(initial_carry, params, xs, lengths, carry, resets, reset_carry, fn):
-    """The inputs checked, ``xs`` cast to the params' state dtype, the carries filled in."""
-    if not isinstance(params, dict) or "cell" not in params or "w_gates" not in params:
-        raise ValueError(f"{fn}: params must be the dict that block.init returns (keys norm, "
-                         f"w_gates, cell, ...); got {type(params).__name__}")  # fmt: skip
-    xs = _checks.check_array(xs, "xs", fn, min_rank=2)
-    _checks.check_features(xs, params["norm"].shape[0], "xs", fn, "(batch..., time, {d})")
-    xs = xs.astype(precision.state_dtype(params))
-    batch_shape = xs.shape[:-2]
-    lengths = _checks.check_lengths(lengths, batch_shape, xs.shape[-2], fn)
-    if resets is not None:
-        resets = _checks.check_resets(resets, xs.shape[:-1], fn, False)
-    if reset_carry is not None and resets is None:
-        raise ValueError(f"{fn}: reset_carry is the carry resets restart from, but no resets "
-                         "were given; pass resets=, or leave out reset_carry")  # fmt: skip
-    fresh = initial_carry(params, batch_shape)
-    for name, given in (("carry", carry), ("reset_carry", reset_carry)):
-        if given is not None:
-            _checks.check_tree_like(given, fresh, name, fn, "block.initial_carry(params, "
-                                    f"{batch_shape})")  # fmt: skip
-    carry = fresh if carry is None else SLSTMBlockCarry(*carry)
-    reset_carry = carry if reset_carry is None else SLSTMBlockCarry(*reset_carry)
-    return xs, lengths, resets, carry, reset_carry
