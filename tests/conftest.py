@@ -15,6 +15,19 @@ if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
         os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
     ).strip()
 
+# Many tests compile the same small programs again: parametrized cases that differ only outside
+# the program, and the training runs the CLI, notebook and kill/resume tests start as
+# subprocesses. A persistent compilation cache, shared by the xdist workers and inherited by
+# the subprocesses, compiles each once per suite run. Its key is the program and the compiler
+# version and flags, so a changed program never hits a stale entry.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(
+        pathlib.Path(tempfile.gettempdir()) / f"seqjax-tests-xla-cache-{os.getuid()}"
+    )
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+
 import numpy as np
 import pytest
 
