@@ -4,6 +4,8 @@
     python -m benchmarks.learning --only cells    # one group: adding, cells, tasks, charlm
     python -m benchmarks.learning --from-json     # rewrite the Markdown from the saved JSON
     python -m benchmarks.learning --collect       # gather finished runs from runs/learning/
+    python -m benchmarks.learning --only recurrences --shard 0/2 & \
+        python -m benchmarks.learning --only recurrences --shard 1/2  # two at a time
 
 Each run is one ``seqjax train`` invocation (the same code path as the command line) with its
 own run directory under ``runs/learning/``; its result.json and wall time are collected into
@@ -19,6 +21,11 @@ Groups:
   parallel  Parallel-scan recurrences (min_gru, min_lstm, lru) against lstm and gru with one
           budget per task: adding T=100, copy T=20, charlm; final metric and the training
           time to a target (first evaluation at or below it; evaluations every 10% of a run).
+  recurrences  The recurrences since 2023 (mgu, slstm, mlstm, rg_lru, selective_ssm) against
+          lstm, gru and lru, one budget per task: adding T=100 and T=400, copy T=20 and
+          T=100, charlm, mnist1d.
+
+Records of groups not rerun are kept from the saved learning.json.
 """
 
 from __future__ import annotations
@@ -98,10 +105,27 @@ def _configs(group: str) -> list[dict]:
             for b in budgets
             for cell in ("lstm", "gru", "min_gru", "min_lstm", "lru")
         ]
+    if group == "recurrences":
+        return [
+            {"task": b["task"], "cell": cell, **{k: v for k, v in b.items() if k != "task"}}
+            for b in RECURRENCE_BUDGETS
+            for cell in RECURRENCE_CELLS
+        ]
     raise ValueError(f"unknown group {group!r}")
 
 
-GROUPS = ("adding", "cells", "tasks", "charlm", "parallel")
+GROUPS = ("adding", "cells", "tasks", "charlm", "parallel", "recurrences")
+# The recurrences since 2023 against LSTM, GRU and the LRU (issue 25): one budget per task, the
+# same for every cell. max_minutes only guards the total; a run it cut short says so.
+RECURRENCE_CELLS = ("lstm", "gru", "lru", "mgu", "slstm", "mlstm", "rg_lru", "selective_ssm")
+RECURRENCE_BUDGETS = [
+    {"task": "adding", "seq_len": 100, "steps": 1000, "hidden": 64, "max_minutes": 4},
+    {"task": "adding", "seq_len": 400, "steps": 500, "hidden": 64, "max_minutes": 4},
+    {"task": "copy", "seq_len": 20, "steps": 1000, "hidden": 64, "max_minutes": 4},
+    {"task": "copy", "seq_len": 100, "steps": 600, "hidden": 64, "max_minutes": 4},
+    {"task": "charlm", "steps": 800, "hidden": 128, "max_minutes": 4},
+    {"task": "mnist1d", "steps": 1000, "hidden": 64, "max_minutes": 4},
+]
 # The target of the time-to-target column of the parallel group, per task: (metric, value).
 TARGETS = {"adding": ("eval_mse", 0.01), "copy": ("eval_ce", 0.45), "charlm": ("eval_bpc", 3.0)}
 
@@ -143,12 +167,65 @@ def _record(group: str, config: dict) -> dict | None:
     return record
 
 
+def _merged(path: pathlib.Path, found: list[dict]) -> list[dict]:
+    """``found``, plus the saved records of ``path`` whose runs are not here (their run
+    directories were removed, or were made on another machine): a run of one group must not
+    erase the others' measurements."""
+    if not path.exists():
+        return found
+    fresh = {(r["group"], r["argv"]) for r in found}
+    kept = [r for r in json.loads(path.read_text())["records"]
+            if (r["group"], r["argv"]) not in fresh]  # fmt: skip
+    order = {g: i for i, g in enumerate(GROUPS)}
+    return sorted(kept + found, key=lambda r: order.get(r["group"], len(order)))
+
+
 def _run(group: str, config: dict) -> None:
     argv = _argv(config)
     run_dir = pathlib.Path(argv[2])
     shutil.rmtree(run_dir, ignore_errors=True)  # a rerun starts afresh
     if cli.main(argv) != 0:
         raise RuntimeError(f"seqjax {' '.join(argv)} failed")
+
+
+def _recurrences_markdown(records: list[dict]) -> list[str]:
+    tasks = list(dict.fromkeys(r["task"] for r in records))
+    first = {t: next(r for r in records if r["task"] == t) for t in tasks}
+    budgets = "; ".join(f"{t}: {first[t]['steps']} steps of {first[t]['batch_size']}, hidden "
+                        f"{first[t]['hidden']}" for t in tasks)  # fmt: skip
+    head = "| cell | " + " | ".join(tasks) + " |"
+    rule = "|---|" + "---|" * len(tasks)
+    lines = ["### The recurrences since 2023 against LSTM, GRU and the LRU", "",
+             f"One budget per task, the same for every cell ({budgets}; Adam 3e-3, cosine, "
+             "clip 1; a 4-minute guard). The mLSTM runs in its parallel form; the RG-LRU and "
+             "the selective SSM sit behind a linear input layer, the LRU behind its GELU input "
+             "layer, all three with the associative scan. Test metric (" + ", ".join(
+                 f"{t}: {first[t]['metric']}, {first[t]['baseline_name']} "
+                 f"{first[t]['baseline']:.3f}" for t in tasks) + "); **bold**: better than "
+             "the baseline; *cut at N*: the guard ended it after N steps.",
+             "", head, rule]  # fmt: skip
+    by = {(r["cell"], r["task"]): r for r in records}
+    cells = list(dict.fromkeys(r["cell"] for r in records))
+    for cell in cells:
+        shown = []
+        for t in tasks:
+            r = by.get((cell, t))
+            if r is None:
+                shown.append("")
+                continue
+            text = f"{r['value']:.4f}"
+            if not r["verdict"].startswith("no better"):
+                text = f"**{text}**"
+            if r.get("steps_done", r["steps"]) < r["steps"]:
+                text += f" *cut at {r['steps_done']}*"
+            shown.append(text)
+        lines.append(f"| {cell} | " + " | ".join(shown) + " |")
+    lines += ["", "Wall time of the same runs (compilation and evaluation included):", "",
+              head, rule]  # fmt: skip
+    for cell in cells:
+        shown = [f"{by[cell, t]['wall_s']:.0f} s" if (cell, t) in by else "" for t in tasks]
+        lines.append(f"| {cell} | " + " | ".join(shown) + " |")
+    return [*lines, ""]
 
 
 def _markdown(records: list[dict], meta: dict) -> str:
@@ -201,6 +278,9 @@ def _markdown(records: list[dict], meta: dict) -> str:
                          f"{r['baseline_name']} {r['baseline']:.4f} | {shown} | "
                          f"{r['wall_s']:.0f} s |")  # fmt: skip
         lines.append("")
+    recurrences = [r for r in records if r["group"] == "recurrences"]
+    if recurrences:
+        lines += _recurrences_markdown(recurrences)
     others = [r for r in records if r["group"] in ("tasks", "charlm")]
     if others:
         lines += ["### Other tasks", "",
@@ -231,22 +311,26 @@ def main() -> None:
     parser.add_argument("--from-json", action="store_true")
     parser.add_argument("--collect", action="store_true")
     parser.add_argument("--skip-done", action="store_true", help="keep runs that finished")
+    parser.add_argument("--shard", default="0/1", help="I/N: run every N-th config from the I-th "
+                        "(two shards at once use both cores of a 2-core machine)")  # fmt: skip
     args = parser.parse_args()
     path = RESULTS / "learning.json"
     if not args.from_json:
         if not args.collect:
-            for group in args.only:
-                for config in _configs(group):
-                    if not (args.skip_done and _record(group, config)):
-                        _run(group, config)
+            shard, shards = (int(n) for n in args.shard.split("/"))
+            todo = [(g, c) for g in args.only for c in _configs(g)][shard::shards]
+            for group, config in todo:
+                if not (args.skip_done and _record(group, config)):
+                    _run(group, config)
         # The table is gathered from the run directories, so runs of several invocations
         # (even concurrent ones) end up in one file.
         meta = {"date": time.strftime("%Y-%m-%d"), "jax": jax.__version__,
                 "machine": f"{platform.machine()}, {jax.default_backend()}, "
                            f"{len(os.sched_getaffinity(0))} cores"}  # fmt: skip
         found = [_record(group, config) for group in GROUPS for config in _configs(group)]
+        records = _merged(path, [r for r in found if r])
         RESULTS.mkdir(exist_ok=True)
-        path.write_text(json.dumps({"meta": meta, "records": [r for r in found if r]}, indent=1))
+        path.write_text(json.dumps({"meta": meta, "records": records}, indent=1))
     saved = json.loads(path.read_text())
     (RESULTS / "learning.md").write_text(_markdown(saved["records"], saved["meta"]))
     print((RESULTS / "learning.md").read_text())

@@ -1,5 +1,7 @@
 """The benchmark scripts compare like with like: each pair of variants computes the same values."""
 
+import json
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -139,3 +141,53 @@ def test_parallel_results_state_the_gemm_rates_of_the_same_run():
     assert limits.describe(rates) + "." in text
     assert "| 64 | 4.0 | 2.0 | 2.00 |" in text
     assert "GEMM" not in parallel.markdown(results, "test machine", 16, 128, {})
+
+
+def test_recurrences_table_gives_microseconds_per_step_and_names_memory_skips():
+    from benchmarks import recurrences
+
+    results = [
+        {"time": 1024, "cell": "mlstm", "form": "parallel", "peak_gib": 1.0,
+         "fwd_bwd_ms": 51.2, "us_per_step": 50.0},
+        {"time": 16384, "cell": "mlstm", "form": "parallel", "peak_gib": 96.4,
+         "skipped": "needs 96.4 GiB > 6"},
+    ]  # fmt: skip
+    text = recurrences.markdown(results, "test machine", 8, 128, None)
+    assert "| mlstm | parallel | 50.0 | - (96 GiB) |" in text
+    # every cell of issue 25 runs in each form it has, the linear ones in parallel and chunks
+    listed = {(name, form) for name, form, _, _ in recurrences.forms(8)}
+    for name in ("mlstm", "rg_lru", "selective_ssm"):
+        assert {(name, "sequential"), (name, "parallel")} <= listed
+        assert (name, f"chunkwise {recurrences.CHUNKS.get(name, recurrences.CHUNK)}") in listed
+    assert ("slstm", "parallel") not in listed  # not a linear recurrence: no parallel form
+
+
+def test_learning_keeps_the_saved_records_of_groups_not_rerun(tmp_path):
+    from benchmarks import learning
+
+    saved = [{"group": "cells", "argv": "seqjax train a", "value": 1.0},
+             {"group": "recurrences", "argv": "seqjax train b", "value": 2.0}]  # fmt: skip
+    path = tmp_path / "learning.json"
+    path.write_text(json.dumps({"meta": {}, "records": saved}))
+    rerun = [{"group": "recurrences", "argv": "seqjax train b", "value": 3.0}]
+    merged = learning._merged(path, rerun)
+    assert merged == [saved[0], rerun[0]]  # the fresh record replaces its saved one only
+    assert learning._merged(tmp_path / "absent.json", rerun) == rerun
+
+
+def test_learning_recurrences_table_marks_results_better_than_the_baseline():
+    from benchmarks import learning
+
+    def record(cell, value, verdict, steps_done=1000):
+        return {"group": "recurrences", "task": "adding T=100", "cell": cell, "steps": 1000,
+                "batch_size": 64, "steps_done": steps_done, "hidden": 64, "metric": "test MSE",
+                "value": value, "baseline": 0.167, "baseline_name": "mean", "verdict": verdict,
+                "wall_s": 42.0}  # fmt: skip
+
+    lines = learning._recurrences_markdown(
+        [record("lstm", 0.001, "solved"), record("mlstm", 0.2, "no better than the baseline", 10)]
+    )
+    assert "| lstm | **0.0010** |" in lines
+    assert "| mlstm | 0.2000 *cut at 10* |" in lines
+    assert "| lstm | 42 s |" in lines
+    assert len({cfg["cell"] for cfg in learning._configs("recurrences")}) == 8

@@ -125,7 +125,8 @@ def build_model(
     ``batch["lengths"] (batch,)``: each sequence is read out at its own last step."""
     make_cell = make_cell or TRAIN_CELLS[cell_name]
     cells = [make_cell(hidden) for _ in range(layers)]
-    stack = seqjax.stack(*[seqjax.rnn(c, parallel=_parallel(c)) for c in cells],
+    parallel = [_parallel(c) and not _sequential_here(cell_name) for c in cells]
+    stack = seqjax.stack(*[seqjax.rnn(c, parallel=p) for c, p in zip(cells, parallel, strict=True)],
                          dropout=dropout)  # fmt: skip
 
     def init(key):
@@ -156,6 +157,13 @@ def build_model(
         return carry, precision.matmul(ys[:, 0], params["w_out"]) + params["b_out"]
 
     return Model(init, apply, step, stack, encode, read_out)
+
+
+def _sequential_here(cell_name: str) -> bool:
+    """Cells whose associative scan is slower than their step loop on this backend: on the CPU,
+    the selective SSM's scan over its (batch, time, D * N) coefficients takes about twice the
+    loop's time at every T to 16k (``python -m benchmarks.recurrences``)."""
+    return cell_name == "selective_ssm" and jax.default_backend() == "cpu"
 
 
 def _parallel(cell: seqjax.Cell) -> bool:
