@@ -117,7 +117,7 @@ def _configs(group: str) -> list[dict]:
 GROUPS = ("adding", "cells", "tasks", "charlm", "parallel", "recurrences")
 # The recurrences since 2023 against LSTM, GRU and the LRU (issue 25): one budget per task, the
 # same for every cell. max_minutes only guards the total; a run it cut short says so.
-RECURRENCE_CELLS = ("lstm", "gru", "lru", "mgu", "slstm", "mlstm", "rg_lru", "selective_ssm")
+RECURRENCE_CELLS = ("lstm", "gru", "lru", "mgu", "slstm", "mlstm", "selective_ssm", "rg_lru")
 RECURRENCE_BUDGETS = [
     {"task": "adding", "seq_len": 100, "steps": 1000, "hidden": 64, "max_minutes": 4},
     {"task": "adding", "seq_len": 400, "steps": 500, "hidden": 64, "max_minutes": 4},

@@ -125,9 +125,8 @@ def build_model(
     ``batch["lengths"] (batch,)``: each sequence is read out at its own last step."""
     make_cell = make_cell or TRAIN_CELLS[cell_name]
     cells = [make_cell(hidden) for _ in range(layers)]
-    parallel = [_parallel(c) and not _sequential_here(cell_name) for c in cells]
-    stack = seqjax.stack(*[seqjax.rnn(c, parallel=p) for c, p in zip(cells, parallel, strict=True)],
-                         dropout=dropout)  # fmt: skip
+    rnns = [seqjax.rnn(c, **_unroll_options(c, cell_name)) for c in cells]
+    stack = seqjax.stack(*rnns, dropout=dropout)
 
     def init(key):
         k_rnn, k_out = jax.random.split(key)
@@ -157,6 +156,17 @@ def build_model(
         return carry, precision.matmul(ys[:, 0], params["w_out"]) + params["b_out"]
 
     return Model(init, apply, step, stack, encode, read_out)
+
+
+def _unroll_options(cell: seqjax.Cell, cell_name: str) -> dict:
+    """How a training run unrolls ``cell``: a parallel form where it has one (not where the
+    loop is faster here), and whole-sequence forms (the mLSTM's) in chunks of 64 steps: faster
+    than the quadratic form from T = 256 on (``python -m benchmarks.recurrences``), and on
+    XLA:CPU (jax 0.10.2) the jitted quadratic form gave outputs that differ from one
+    compilation to the next at T = 100, where the chunkwise form is stable."""
+    if not _parallel(cell) or _sequential_here(cell_name):
+        return {}
+    return {"parallel": True, "chunk_size": 64} if cell.sequence_forms() else {"parallel": True}
 
 
 def _sequential_here(cell_name: str) -> bool:
