@@ -118,3 +118,16 @@ def main(argv=None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def machine() -> str:
+    """Today's date, the device and the host, for a results file's first line."""
+    import datetime
+    import os
+    import platform
+
+    device = jax.devices()[0]
+    return (
+        f"{datetime.date.today()} on {device.platform} {device.device_kind}, "
+        f"{platform.machine()} {os.cpu_count()} cores, jax {jax.__version__}"
+    )

@@ -15,11 +15,8 @@ Writes ``benchmarks/results/parallel.json``, ``parallel.md`` and ``parallel.png`
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
 import pathlib
-import platform
 import random
 import statistics
 import time
@@ -192,10 +189,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     random.seed(0)
     device = jax.devices()[0]
-    machine = (
-        f"{datetime.date.today()} on {device.platform} {device.device_kind}, "
-        f"{platform.machine()} {os.cpu_count()} cores, jax {jax.__version__}"
-    )
+    machine = machine_limits.machine()
     limits = machine_limits.gemm_rates()
     print(machine_limits.describe(limits), flush=True)
     notes: list[str] = []
