@@ -220,6 +220,27 @@ def test_long_sequence_with_large_gates_stays_finite_in_every_form(dtype):
     assert np.abs(np.asarray(step[1], np.float32)).max() > 0.1  # not trivially zero
 
 
+@pytest.mark.parametrize("resets", [False, True])
+def test_jitted_parallel_forms_from_a_zero_carry_agree_in_every_compilation(resets):
+    """A zero carry made under jit is a broadcast, and XLA:CPU (jaxlib 0.10) miscompiled a dot
+    against it in about half the compilations (benchmarks/xla_ynn_dot_repro.py): outputs of
+    1e22 or -inf at this size (batch 16, T=100, 4 heads of 32). Several programs, each compiled
+    on its own (the input scale differs), must all match the step form."""
+    cell = mlstm(128, 4)
+    params = cell.init(jax.random.key(8), 50)
+    tokens = np.random.default_rng(8).integers(0, 50, (16, 100))
+    xs = jax.nn.one_hot(tokens, 50, dtype=jnp.float32)
+    cuts = jnp.asarray(np.random.default_rng(9).random((16, 100)) < 0.05) if resets else None
+    step_form = jax.jit(lambda p, x: seqjax.unroll(cell, p, x, resets=cuts))
+    cases = [(1.0, None), (0.5, None), (2.0, None), (1.5, 32)][: 3 if resets else 4]
+    for scale, chunk in cases:
+        run = jax.jit(lambda p, x, s=scale, c=chunk: seqjax.unroll(
+            cell, p, x * s, parallel=True, chunk_size=c, resets=cuts))  # fmt: skip
+        want = step_form(params, xs * scale)
+        for a, b in zip(jax.tree.leaves(run(params, xs)), jax.tree.leaves(want), strict=True):
+            np.testing.assert_allclose(a, b, atol=2e-5 * float(np.abs(b).max()), rtol=1e-4)
+
+
 def test_layers_stack_and_bidirectional():
     cell, _, xs, lengths, _ = _random_case(jax.random.key(9), dtype=jnp.float32)
     fwd = seqjax.rnn(cell, parallel=True, chunk_size=4)

@@ -275,6 +275,26 @@ def _log_weights(log_f: Array, i: Array, valid: Array | None, resets: Array | No
     return log_d, log_g, restarted
 
 
+def _read_state(q: Array, state: _State) -> tuple[Array, Array]:
+    """``q (..., L, d)`` read from a state: ``q @ C (..., L, d)`` and ``q . n (..., L)``.
+
+    Under a ``lax.cond`` that skips a zero state: the start and restart states are often zeros
+    made under the caller's jit, and XLA:CPU (jaxlib 0.10) puts a dot with such a broadcast
+    operand into a YNNPACK fusion that returns garbage in some compilations and not others
+    (benchmarks/xla_ynn_dot_repro.py shows it without seqjax). A zero state folds the
+    condition away with the dot; any other state is read in a branch of its own, where the
+    state is an operand, not a broadcast."""
+
+    def read():
+        return q @ state.c, jnp.sum(q * state.n[..., None, :], -1)
+
+    def zero():
+        return jnp.zeros_like(q), jnp.zeros(q.shape[:-1], q.dtype)
+
+    nonzero = jnp.any(state.c != 0) | jnp.any(state.n != 0)
+    return jax.lax.cond(nonzero, read, zero)
+
+
 def _chunk(layout: _Layout, qkv_if, start: _State, restart: _State | None, valid, resets):
     """The quadratic form over one chunk: ``q, k, v (..., NH, L, d)``, ``i, f (..., NH, L)``,
     ``valid, resets (..., 1, L)`` or None, from ``start`` (and ``restart`` after a reset).
@@ -282,11 +302,12 @@ def _chunk(layout: _Layout, qkv_if, start: _State, restart: _State | None, valid
     q, k, v, i, f = qkv_if
     dtype = q.dtype
     log_d, log_g, restarted = _log_weights(jax.nn.log_sigmoid(f), i, valid, resets)
-    q_c, q_n, m0 = q @ start.c, jnp.sum(q * start.n[..., None, :], -1), start.m[..., None]
+    (q_c, q_n), m0 = _read_state(q, start), start.m[..., None]
     c0, n0 = start.c, start.n
     if restart is not None:  # a step after a reset starts from the restart state instead
-        q_c = jnp.where(restarted[..., None], q @ restart.c, q_c)
-        q_n = jnp.where(restarted, jnp.sum(q * restart.n[..., None, :], -1), q_n)
+        r_c, r_n = _read_state(q, restart)
+        q_c = jnp.where(restarted[..., None], r_c, q_c)
+        q_n = jnp.where(restarted, r_n, q_n)
         m0 = jnp.where(restarted, restart.m[..., None], m0)
         last_restarted = restarted[..., -1]
         c0 = jnp.where(last_restarted[..., None, None], restart.c, c0)
