@@ -161,9 +161,8 @@ def build_model(
 def _unroll_options(cell: seqjax.Cell, cell_name: str) -> dict:
     """How a training run unrolls ``cell``: a parallel form where it has one (not where the
     loop is faster here), and whole-sequence forms (the mLSTM's) in chunks of 64 steps: faster
-    than the quadratic form from T = 256 on (``python -m benchmarks.recurrences``), and on
-    XLA:CPU (jax 0.10.2) the jitted quadratic form gave outputs that differ from one
-    compilation to the next at T = 100, where the chunkwise form is stable."""
+    than the quadratic form from T = 256 on (``python -m benchmarks.recurrences``), and its
+    memory grows with the chunk, not with T squared."""
     if not _parallel(cell) or _sequential_here(cell_name):
         return {}
     return {"parallel": True, "chunk_size": 64} if cell.sequence_forms() else {"parallel": True}
