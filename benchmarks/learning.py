@@ -197,9 +197,11 @@ def _recurrences_markdown(records: list[dict]) -> list[str]:
     rule = "|---|" + "---|" * len(tasks)
     lines = ["### The recurrences since 2023 against LSTM, GRU and the LRU", "",
              f"One budget per task, the same for every cell ({budgets}; Adam 3e-3, cosine, "
-             "clip 1; a 4-minute guard). The mLSTM runs in its parallel form; the RG-LRU and "
-             "the selective SSM sit behind a linear input layer, the LRU behind its GELU input "
-             "layer, all three with the associative scan. Test metric (" + ", ".join(
+             "clip 1; a 4-minute guard). The mLSTM runs chunkwise (chunks of 64); the RG-LRU "
+             "and the selective SSM sit behind a linear input layer, the LRU behind its GELU "
+             "input layer, all three with the associative scan (these selective-SSM rows "
+             "predate `seqjax train` running it as a loop on the CPU, its faster form there). "
+             "Test metric (" + ", ".join(
                  f"{t}: {first[t]['metric']}, {first[t]['baseline_name']} "
                  f"{first[t]['baseline']:.3f}" for t in tasks) + "); **bold**: better than "
              "the baseline; *cut at N*: the guard ended it after N steps.",
