@@ -275,15 +275,16 @@ def _log_weights(log_f: Array, i: Array, valid: Array | None, resets: Array | No
     return log_d, log_g, restarted
 
 
-def _read_state(q: Array, state: _State) -> tuple[Array, Array]:
+def _read_state(q: Array, state: _State, guarded: bool = True) -> tuple[Array, Array]:
     """``q (..., L, d)`` read from a state: ``q @ C (..., L, d)`` and ``q . n (..., L)``.
 
-    Under a ``lax.cond`` that skips a zero state: the start and restart states are often zeros
-    made under the caller's jit, and XLA:CPU (jaxlib 0.10) puts a dot with such a broadcast
-    operand into a YNNPACK fusion that returns garbage in some compilations and not others
-    (benchmarks/xla_ynn_dot_repro.py shows it without seqjax). A zero state folds the
-    condition away with the dot; any other state is read in a branch of its own, where the
-    state is an operand, not a broadcast."""
+    ``guarded``: under a ``lax.cond`` that skips a zero state. A state from outside the chunk
+    loop is often zeros made under the caller's jit, and XLA:CPU (jaxlib 0.10) puts a dot with
+    such a broadcast operand into a YNNPACK fusion that returns garbage in some compilations
+    and not others (benchmarks/xla_ynn_dot_repro.py shows it without seqjax). A zero state
+    folds the condition away with the dot; any other state is read in a branch of its own,
+    where it is an operand, not a broadcast. The state a chunk loop carries is a loop variable,
+    never a broadcast, and is read directly (the cond in every chunk would cost 40% at T=1024)."""
 
     def read():
         return q @ state.c, jnp.sum(q * state.n[..., None, :], -1)
@@ -291,18 +292,29 @@ def _read_state(q: Array, state: _State) -> tuple[Array, Array]:
     def zero():
         return jnp.zeros_like(q), jnp.zeros(q.shape[:-1], q.dtype)
 
+    if not guarded:
+        return read()
     nonzero = jnp.any(state.c != 0) | jnp.any(state.n != 0)
     return jax.lax.cond(nonzero, read, zero)
 
 
-def _chunk(layout: _Layout, qkv_if, start: _State, restart: _State | None, valid, resets):
+def _chunk(
+    layout: _Layout,
+    qkv_if,
+    start: _State,
+    restart: _State | None,
+    valid,
+    resets,
+    carried: bool = False,
+):
     """The quadratic form over one chunk: ``q, k, v (..., NH, L, d)``, ``i, f (..., NH, L)``,
     ``valid, resets (..., 1, L)`` or None, from ``start`` (and ``restart`` after a reset).
+    ``carried``: ``start`` is the state a chunk loop carries (see :func:`_read_state`).
     Returns the state after the chunk's last step and ``h (..., NH, L, d)``."""
     q, k, v, i, f = qkv_if
     dtype = q.dtype
     log_d, log_g, restarted = _log_weights(jax.nn.log_sigmoid(f), i, valid, resets)
-    (q_c, q_n), m0 = _read_state(q, start), start.m[..., None]
+    (q_c, q_n), m0 = _read_state(q, start, guarded=not carried), start.m[..., None]
     c0, n0 = start.c, start.n
     if restart is not None:  # a step after a reset starts from the restart state instead
         r_c, r_n = _read_state(q, restart)
@@ -360,10 +372,15 @@ def _chunks(layout, qkv_if, start, restart, masks, chunk_size, remat):
     ``lax.scan`` that carries the state between them (padding steps are invalid: identity)."""
     steps = qkv_if[0].shape[-2]
     valid, resets = masks
-    body = lambda state, chunk: _chunk(layout, chunk[0], state, restart, *chunk[1])  # noqa: E731
-    body = jax.checkpoint(body) if remat else body
+
+    def over(carried: bool):
+        def body(state, chunk):
+            return _chunk(layout, chunk[0], state, restart, *chunk[1], carried=carried)
+
+        return jax.checkpoint(body) if remat else body
+
     if chunk_size is None or chunk_size >= steps:
-        return body(start, (qkv_if, masks))
+        return over(False)(start, (qkv_if, masks))
     num = -(-steps // chunk_size)
     pad = num * chunk_size - steps
     if pad and valid is None:
@@ -382,7 +399,7 @@ def _chunks(layout, qkv_if, start, restart, masks, chunk_size, remat):
     q, k, v, i, f = qkv_if
     chunks = ((split(q, -2), split(k, -2), split(v, -2), split(i, -1), split(f, -1)),
               (split(valid, -1), split(resets, -1)))  # fmt: skip
-    state, h = jax.lax.scan(body, start, chunks)
+    state, h = jax.lax.scan(over(True), start, chunks)
     h = jnp.moveaxis(h, 0, -3)  # (..., NH, chunks, L, d)
     h = h.reshape(*h.shape[:-3], num * chunk_size, h.shape[-1])
     return state, h[..., :steps, :]
