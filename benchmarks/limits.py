@@ -12,7 +12,9 @@ beside it, not of a data-sheet peak.
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
+import platform
 import statistics
 import time
 
@@ -102,6 +104,15 @@ def describe(rates: dict[str, float], n: int = 2048) -> str:
     )
 
 
+def machine() -> str:
+    """Today's date, the device and the host, for a results file's first line."""
+    device = jax.devices()[0]
+    return (
+        f"{datetime.date.today()} on {device.platform} {device.device_kind}, "
+        f"{platform.machine()} {os.cpu_count()} cores, jax {jax.__version__}"
+    )
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=2048)
@@ -118,16 +129,3 @@ def main(argv=None) -> None:
 
 if __name__ == "__main__":
     main()
-
-
-def machine() -> str:
-    """Today's date, the device and the host, for a results file's first line."""
-    import datetime
-    import os
-    import platform
-
-    device = jax.devices()[0]
-    return (
-        f"{datetime.date.today()} on {device.platform} {device.device_kind}, "
-        f"{platform.machine()} {os.cpu_count()} cores, jax {jax.__version__}"
-    )

@@ -284,7 +284,8 @@ def _read_state(q: Array, state: _State, guarded: bool = True) -> tuple[Array, A
     and not others (benchmarks/xla_ynn_dot_repro.py shows it without seqjax). A zero state
     folds the condition away with the dot; any other state is read in a branch of its own,
     where it is an operand, not a broadcast. The state a chunk loop carries is a loop variable,
-    never a broadcast, and is read directly (the cond in every chunk would cost 40% at T=1024)."""
+    never a broadcast, and is read directly (the cond in every chunk would cost 40% at T=1024);
+    the restart state is the same in every chunk, so it is read once for all steps."""
 
     def read():
         return q @ state.c, jnp.sum(q * state.n[..., None, :], -1)
@@ -298,26 +299,19 @@ def _read_state(q: Array, state: _State, guarded: bool = True) -> tuple[Array, A
     return jax.lax.cond(nonzero, read, zero)
 
 
-def _chunk(
-    layout: _Layout,
-    qkv_if,
-    start: _State,
-    restart: _State | None,
-    valid,
-    resets,
-    carried: bool = False,
-):
+def _chunk(layout: _Layout, qkv_if, start: _State, restart, masks, carried: bool = False):
     """The quadratic form over one chunk: ``q, k, v (..., NH, L, d)``, ``i, f (..., NH, L)``,
-    ``valid, resets (..., 1, L)`` or None, from ``start`` (and ``restart`` after a reset).
+    ``masks = (valid, resets)``, each ``(..., 1, L)`` or None, from ``start``. After a reset,
+    from ``restart = (state, (q @ C, q . n))``, its reads made for all steps at once, or None.
     ``carried``: ``start`` is the state a chunk loop carries (see :func:`_read_state`).
     Returns the state after the chunk's last step and ``h (..., NH, L, d)``."""
     q, k, v, i, f = qkv_if
     dtype = q.dtype
-    log_d, log_g, restarted = _log_weights(jax.nn.log_sigmoid(f), i, valid, resets)
+    log_d, log_g, restarted = _log_weights(jax.nn.log_sigmoid(f), i, *masks)
     (q_c, q_n), m0 = _read_state(q, start, guarded=not carried), start.m[..., None]
     c0, n0 = start.c, start.n
     if restart is not None:  # a step after a reset starts from the restart state instead
-        r_c, r_n = _read_state(q, restart)
+        restart, (r_c, r_n) = restart
         q_c = jnp.where(restarted[..., None], r_c, q_c)
         q_n = jnp.where(restarted, r_n, q_n)
         m0 = jnp.where(restarted, restart.m[..., None], m0)
@@ -372,15 +366,18 @@ def _chunks(layout, qkv_if, start, restart, masks, chunk_size, remat):
     ``lax.scan`` that carries the state between them (padding steps are invalid: identity)."""
     steps = qkv_if[0].shape[-2]
     valid, resets = masks
+    read = None if restart is None else _read_state(qkv_if[0], restart)  # (q @ C, q . n)
 
     def over(carried: bool):
         def body(state, chunk):
-            return _chunk(layout, chunk[0], state, restart, *chunk[1], carried=carried)
+            piece, piece_masks, piece_read = chunk
+            again = None if piece_read is None else (restart, piece_read)
+            return _chunk(layout, piece, state, again, piece_masks, carried=carried)
 
         return jax.checkpoint(body) if remat else body
 
     if chunk_size is None or chunk_size >= steps:
-        return over(False)(start, (qkv_if, masks))
+        return over(False)(start, (qkv_if, masks, read))
     num = -(-steps // chunk_size)
     pad = num * chunk_size - steps
     if pad and valid is None:
@@ -397,8 +394,9 @@ def _chunks(layout, qkv_if, start, restart, masks, chunk_size, remat):
         return jnp.moveaxis(a.reshape(shape), axis, 0)
 
     q, k, v, i, f = qkv_if
+    read = None if read is None else (split(read[0], -2), split(read[1], -1))
     chunks = ((split(q, -2), split(k, -2), split(v, -2), split(i, -1), split(f, -1)),
-              (split(valid, -1), split(resets, -1)))  # fmt: skip
+              (split(valid, -1), split(resets, -1)), read)  # fmt: skip
     state, h = jax.lax.scan(over(True), start, chunks)
     h = jnp.moveaxis(h, 0, -3)  # (..., NH, chunks, L, d)
     h = h.reshape(*h.shape[:-3], num * chunk_size, h.shape[-1])
